@@ -18,18 +18,19 @@ from surgery.errors import SurgeryError, UnsupportedArchitectureError
 
 VOCAB, LAYERS = 61, 3
 
+# The models keep transformers' default attention (sdpa), as users' models do; the bridge
+# recomputes attention itself, which is why its logits match to ~1e-7 rather than bit for bit.
+
 
 def _llama():
     return LlamaForCausalLM(LlamaConfig(
         vocab_size=VOCAB, hidden_size=48, intermediate_size=64, num_hidden_layers=LAYERS,
-        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
-        attn_implementation="eager"))
+        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64))
 
 
 def _gpt2():
     return GPT2LMHeadModel(GPT2Config(
-        vocab_size=VOCAB, n_embd=48, n_layer=LAYERS, n_head=4, n_positions=64,
-        attn_implementation="eager"))
+        vocab_size=VOCAB, n_embd=48, n_layer=LAYERS, n_head=4, n_positions=64))
 
 
 class Tiny:
@@ -194,6 +195,37 @@ def test_bad_masks_are_refused_with_the_expected_shape_in_the_message(tiny, back
         run(tiny, torch.ones(LAYERS, tiny.n_heads, dtype=torch.bool), mlp_keep=torch.ones(LAYERS + 1, dtype=torch.bool))
 
 
+def _word_tokenizer():
+    """A tokenizer built in memory (nnsight's TransformersModel needs one object, never a name)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(VOCAB - 1)} | {"<eos>": VOCAB - 1}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
+
+
+def test_nnsight_transformers_model_with_in_memory_tokenizer_gives_the_same_logits(tiny):
+    # What a user of nnsight.LanguageModel hands us. It left-pads and derives positions from the
+    # mask; the backend passes explicit 0..T-1 positions so it still matches the plain forward.
+    from nnsight.modeling.transformers import TransformersModel
+
+    lm = TransformersModel(copy.deepcopy(tiny.hf), tokenizer=_word_tokenizer(), task="text-generation")
+    keep = _coalitions(tiny, 1, seed=6)[0]
+    got = nnsight_masked_logits(lm, tiny.ids, tiny.am, keep)
+    _close(got, BACKENDS["nnsight"](tiny, keep), tiny.real, 0.0)
+
+
+def test_bridge_with_processed_weights_is_refused(tiny):
+    # enable_compatibility_mode folds/centres weights: logits shift (center_unembed) and GPT-2's
+    # z loses its value bias (fold_value_biases), so zero ablation would mean something else.
+    bridge = bridge_from_hf(tiny.hf, tokenizer=_word_tokenizer())
+    bridge.enable_compatibility_mode()
+    with pytest.raises(SurgeryError, match="processed weights"):
+        bridge_masked_logits(bridge, tiny.ids, tiny.am, torch.ones(LAYERS, tiny.n_heads, dtype=torch.bool))
+
+
 def test_unsupported_models_are_refused():
     keep = torch.ones(1, 1, dtype=torch.bool)
     ids = torch.zeros(1, 3, dtype=torch.long)
@@ -203,3 +235,16 @@ def test_unsupported_models_are_refused():
         nnsight_masked_logits(nnsight_from_hf(torch.nn.Linear(2, 2)), ids, None, keep)
     with pytest.raises(UnsupportedArchitectureError):
         nnsight_masked_logits(torch.nn.Linear(2, 2), ids, None, keep)
+
+
+def test_nnsight_refuses_module_paths_that_do_not_lead_to_per_head_outputs(monkeypatch):
+    from surgery.backends import nnsight_backend
+
+    # Point "gpt2" at the MLP's output projection (width 4*d_model): caught, not silently reshaped.
+    monkeypatch.setitem(nnsight_backend.FAMILY_PATHS, "gpt2",
+                        nnsight_backend.ModulePaths(layers="transformer.h", out_proj="mlp.c_proj", mlp="mlp"))
+    torch.manual_seed(0)
+    keep = torch.ones(LAYERS, 4, dtype=torch.bool)
+    keep[0, 1] = False
+    with pytest.raises(SurgeryError, match="module paths"):
+        nnsight_masked_logits(nnsight_from_hf(_gpt2().eval()), torch.zeros(1, 4, dtype=torch.long), None, keep)
