@@ -1,0 +1,58 @@
+"""What an architecture family looks like to the ablation engine and the cutter.
+
+An adapter is data, not code: dotted module paths and a few facts about the attention layout.
+The engine only ever asks an adapter where things are; it never branches on the family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class ArchitectureAdapter:
+    family: str
+    # `config.model_type` values this adapter serves.
+    model_types: tuple[str, ...]
+    # Path from the top model to the module that returns the final (normalised) hidden states.
+    body: str
+    # Path from the top model to the vocabulary projection applied to those hidden states.
+    unembed: str
+    # Path from the top model to the ModuleList of transformer blocks.
+    layers: str
+    # Path from a block to the attention output projection. Its *input* is the concatenation of
+    # per-head outputs [.., n_heads * head_dim] (TransformerLens `hook_z`), where heads are ablated.
+    attn_out_proj: str
+    # Path from a block to the module whose *output* is the MLP's contribution to the residual.
+    mlp_out: str
+    # Query/key/value projection layout, used by the physical cutter:
+    #   "separate": q_proj/k_proj/v_proj linears (paths below),
+    #   "fused_conv1d": GPT-2 `c_attn` Conv1D, output [q | k | v] each n_heads*head_dim,
+    #   "fused_interleaved": GPT-NeoX `query_key_value`, output per head [q_h | k_h | v_h].
+    qkv_layout: str
+    qkv_paths: tuple[str, ...]
+    # True when the output projection stores its weight transposed (GPT-2 Conv1D: [in, out]).
+    out_proj_transposed: bool = False
+    # Config attribute holding the number of key/value heads (None: same as query heads).
+    kv_heads_attr: str | None = None
+    # Whether the family is a decoder scored by next-token logits (False: masked LM encoder).
+    causal: bool = True
+
+    def get(self, root: nn.Module, path: str) -> nn.Module:
+        return root.get_submodule(path)
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        return model.get_submodule(self.layers)
+
+    def head_dim(self, config) -> int:
+        head_dim = getattr(config, "head_dim", None)
+        if head_dim:
+            return int(head_dim)
+        return config.hidden_size // config.num_attention_heads
+
+    def n_kv_heads(self, config) -> int:
+        if self.kv_heads_attr and getattr(config, self.kv_heads_attr, None):
+            return int(getattr(config, self.kv_heads_attr))
+        return int(config.num_attention_heads)

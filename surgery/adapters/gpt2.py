@@ -1,0 +1,14 @@
+from surgery.adapters.base import ArchitectureAdapter
+
+ADAPTER = ArchitectureAdapter(
+    family="gpt2",
+    model_types=("gpt2",),
+    body="transformer",
+    unembed="lm_head",
+    layers="transformer.h",
+    attn_out_proj="attn.c_proj",
+    mlp_out="mlp",
+    qkv_layout="fused_conv1d",
+    qkv_paths=("attn.c_attn",),
+    out_proj_transposed=True,
+)

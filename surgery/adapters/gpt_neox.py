@@ -1,0 +1,13 @@
+from surgery.adapters.base import ArchitectureAdapter
+
+ADAPTER = ArchitectureAdapter(
+    family="gpt_neox",
+    model_types=("gpt_neox",),
+    body="gpt_neox",
+    unembed="lm_head",
+    layers="gpt_neox.layers",
+    attn_out_proj="attention.dense",
+    mlp_out="mlp",
+    qkv_layout="fused_interleaved",
+    qkv_paths=("attention.query_key_value",),
+)

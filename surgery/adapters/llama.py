@@ -1,0 +1,15 @@
+from surgery.adapters.base import ArchitectureAdapter
+
+# Llama-family decoders with grouped-query attention: several query heads read one key/value head.
+ADAPTER = ArchitectureAdapter(
+    family="llama",
+    model_types=("llama", "qwen2", "qwen3", "mistral", "smollm3", "olmo", "olmo2"),
+    body="model",
+    unembed="lm_head",
+    layers="model.layers",
+    attn_out_proj="self_attn.o_proj",
+    mlp_out="mlp",
+    qkv_layout="separate",
+    qkv_paths=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    kv_heads_attr="num_key_value_heads",
+)

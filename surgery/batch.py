@@ -1,0 +1,72 @@
+"""The unit of input every game is played on: token ids plus the positions a metric reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from surgery.errors import SurgeryError
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """A padded batch of token sequences and where it is scored.
+
+    input_ids:       long [B, T]
+    attention_mask:  long [B, T] (1 = real token, 0 = padding)
+    score_positions: long [B, P] positions whose next-token logits the metric reads. The engine
+                     computes the vocabulary projection only at these positions.
+    targets:         long [B, P] the token expected after each scored position, or -100 where a
+                     position carries no target (padding of ragged P). Optional.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    score_positions: torch.Tensor
+    targets: torch.Tensor | None = None
+
+    def __post_init__(self):
+        ids, am, pos = self.input_ids, self.attention_mask, self.score_positions
+        if ids.ndim != 2 or ids.numel() == 0:
+            raise SurgeryError(f"input_ids must be a non-empty [batch, seq] tensor, got shape {tuple(ids.shape)}")
+        if am.shape != ids.shape:
+            raise SurgeryError(f"attention_mask shape {tuple(am.shape)} must equal input_ids shape {tuple(ids.shape)}")
+        if pos.ndim != 2 or pos.shape[0] != ids.shape[0] or pos.shape[1] == 0:
+            raise SurgeryError(
+                f"score_positions must be [batch={ids.shape[0]}, n_positions>=1], got {tuple(pos.shape)}")
+        if pos.min() < 0 or pos.max() >= ids.shape[1]:
+            raise SurgeryError(f"score_positions must lie in [0, {ids.shape[1] - 1}], got range "
+                               f"[{int(pos.min())}, {int(pos.max())}]")
+        if self.targets is not None and self.targets.shape != pos.shape:
+            raise SurgeryError(f"targets shape {tuple(self.targets.shape)} must equal score_positions shape {tuple(pos.shape)}")
+
+    @property
+    def size(self) -> int:
+        return self.input_ids.shape[0]
+
+    def to(self, device) -> "TokenBatch":
+        move = lambda t: None if t is None else t.to(device)
+        return TokenBatch(move(self.input_ids), move(self.attention_mask), move(self.score_positions), move(self.targets))
+
+    @classmethod
+    def last_position(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      targets: torch.Tensor | None = None) -> "TokenBatch":
+        """Score only the last real token of each (right-padded) row."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        last = attention_mask.sum(dim=1, keepdim=True).long() - 1
+        return cls(input_ids, attention_mask, last, None if targets is None else targets.view(-1, 1))
+
+    @classmethod
+    def next_token(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> "TokenBatch":
+        """Score every position that has a next real token (language-model loss on text)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        B, T = input_ids.shape
+        if T < 2:
+            raise SurgeryError("next-token scoring needs sequences of at least 2 tokens")
+        pos = torch.arange(T - 1).expand(B, T - 1).clone()
+        tgt = input_ids[:, 1:].clone()
+        tgt[attention_mask[:, 1:] == 0] = -100
+        return cls(input_ids, attention_mask, pos, tgt)

@@ -1,0 +1,114 @@
+"""Stable names for a model's parts: heads `L5.H3`, layers `L5`, MLPs `L5.mlp`, attention `L5.attn`.
+
+Counts are read from the module shapes, not only the config, so a model whose heads were cut
+unevenly across layers is described correctly.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from surgery.adapters.base import ArchitectureAdapter
+from surgery.errors import SurgeryError
+
+_NAME = re.compile(r"^L(\d+)(?:\.(H(\d+)|mlp|attn))?$")
+
+
+@dataclass(frozen=True)
+class Component:
+    kind: str  # "head" | "layer" | "mlp" | "attn"
+    layer: int
+    head: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.kind == "head":
+            return f"L{self.layer}.H{self.head}"
+        if self.kind == "layer":
+            return f"L{self.layer}"
+        return f"L{self.layer}.{self.kind}"
+
+
+class ComponentIndex:
+    """Names, counts and GQA groups of one model's components."""
+
+    def __init__(self, n_heads: list[int], n_kv_heads: list[int], head_dim: int):
+        self.n_heads = list(n_heads)
+        self.n_kv_heads = list(n_kv_heads)
+        self.head_dim = head_dim
+        for layer, (q, kv) in enumerate(zip(self.n_heads, self.n_kv_heads)):
+            if kv <= 0 or q % kv:
+                raise SurgeryError(f"layer {layer}: {q} query heads cannot be grouped over {kv} key/value heads")
+
+    @classmethod
+    def from_model(cls, model: nn.Module, adapter: ArchitectureAdapter) -> "ComponentIndex":
+        config = model.config
+        head_dim = adapter.head_dim(config)
+        n_heads, n_kv = [], []
+        per_layer = getattr(config, "per_layer_config", None) or {}
+        for i, block in enumerate(adapter.blocks(model)):
+            proj = block.get_submodule(adapter.attn_out_proj)
+            width = proj.weight.shape[0] if adapter.out_proj_transposed else proj.weight.shape[1]
+            n_heads.append(width // head_dim)
+            layer_cfg = per_layer.get(str(i), {}) if isinstance(per_layer, dict) else {}
+            n_kv.append(int(layer_cfg.get("num_key_value_heads", adapter.n_kv_heads(config))))
+        return cls(n_heads, n_kv, head_dim)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.n_heads)
+
+    @property
+    def heads(self) -> list[str]:
+        return [f"L{l}.H{h}" for l in range(self.n_layers) for h in range(self.n_heads[l])]
+
+    @property
+    def layers(self) -> list[str]:
+        return [f"L{l}" for l in range(self.n_layers)]
+
+    @property
+    def mlps(self) -> list[str]:
+        return [f"L{l}.mlp" for l in range(self.n_layers)]
+
+    @property
+    def attns(self) -> list[str]:
+        return [f"L{l}.attn" for l in range(self.n_layers)]
+
+    def group_size(self, layer: int) -> int:
+        return self.n_heads[layer] // self.n_kv_heads[layer]
+
+    def kv_head_of(self, layer: int, head: int) -> int:
+        """Index of the key/value head that query head `head` reads (HF repeat_kv layout)."""
+        self.parse(f"L{layer}.H{head}")
+        return head // self.group_size(layer)
+
+    def kv_groups(self, layer: int) -> list[list[int]]:
+        """Query heads sharing each key/value head of `layer`."""
+        g = self.group_size(layer)
+        return [list(range(k * g, (k + 1) * g)) for k in range(self.n_kv_heads[layer])]
+
+    def parse(self, name: str) -> Component:
+        match = _NAME.match(name.strip()) if isinstance(name, str) else None
+        if not match:
+            raise SurgeryError(f"bad component name {name!r}: use 'L<layer>' (layer), 'L<layer>.H<head>' "
+                               f"(attention head), 'L<layer>.mlp' or 'L<layer>.attn'")
+        layer = int(match.group(1))
+        if layer >= self.n_layers:
+            raise SurgeryError(f"{name}: layer {layer} out of range, this model has layers 0..{self.n_layers - 1}")
+        if match.group(3) is not None:
+            head = int(match.group(3))
+            if head >= self.n_heads[layer]:
+                raise SurgeryError(
+                    f"{name}: head {head} out of range, layer {layer} has heads 0..{self.n_heads[layer] - 1}")
+            return Component("head", layer, head)
+        return Component(match.group(2) or "layer", layer)
+
+    def describe(self) -> str:
+        total = sum(self.n_heads)
+        same = len(set(self.n_heads)) == 1 and len(set(self.n_kv_heads)) == 1
+        per = (f"{self.n_heads[0]} query heads, {self.n_kv_heads[0]} key/value heads per layer"
+               if same else f"query heads per layer {self.n_heads}, key/value heads {self.n_kv_heads}")
+        return f"{self.n_layers} layers, {total} heads ({per}), head_dim {self.head_dim}"

@@ -1,0 +1,193 @@
+"""AblationEngine: many coalitions of components, one batched forward, logits only where scored."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Callable, Sequence
+
+import torch
+
+from surgery import hooks
+from surgery.batch import TokenBatch
+from surgery.errors import SurgeryError
+from surgery.loading import LoadedModel, load
+from surgery.players import resolve_players
+from surgery.reference import SiteValues, record_sites, run_body
+
+MODES = ("zero", "mean", "resample")
+Metric = Callable[[torch.Tensor, TokenBatch], torch.Tensor]
+
+
+class AblationEngine:
+    """Evaluate coalitions of model components under ablation.
+
+    masks: [n_coalitions, n_players], True = the player is present, False = ablated. Float masks in
+    [0, 1] act as gates (differentiable; used by gradient-based importance).
+
+    mode:
+      zero      ablated sites output 0 (heads: their slice of the output-projection input).
+      mean      ablated sites output their mean over the real tokens of `reference` (default: the
+                batch being evaluated); computed once per reference batch.
+      resample  ablated sites take their activation on another input: `resample_source` (same shape
+                as the evaluated batch), by default the evaluated batch rolled by one row.
+    A layer player skips its block (the residual passes through; mean/resample add the mean/other
+    block update instead); an MLP player removes (or replaces) the MLP's contribution.
+
+    max_rows bounds memory: at most max_rows = coalitions x inputs rows per forward.
+    reuse_prefix: blocks below the first ablated layer of a chunk run once on the clean inputs.
+    """
+
+    def __init__(self, model, players: str | Sequence = "heads", mode: str = "zero",
+                 reference: TokenBatch | None = None, resample_source: TokenBatch | None = None,
+                 max_rows: int = 64, reuse_prefix: bool = True):
+        if mode not in MODES:
+            raise SurgeryError(f"unknown ablation mode {mode!r}: use one of {', '.join(MODES)}")
+        if max_rows < 1:
+            raise SurgeryError(f"max_rows must be >= 1, got {max_rows}")
+        self.loaded: LoadedModel = load(model)
+        self.layout = resolve_players(self.loaded.components, players)
+        self.mode = mode
+        self.reference = reference
+        self.resample_source = resample_source
+        self.max_rows = max_rows
+        self.reuse_prefix = reuse_prefix
+        self._first_layer = self.layout.first_layer_of()
+        self._site_cache: tuple[tuple, SiteValues] | None = None
+
+    @property
+    def players(self) -> list[str]:
+        return list(self.layout.names)
+
+    @property
+    def n_players(self) -> int:
+        return self.layout.n_players
+
+    # ----------------------------------------------------------------------------------- checks
+    def check_masks(self, masks) -> torch.Tensor:
+        masks = torch.as_tensor(masks)
+        if masks.ndim == 1:
+            masks = masks.unsqueeze(0)
+        if masks.ndim != 2 or masks.shape[1] != self.n_players:
+            raise SurgeryError(f"mask must have shape [n_coalitions, n_players={self.n_players}], "
+                               f"got {tuple(masks.shape)}")
+        if masks.shape[0] == 0:
+            raise SurgeryError("mask has no coalitions (shape [0, n_players])")
+        if masks.dtype != torch.bool and not masks.is_floating_point():
+            raise SurgeryError(f"mask dtype must be bool (True = keep) or float gates in [0, 1], got {masks.dtype}")
+        if masks.is_floating_point() and (masks.min() < 0 or masks.max() > 1):
+            raise SurgeryError("float mask (gates) must lie in [0, 1]")
+        return masks.to(self.loaded.device)
+
+    # ------------------------------------------------------------------------------ replacements
+    def _replacements(self, batch: TokenBatch) -> SiteValues | None:
+        if self.mode == "zero":
+            return None
+        if self.mode == "mean":
+            source = self.reference or batch
+        else:
+            source = self.resample_source or _rolled(batch)
+            if source.input_ids.shape != batch.input_ids.shape:
+                raise SurgeryError(f"resample_source shape {tuple(source.input_ids.shape)} must equal the "
+                                   f"evaluated batch shape {tuple(batch.input_ids.shape)}")
+        key = (self.mode, id(source.input_ids), source.input_ids.data_ptr(), tuple(source.input_ids.shape))
+        if self._site_cache is None or self._site_cache[0] != key:
+            values = record_sites(self.loaded, self.layout, source, reduce_mean=self.mode == "mean")
+            self._site_cache = (key, values)
+        return self._site_cache[1]
+
+    # ---------------------------------------------------------------------------------- forward
+    def first_ablated_layer(self, masks: torch.Tensor) -> torch.Tensor:
+        """Per coalition, the lowest layer holding an ablated player (n_layers if none)."""
+        if masks.requires_grad:  # gates under differentiation are live sites even at 1
+            ablated = torch.ones_like(masks, dtype=torch.bool)
+        else:
+            ablated = ~masks if masks.dtype == torch.bool else masks < 1
+        first = self._first_layer.to(masks.device).expand_as(masks)
+        big = torch.full_like(first, self.loaded.components.n_layers)
+        return torch.where(ablated, first, big).min(dim=1).values
+
+    def _chunk_logits(self, masks: torch.Tensor, batch: TokenBatch, replacements) -> torch.Tensor:
+        """Logits at the scored positions for c coalitions: [c, B, P, vocab]."""
+        c, B = masks.shape[0], batch.size
+        keeps = hooks.keep_tensors(self.layout, masks)
+        n_layers = self.loaded.components.n_layers
+        first = min(keeps) if keeps else n_layers
+        with ExitStack() as stack:
+            if first >= n_layers:  # every coalition of the chunk is the full model
+                hidden = run_body(self.loaded, batch)
+            elif self.reuse_prefix:
+                hooks.install(stack, self.loaded, keeps, B, replacements, expand_from=first)
+                hidden = run_body(self.loaded, batch)
+            else:
+                hooks.install(stack, self.loaded, keeps, B, replacements, expand_from=None)
+                hidden = run_body(self.loaded, _repeat(batch, c))
+        positions = batch.score_positions.to(hidden.device)
+        rows = hidden.shape[0]
+        positions = positions.repeat(rows // B, 1)
+        picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        logits = self.loaded.model.get_submodule(self.loaded.adapter.unembed)(picked)
+        logits = logits.view(rows // B, B, *logits.shape[1:])
+        return logits.expand(c, *logits.shape[1:]) if rows == B and c > 1 else logits
+
+    def _chunks(self, masks: torch.Tensor, batch: TokenBatch):
+        """Yield (indices, mask chunk), grouping coalitions that share their first ablated layer."""
+        per_chunk = max(1, self.max_rows // batch.size)
+        order = torch.argsort(self.first_ablated_layer(masks), descending=True, stable=True)
+        for start in range(0, len(order), per_chunk):
+            idx = order[start:start + per_chunk]
+            yield idx, masks[idx]
+
+    def evaluate(self, masks, batch: TokenBatch, metric: Metric, progress: Callable[[int], None] | None = None
+                 ) -> torch.Tensor:
+        """metric(logits [c, B, P, vocab], batch) -> [c]; returns [n_coalitions] values (float64)."""
+        masks = self.check_masks(masks)
+        batch = batch.to(self.loaded.device)
+        out = torch.empty(masks.shape[0], dtype=torch.float64)
+        replacements = self._replacements(batch)
+        with torch.set_grad_enabled(masks.requires_grad):
+            for idx, chunk in self._chunks(masks, batch):
+                values = metric(self._chunk_logits(chunk, batch, replacements), batch)
+                if values.shape != (chunk.shape[0],):
+                    raise SurgeryError(f"metric returned shape {tuple(values.shape)}, expected ({chunk.shape[0]},)")
+                out[idx.cpu()] = values.detach().double().cpu()
+                if progress:
+                    progress(len(idx))
+        return out
+
+    def logits(self, masks, batch: TokenBatch) -> torch.Tensor:
+        """Logits at the scored positions, [n_coalitions, B, P, vocab]. Differentiable for float masks."""
+        masks = self.check_masks(masks)
+        batch = batch.to(self.loaded.device)
+        replacements = self._replacements(batch)
+        parts, order = [], []
+        with torch.set_grad_enabled(masks.requires_grad):
+            for idx, chunk in self._chunks(masks, batch):
+                parts.append(self._chunk_logits(chunk, batch, replacements))
+                order.append(idx)
+        result = torch.cat(parts)
+        return result[torch.argsort(torch.cat(order))]
+
+    @contextmanager
+    def ablated(self, masks, batch: TokenBatch):
+        """Hooks for a free-form forward: inside, call the model on `engine.repeat(batch, n)`
+        (inputs repeated per coalition, coalition-major) and read any output you like."""
+        masks = self.check_masks(masks)
+        replacements = self._replacements(batch.to(self.loaded.device))
+        with ExitStack() as stack:
+            hooks.install(stack, self.loaded, hooks.keep_tensors(self.layout, masks), batch.size,
+                          replacements, expand_from=None)
+            yield
+
+    repeat = staticmethod(lambda batch, n: _repeat(batch, n))
+
+
+def _repeat(batch: TokenBatch, n: int) -> TokenBatch:
+    rep = lambda t: None if t is None else t.repeat(n, *([1] * (t.ndim - 1)))
+    return TokenBatch(rep(batch.input_ids), rep(batch.attention_mask), rep(batch.score_positions), rep(batch.targets))
+
+
+def _rolled(batch: TokenBatch) -> TokenBatch:
+    if batch.size < 2:
+        raise SurgeryError("resample ablation needs at least 2 inputs in the batch (or pass resample_source=)")
+    roll = lambda t: torch.roll(t, 1, dims=0)
+    return TokenBatch(roll(batch.input_ids), roll(batch.attention_mask), roll(batch.score_positions))

