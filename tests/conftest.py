@@ -1,8 +1,11 @@
 import os
 import sys
 
-import pytest
-import torch
+# Tests never touch the network: fail fast instead of retrying hub requests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
