@@ -1,0 +1,155 @@
+"""KernelSHAP and Leverage SHAP: Shapley values as a weighted least-squares fit.
+
+Shapley values are the exact solution of
+    min_phi  sum_S mu(|S|) (v(S) - v(empty) - sum_{i in S} phi_i)^2   s.t.  sum_i phi_i = v(full) - v(empty)
+with the Shapley kernel mu(s) = (n - 1) / (C(n, s) s (n - s)). Both estimators sample the sum
+(paired coalitions, small strata enumerated; see _design.py), reweight each sampled row by
+mu / (its sampling probability) so the sampled objective is unbiased, and solve it with the
+efficiency constraint imposed exactly. They differ only in how coalition sizes are sampled:
+"kernel" (KernelSHAP, Lundberg & Lee / Covert & Lee) or "leverage" (Leverage SHAP, Musco & Witter).
+
+Standard errors: bootstrap over the sampled pairs (saturated strata are exact and stay fixed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from probes.estimators._common import Ledger, make_values, require_budget, should_stop, start_stop
+from probes.estimators._design import PairedDesign, draw_paired_design
+from probes.game import Game
+from probes.stopping import StoppingCriterion
+from probes.values import Values
+
+
+def unit_weights(design: PairedDesign, units: np.ndarray, n_sampled: int) -> np.ndarray:
+    """Regression weight of each unit's two rows, so the weighted sample estimates the full sum."""
+    n = design.n
+    k = design.stratum[units].astype(float)
+    pairs_per_size = np.where(2 * k == n, 0.5, 1.0)  # units in stratum / coalitions of size k
+    mass = (n - 1) / (k * (n - k)) * pairs_per_size  # kernel mass of the stratum, per unit, times its unit count
+    counts = design.stratum_units[design.stratum[units] - 1]
+    probability = np.where(
+        design.sampled[units],
+        design.q[design.stratum[units] - 1] * max(n_sampled, 1),
+        counts,
+    )
+    return mass / probability
+
+
+def solve_efficient_wls(x: np.ndarray, y: np.ndarray, w: np.ndarray, total: float, n_constrained: int | None = None) -> np.ndarray:
+    """argmin sum w (y - x phi)^2 subject to sum(phi[:n_constrained]) = total (Lagrange, closed form).
+
+    Columns after n_constrained (e.g. functions of the coalition size) are fitted freely."""
+    n = x.shape[1]
+    xw = x * w[:, None]
+    a = xw.T @ x
+    b = xw.T @ y
+    ones = np.zeros(n)
+    ones[: n if n_constrained is None else n_constrained] = 1.0
+    # Tiny ridge keeps the solve defined when a small sample leaves a direction unobserved.
+    a = a + 1e-10 * max(np.trace(a) / n, 1e-300) * np.eye(n)
+    try:
+        a_inv_b = np.linalg.solve(a, b)
+        a_inv_1 = np.linalg.solve(a, ones)
+    except np.linalg.LinAlgError:
+        pinv = np.linalg.pinv(a)
+        a_inv_b, a_inv_1 = pinv @ b, pinv @ ones
+    return a_inv_b - a_inv_1 * (ones @ a_inv_b - total) / (ones @ a_inv_1)
+
+
+def size_basis(coalitions: np.ndarray, degree: int) -> np.ndarray:
+    """Smooth functions of the coalition size s that vanish at s = 0 and s = n, so they change no
+    player's Shapley value: they let a surrogate follow how the value bends with size (a metric
+    that saturates) without touching efficiency."""
+    s = coalitions.sum(axis=1) / coalitions.shape[1]
+    return np.stack([s * (1 - s) * (2 * s - 1) ** j for j in range(degree + 1)], axis=1)
+
+
+def fit_linear(design: PairedDesign, units: np.ndarray, values_first, values_second, empty, full, n_sampled,
+               size_degree: int | None = None) -> np.ndarray:
+    """Efficient weighted fit of v(S) - v(empty) ~ S @ beta (+ size_basis(S) @ gamma): returns beta (, gamma)."""
+    w = unit_weights(design, units, n_sampled)
+    x = np.concatenate([design.first[units], ~design.first[units]])
+    y = np.concatenate([values_first[units], values_second[units]]) - empty
+    features = x.astype(float)
+    if size_degree is not None:
+        features = np.concatenate([features, size_basis(x, size_degree)], axis=1)
+    return solve_efficient_wls(features, y, np.concatenate([w, w]), full - empty, n_constrained=design.n)
+
+
+def order_units(design: PairedDesign, rng: np.random.Generator) -> np.ndarray:
+    """Saturated units first, then sampled units in random order, so any prefix is a valid design."""
+    saturated = np.flatnonzero(~design.sampled)
+    sampled = np.flatnonzero(design.sampled)
+    return np.concatenate([saturated, rng.permutation(sampled)]).astype(int)
+
+
+def regression_shapley(
+    game: Game,
+    budget: int,
+    seed: int | None = None,
+    stop: StoppingCriterion | None = None,
+    *,
+    distribution: str = "leverage",
+    n_bootstrap: int = 30,
+    n_rounds: int = 8,
+    name: str | None = None,
+) -> Values:
+    n = game.n_players
+    name = name or {"leverage": "leverage_shap", "kernel": "kernel_shap"}[distribution]
+    budget = require_budget(budget, n + 2, name, "v(empty), v(full) and n/2 complementary pairs to determine n values")
+    rng = np.random.default_rng(seed)
+    stop = start_stop(stop)
+    ledger = Ledger(game)
+    empty, full = ledger.empty_and_full()
+    design = draw_paired_design(n, (budget - 2) // 2, rng, distribution)
+    order = order_units(design, rng)
+    first_values = np.full(len(order), np.nan)
+    second_values = np.full(len(order), np.nan)
+    n_saturated = int((~design.sampled).sum())
+    # Round boundaries over the ordered units: one call when nobody can stop us early.
+    if stop is None:
+        edges = [len(order)]
+    else:
+        edges = sorted(set(np.linspace(n_saturated + 1, len(order), n_rounds).round().astype(int).tolist()))
+    done = 0
+    phi, stderrs = np.zeros(n), np.full(n, np.nan)
+    for round_number, edge in enumerate(edges, start=1):
+        new = order[done:edge]
+        values = ledger(np.concatenate([design.first[new], ~design.first[new]]))
+        first_values[new], second_values[new] = values[: len(new)], values[len(new):]
+        done = edge
+        units = order[:done]
+        n_sampled = int(design.sampled[units].sum())
+        phi = fit_linear(design, units, first_values, second_values, empty, full, n_sampled)
+        stderrs = _bootstrap(design, units, first_values, second_values, empty, full, n_sampled,
+                             n_bootstrap if round_number == len(edges) else min(n_bootstrap, 10), rng)
+        if should_stop(stop, ledger, phi, stderrs, round_number):
+            break
+    settings = {"distribution": distribution, "n_bootstrap": n_bootstrap, "budget": budget}
+    details = {"saturated_sizes": design.saturated_strata.tolist(), "n_sampled_pairs": int(design.sampled[order[:done]].sum())}
+    return make_values(game, ledger, name, phi, stderrs, settings=settings, seed=seed, details=details)
+
+
+def _bootstrap(design, units, first_values, second_values, empty, full, n_sampled, n_bootstrap, rng) -> np.ndarray:
+    n = design.n
+    sampled = units[design.sampled[units]]
+    fixed = units[~design.sampled[units]]
+    if n_bootstrap < 2 or len(sampled) < 2:
+        return np.zeros(n) if len(sampled) == 0 else np.full(n, np.nan)
+    replicates = np.empty((n_bootstrap, n))
+    for b in range(n_bootstrap):
+        redraw = sampled[rng.integers(0, len(sampled), size=len(sampled))]
+        replicates[b] = fit_linear(design, np.concatenate([fixed, redraw]), first_values, second_values, empty, full, n_sampled)
+    return replicates.std(axis=0, ddof=1)
+
+
+def kernel_shap(game: Game, budget: int, seed: int | None = None, stop: StoppingCriterion | None = None, **settings) -> Values:
+    """Paired KernelSHAP with the efficiency constraint (sizes drawn by the Shapley kernel)."""
+    return regression_shapley(game, budget, seed, stop, distribution="kernel", **settings)
+
+
+def leverage_shap(game: Game, budget: int, seed: int | None = None, stop: StoppingCriterion | None = None, **settings) -> Values:
+    """Leverage SHAP: sizes drawn uniformly (leverage scores), paired, without repeats."""
+    return regression_shapley(game, budget, seed, stop, distribution="leverage", **settings)
