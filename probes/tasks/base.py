@@ -34,11 +34,15 @@ class Tok:
     """The few things tasks need from a tokenizer, for `transformers` tokenizers and raw `tokenizers.Tokenizer`s.
 
     Everything is encoded without special tokens; the tokenizer's *leading* special tokens (BOS for
-    Llama, [CLS] for BERT, none for GPT-2/SmolLM2) are put in front of every sequence, trailing ones
-    ([SEP], EOS) never, because a causal model is scored at the end of the prompt.
+    Llama, [CLS] for BERT) are put in front of every sequence, trailing ones ([SEP], EOS) never,
+    because a causal model is scored at the end of the prompt. A tokenizer that adds nothing in
+    front (GPT-2, SmolLM2) gets its document separator `<|endoftext|>` (else its EOS) in front
+    instead: models are trained on documents that follow one, and without it the first tokens act
+    as an attention sink and the model is much weaker (SmolLM2-135M induction log-prob -5.2 without,
+    -2.3 with). prepend="none" turns this off; a list of ids sets the prefix explicitly.
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, prepend: str | Sequence[int] = "auto"):
         if hasattr(tokenizer, "tokenizer") and not hasattr(tokenizer, "encode"):  # a LoadedModel
             if tokenizer.tokenizer is None:
                 raise TaskError("this model was loaded without a tokenizer; pass one (load(..., tokenizer=...))")
@@ -49,8 +53,15 @@ class Tok:
         self._hf = not _is_raw_tokenizers(tokenizer)
         self.name = (getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__) if self._hf \
             else f"tokenizers.Tokenizer({type(tokenizer.model).__name__})"
-        self.leading = self._leading_specials()
         self.pad_id = self._pad_id()
+        if prepend == "auto":
+            self.leading = self._leading_specials() or self._document_start()
+        elif prepend in ("none", None):
+            self.leading = []
+        elif isinstance(prepend, str):
+            raise TaskError(f"prepend must be 'auto', 'none' or a list of token ids, got {prepend!r}")
+        else:
+            self.leading = [int(i) for i in prepend]
         self.unk_id = self._unk_id()
         self.vocab_size = tokenizer.get_vocab_size() if not self._hf else len(tokenizer)
 
@@ -85,6 +96,13 @@ class Tok:
                 return with_sp[:k]
         return []
 
+    def _document_start(self) -> list[int]:
+        vocab = self.vocab()
+        if "<|endoftext|>" in vocab:
+            return [vocab["<|endoftext|>"]]
+        eos = getattr(self.raw, "eos_token_id", None) if self._hf else None
+        return [eos] if isinstance(eos, int) else []
+
     def _pad_id(self) -> int:
         if self._hf:
             for attr in ("pad_token_id", "eos_token_id"):
@@ -117,6 +135,7 @@ def _is_raw_tokenizers(tokenizer) -> bool:
 
 
 def as_tok(tokenizer) -> Tok:
+    """A Tok for any tokenizer (pass Tok(tokenizer, prepend=...) to control the prefix)."""
     return tokenizer if isinstance(tokenizer, Tok) else Tok(tokenizer)
 
 

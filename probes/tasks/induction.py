@@ -20,7 +20,7 @@ _POOLS: dict[int, list[int]] = {}
 
 def token_pool(tok: Tok) -> list[int]:
     """Ordinary word tokens, sorted: space-marked whole words if there are many, else letter tokens, else all non-special ids."""
-    key = id(tok.raw)
+    key = (id(tok.raw), tok.vocab_size, tok.name)  # id alone could be reused by a later tokenizer
     if key not in _POOLS:
         special = tok.special_ids() | {tok.pad_id}
         if tok.unk_id is not None:

@@ -62,7 +62,7 @@ def text_task(path: str | Path | None = None, dataset: str | None = None, n: int
     cache: dict = {}
 
     def build(tok: Tok, n: int, seed: int) -> list[Row]:
-        key = id(tok.raw)
+        key = (id(tok.raw), tok.vocab_size, tok.name)
         if key not in cache:
             text = _read_file(Path(path), max_chars) if path is not None else \
                 _read_dataset(dataset, config, split, column, max_chars)
