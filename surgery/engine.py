@@ -144,7 +144,7 @@ class AblationEngine:
         batch = batch.to(self.loaded.device)
         out = torch.empty(masks.shape[0], dtype=torch.float64)
         replacements = self._replacements(batch)
-        with torch.set_grad_enabled(masks.requires_grad):
+        with _grad_mode(masks.requires_grad):
             for idx, chunk in self._chunks(masks, batch):
                 values = metric(self._chunk_logits(chunk, batch, replacements), batch)
                 if values.shape != (chunk.shape[0],):
@@ -160,7 +160,7 @@ class AblationEngine:
         batch = batch.to(self.loaded.device)
         replacements = self._replacements(batch)
         parts, order = [], []
-        with torch.set_grad_enabled(masks.requires_grad):
+        with _grad_mode(masks.requires_grad):
             for idx, chunk in self._chunks(masks, batch):
                 parts.append(self._chunk_logits(chunk, batch, replacements))
                 order.append(idx)
@@ -179,6 +179,10 @@ class AblationEngine:
             yield
 
     repeat = staticmethod(lambda batch, n: _repeat(batch, n))
+
+
+def _grad_mode(needed: bool):
+    return torch.enable_grad() if needed else torch.inference_mode()
 
 
 def _repeat(batch: TokenBatch, n: int) -> TokenBatch:

@@ -1,0 +1,112 @@
+"""The `surgery` command: a thin layer over the Python API, one subcommand per step of the data flow.
+
+It lives in pruning/ because it drives all three packages and pruning/ is the top of the dependency
+chain (surgery/ must not import probes/ or pruning/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+import surgery
+from surgery.engine import AblationEngine
+
+CAPITALS = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
+            ("Japan", "Tokyo"), ("Russia", "Moscow"), ("Egypt", "Cairo"), ("England", "London")]
+
+
+def _target_logprob(logits: torch.Tensor, batch: surgery.TokenBatch) -> torch.Tensor:
+    """Mean log-probability of the target token at each scored position: [c, B, P, V] -> [c]."""
+    logp = logits.float().log_softmax(-1)
+    targets = batch.targets.expand(logits.shape[0], -1, -1)
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    valid = (targets >= 0).to(picked.dtype)
+    return (picked * valid).sum(dim=(1, 2)) / valid.sum(dim=(1, 2))
+
+
+def capital_prompts(loaded, n: int) -> surgery.TokenBatch:
+    tok = loaded.tokenizer
+    prompts, targets = [], []
+    for country, city in CAPITALS[:n]:
+        prompts.append(f"The capital of {country} is")
+        ids = tok(" " + city, add_special_tokens=False).input_ids
+        targets.append(ids[0])  # first token of the answer
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    return surgery.TokenBatch.last_position(enc.input_ids, enc.attention_mask, torch.tensor(targets))
+
+
+def cmd_info(args) -> int:
+    loaded = surgery.load(args.model)
+    comps = loaded.components
+    print(f"{loaded.source}: {loaded.adapter.family} family, {comps.describe()}")
+    print(f"heads  {comps.heads[0]} .. {comps.heads[-1]}   layers {comps.layers[0]} .. {comps.layers[-1]}   "
+          f"MLPs {comps.mlps[0]} .. {comps.mlps[-1]}")
+    for layer in range(min(comps.n_layers, 1 if not args.all_layers else comps.n_layers)):
+        groups = "  ".join(f"kv{k}: {','.join(f'H{h}' for h in g)}" for k, g in enumerate(comps.kv_groups(layer)))
+        print(f"L{layer} query heads sharing a key/value head: {groups}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Ablate each layer of the embedded model on generated prompts and print the damage."""
+    t0 = time.perf_counter()
+    loaded = surgery.load(args.model)
+    print(f"loaded {loaded.source} in {time.perf_counter() - t0:.1f}s: {loaded.components.describe()}")
+    batch = capital_prompts(loaded, args.prompts)
+    engine = AblationEngine(loaded, "layers", mode=args.mode)
+    n = engine.n_players
+    masks = torch.ones(n + 1, n, dtype=torch.bool)
+    masks[1:] = ~torch.eye(n, dtype=torch.bool)  # row 0: full model; row 1 + l: layer l skipped
+    from tqdm import tqdm
+    t0 = time.perf_counter()
+    with tqdm(total=n + 1, desc="layer ablations", unit="coalition") as bar:
+        values = engine.evaluate(masks, batch, _target_logprob, progress=bar.update)
+    full = float(values[0])
+    print(f"\nmean log p(answer) on {batch.size} 'The capital of X is' prompts: full model {full:.3f} "
+          f"({time.perf_counter() - t0:.1f}s for {n + 1} coalitions)")
+    print(f"{'layer':<7}{'log p':>8}{'damage':>9}  (damage = full - ablated; '#' = 0.25 nats)")
+    for layer in range(n):
+        damage = full - float(values[layer + 1])
+        bar = "#" * max(0, min(60, int(round(damage / 0.25))))
+        print(f"L{layer:<6}{float(values[layer + 1]):>8.3f}{damage:>9.3f}  {bar}")
+    worst = int(torch.argmin(values[1:]))
+    print(f"\nmost damaging single-layer ablation: L{worst} ({full - float(values[worst + 1]):.2f} nats)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="surgery", description="Shapley values of model components, and smaller models.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="list a model's components and key/value head groups")
+    p.add_argument("--model", default="smollm2-135m", help="embedded name, local dir, .gguf file or hub id")
+    p.add_argument("--all-layers", action="store_true", help="print key/value groups for every layer")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("demo", help="ablate each layer of the embedded model and print the effect")
+    p.add_argument("--model", default="smollm2-135m", help="embedded name, local dir, .gguf file or hub id")
+    p.add_argument("--prompts", type=int, default=8, help=f"number of generated prompts (1..{len(CAPITALS)})")
+    p.add_argument("--mode", default="zero", choices=["zero", "mean", "resample"], help="ablation mode")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (surgery.SurgeryError, FileNotFoundError, PermissionError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"surgery: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("surgery: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
