@@ -13,6 +13,8 @@ engine consumes and whose `.metric()` is the metric bound to that batch's per-ex
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -277,6 +279,19 @@ class TaskBatch:
         return make_metric(name, counterfactuals=self.counterfactuals, token_ids=self.token_ids,
                            weights=self.token_weights, clean=clean, input_ids=self.tokens.input_ids)
 
+    def fingerprint(self, metric: str | None = None) -> dict:
+        """What identifies a game played on this batch: task, metric and a hash of the exact tensors.
+
+        The hash covers token ids, positions, targets and metric data, so a store or a values file
+        computed on other examples (another seed, n, tokenizer or task version) never matches.
+        """
+        h = hashlib.sha256()
+        for t in (self.tokens.input_ids, self.tokens.attention_mask, self.tokens.score_positions,
+                  self.tokens.targets, self.counterfactuals, self.token_ids, self.token_weights):
+            h.update(b"-" if t is None else t.contiguous().numpy().tobytes())
+        name = metric if isinstance(metric, str) else (metric.name if metric is not None else self.default_metric)
+        return {"task": self.task, "metric": name, "n_examples": self.size, "batch_sha": h.hexdigest()[:16]}
+
     def rows(self, start: int, stop: int) -> "TaskBatch":
         """Examples start:stop, with padding trimmed to the longest of them."""
         t = self.tokens
@@ -392,12 +407,14 @@ class Task:
             rows = []
             for i in order:
                 rows.append(prompt_row(tok, prompts[i], targets[i], None if cfs is None else cfs[i],
-                                       single=single, join=join, why=f"metric {metrics}"))
+                                       single=single, join=join, why=f"metric {', '.join(metrics)}"))
             return rows
 
+        content = json.dumps([prompts, targets, cfs, join], ensure_ascii=False)
         return cls(name, build, metrics, n=len(prompts), scored="the last token of each prompt "
                    "(and, for multi-token targets, every target token but the last)",
-                   settings={"prompts": len(prompts)}, description=description)
+                   settings={"prompts": len(prompts), "content_sha": hashlib.sha256(content.encode()).hexdigest()[:16]},
+                   description=description)
 
 
 def _sample(pool: int, n: int, g: torch.Generator) -> list[int]:
