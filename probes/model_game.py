@@ -52,21 +52,24 @@ def model_game(model, batch: TokenBatch, metric: Callable, players: str | Sequen
                engine: AblationEngine | None = None) -> Game:
     """Game over `players` ('heads', 'layers', 'mlps', 'attns' or component names).
 
-    metric(logits [c, B, P, vocab], batch) -> [c], higher = better for the task.
+    metric(logits [c, B, P, vocab], batch) -> [c]. A metric with `higher_is_better = False` (loss,
+    perplexity, KL) is negated, so in every game a positive value means the component helps and a
+    negative value marks a harmful (interference) component.
     store: a directory; every evaluated coalition is appended there and reused on restart.
     """
     engine = engine or AblationEngine(load(model), players, mode=mode, reference=reference, max_rows=max_rows)
+    sign = 1.0 if getattr(metric, "higher_is_better", True) else -1.0
     loaded = engine.loaded
     fingerprint = {
         "model": str(loaded.source), "model_digest": model_digest(loaded),
         "task": task_name or "custom", "batch_digest": batch_digest(batch),
-        "metric": metric_name(metric), "ablation": engine.mode,
+        "metric": metric_name(metric), "ablation": engine.mode, "value_sign": sign,
         "reference_digest": batch_digest(reference) if reference is not None else None,
     }
 
     def value_function(coalitions: np.ndarray) -> np.ndarray:
         masks = torch.from_numpy(np.ascontiguousarray(coalitions, dtype=bool))
-        return engine.evaluate(masks, batch, metric, progress=progress).numpy()
+        return sign * engine.evaluate(masks, batch, metric, progress=progress).numpy()
 
     game = Game(engine.players, value_function, fingerprint, store=store)
     game.engine = engine  # for callers that want logits or the ablation context too
