@@ -13,31 +13,8 @@ import time
 import torch
 
 import surgery
+from probes.tasks import get_task
 from surgery.engine import AblationEngine
-
-CAPITALS = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
-            ("Japan", "Tokyo"), ("Russia", "Moscow"), ("Egypt", "Cairo"), ("England", "London")]
-
-
-def _target_logprob(logits: torch.Tensor, batch: surgery.TokenBatch) -> torch.Tensor:
-    """Mean log-probability of the target token at each scored position: [c, B, P, V] -> [c]."""
-    logp = logits.float().log_softmax(-1)
-    targets = batch.targets.expand(logits.shape[0], -1, -1)
-    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    valid = (targets >= 0).to(picked.dtype)
-    return (picked * valid).sum(dim=(1, 2)) / valid.sum(dim=(1, 2))
-
-
-def capital_prompts(loaded, n: int) -> surgery.TokenBatch:
-    tok = loaded.tokenizer
-    prompts, targets = [], []
-    for country, city in CAPITALS[:n]:
-        prompts.append(f"The capital of {country} is")
-        ids = tok(" " + city, add_special_tokens=False).input_ids
-        targets.append(ids[0])  # first token of the answer
-    enc = tok(prompts, return_tensors="pt", padding=True)
-    return surgery.TokenBatch.last_position(enc.input_ids, enc.attention_mask, torch.tensor(targets))
-
 
 def cmd_info(args) -> int:
     loaded = surgery.load(args.model)
@@ -56,7 +33,8 @@ def cmd_demo(args) -> int:
     t0 = time.perf_counter()
     loaded = surgery.load(args.model)
     print(f"loaded {loaded.source} in {time.perf_counter() - t0:.1f}s: {loaded.components.describe()}")
-    batch = capital_prompts(loaded, args.prompts)
+    task_batch = get_task("factual", n=args.prompts).batch(loaded, seed=args.seed)
+    batch, metric = task_batch.tokens, task_batch.metric("logprob")
     engine = AblationEngine(loaded, "layers", mode=args.mode)
     n = engine.n_players
     masks = torch.ones(n + 1, n, dtype=torch.bool)
@@ -64,9 +42,9 @@ def cmd_demo(args) -> int:
     from tqdm import tqdm
     t0 = time.perf_counter()
     with tqdm(total=n + 1, desc="layer ablations", unit="coalition") as bar:
-        values = engine.evaluate(masks, batch, _target_logprob, progress=bar.update)
+        values = engine.evaluate(masks, batch, metric, progress=bar.update)
     full = float(values[0])
-    print(f"\nmean log p(answer) on {batch.size} 'The capital of X is' prompts: full model {full:.3f} "
+    print(f"\nmean log p(answer) on {batch.size} generated factual-recall prompts: full model {full:.3f} "
           f"({time.perf_counter() - t0:.1f}s for {n + 1} coalitions)")
     print(f"{'layer':<7}{'log p':>8}{'damage':>9}  (damage = full - ablated; '#' = 0.25 nats)")
     for layer in range(n):
@@ -88,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("demo", help="ablate each layer of the embedded model and print the effect")
     p.add_argument("--model", default="smollm2-135m", help="embedded name, local dir, .gguf file or hub id")
-    p.add_argument("--prompts", type=int, default=8, help=f"number of generated prompts (1..{len(CAPITALS)})")
+    p.add_argument("--prompts", type=int, default=8, help="number of generated factual-recall prompts")
+    p.add_argument("--seed", type=int, default=0, help="seed for drawing the prompts")
     p.add_argument("--mode", default="zero", choices=["zero", "mean", "resample"], help="ablation mode")
     p.set_defaults(func=cmd_demo)
     return parser
