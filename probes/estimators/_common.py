@@ -1,10 +1,11 @@
 """Pieces every estimator shares: budget checks, the ledger of coalitions used, stop checks, and
 the construction of the `Values` result.
 
-Budget means distinct coalitions requested from the game (v(empty) and v(full) included). The
-ledger counts them exactly, so an estimator can plan a round, ask how many of its coalitions are
-new, and shrink the round to fit; repeated coalitions (e.g. the same prefix in two permutations)
-are free, as they are in the game's own cache.
+Budget means coalition evaluations requested from the game, v(empty) and v(full) included; a
+coalition repeated within one request counts once. The ledger counts both what was requested
+(`spent`, what the budget caps) and the distinct coalitions used (`n_used`, reported as
+n_evaluations). Capping the requests rather than the distinct coalitions keeps a sampler from
+looping forever on a small game whose coalitions it has all seen already.
 """
 
 from __future__ import annotations
@@ -50,16 +51,21 @@ class Ledger:
     def __init__(self, game: Game) -> None:
         self.game = game
         self._keys: set[bytes] = set()
+        self.spent = 0
+        self._ends: tuple[float, float] | None = None
 
-    def count_new(self, coalitions: np.ndarray) -> int:
-        keys = {row.tobytes() for row in pack_coalitions(np.asarray(coalitions, dtype=bool))}
-        return len(keys - self._keys)
+    @staticmethod
+    def cost(coalitions: np.ndarray) -> int:
+        """What a request for these coalitions would spend."""
+        return len({row.tobytes() for row in pack_coalitions(np.asarray(coalitions, dtype=bool))})
 
     def __call__(self, coalitions: np.ndarray) -> np.ndarray:
         coalitions = np.asarray(coalitions, dtype=bool)
         if coalitions.shape[0] == 0:
             return np.zeros(0)
-        self._keys.update(row.tobytes() for row in pack_coalitions(coalitions))
+        keys = {row.tobytes() for row in pack_coalitions(coalitions)}
+        self.spent += len(keys)
+        self._keys.update(keys)
         return self.game(coalitions)
 
     @property
@@ -67,9 +73,12 @@ class Ledger:
         return len(self._keys)
 
     def empty_and_full(self) -> tuple[float, float]:
-        n = self.game.n_players
-        both = self(np.array([np.zeros(n, dtype=bool), np.ones(n, dtype=bool)]))
-        return float(both[0]), float(both[1])
+        """v(empty), v(full); requested once per run, then remembered."""
+        if self._ends is None:
+            n = self.game.n_players
+            both = self(np.array([np.zeros(n, dtype=bool), np.ones(n, dtype=bool)]))
+            self._ends = (float(both[0]), float(both[1]))
+        return self._ends
 
 
 def start_stop(stop: StoppingCriterion | None) -> StoppingCriterion | None:

@@ -68,7 +68,7 @@ def bandit_shapley(
             orders = all_orders[: 2 * n_pairs]
             positions, rows, needed = _needed_prefixes(orders, active, cutoff)
             coalitions = prefix_coalitions(orders[rows], needed)
-            if ledger.count_new(coalitions) <= budget - ledger.n_used:
+            if ledger.cost(coalitions) <= budget - ledger.spent:
                 break
         else:
             break

@@ -105,7 +105,7 @@ def permutation_shapley(
     skipped = 0
     round_number = 0
     while True:
-        remaining = budget - ledger.n_used
+        remaining = budget - ledger.spent
         if remaining < per_unit:
             break
         # Without truncation a unit costs at most per_unit new coalitions; with it, usually less,

@@ -1,0 +1,48 @@
+"""Shapley estimators, one file per family, one call shape:
+
+    estimate(game, budget=..., seed=..., stop=None, **settings) -> Values
+
+`get_estimator(name)` returns that function. DEFAULT_ESTIMATOR is the one with the lowest error
+per evaluation at budget 10 n in benchmarks/results/estimators.json (benchmarks/estimators.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from probes.errors import ProbeError
+from probes.estimators import bandit, exact, interaction, msr, ordered, owen, permutation, regression
+from probes.values import Values
+
+Estimator = Callable[..., Values]
+
+ESTIMATORS: dict[str, Estimator] = {
+    "exact": exact.exact_shapley,
+    "permutation": permutation.permutation_shapley,
+    "bandit": bandit.bandit_shapley,
+    "kernel_shap": regression.kernel_shap,
+    "leverage_shap": regression.leverage_shap,
+    "msr": msr.msr_shapley,
+    "sliding_window": ordered.sliding_window_values,
+    "neighbourhood": ordered.neighbourhood_values,
+    "owen": owen.estimate,
+    "interaction": interaction.interaction_values,
+}
+
+# Chosen from the benchmark table (see module docstring); the regression-adjusted Monte Carlo
+# estimator with a linear + coalition-size surrogate.
+DEFAULT_ESTIMATOR = "msr"
+
+
+def get_estimator(name: str | None = None) -> Estimator:
+    """The estimator called `name` (the default one when None)."""
+    name = DEFAULT_ESTIMATOR if name is None else name
+    try:
+        return ESTIMATORS[name]
+    except KeyError:
+        raise ProbeError(f"unknown estimator {name!r}; available: {sorted(ESTIMATORS)}") from None
+
+
+def estimate(game, budget=None, seed=None, stop=None, *, estimator: str | None = None, **settings) -> Values:
+    """Shapley values of `game` with the named (or default) estimator."""
+    return get_estimator(estimator)(game, budget=budget, seed=seed, stop=stop, **settings)
