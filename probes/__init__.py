@@ -1,0 +1,22 @@
+"""probes: value the components. Games over model parts, Shapley estimators, tasks and metrics."""
+
+from probes.errors import (BudgetTooSmallError, FingerprintMismatchError, InvalidGameOutputError,
+                           MalformedValuesFileError, ProbeError, StoreCorruptError, TooManyPlayersError)
+from probes.estimators import DEFAULT_ESTIMATOR, ESTIMATORS, estimate, get_estimator
+from probes.game import Game
+from probes.metrics import (METRICS, Accuracy, KLDivergence, LogitDiff, LogProb, Loss, Metric, MetricError,
+                            PairAccuracy, Perplexity, ProbMass, make_metric)
+from probes.model_game import model_game
+from probes.stopping import MaxEvaluations, RankStable, StandardErrorBelow, StoppingCriterion
+from probes.store import CoalitionStore
+from probes.tasks import BUILTIN_TASKS, Task, TaskBatch, TaskError, get_task
+from probes.values import Values
+
+__all__ = [
+    "BudgetTooSmallError", "FingerprintMismatchError", "InvalidGameOutputError", "MalformedValuesFileError",
+    "ProbeError", "StoreCorruptError", "TooManyPlayersError", "DEFAULT_ESTIMATOR", "ESTIMATORS", "estimate",
+    "get_estimator", "Game", "METRICS", "Accuracy", "KLDivergence", "LogitDiff", "LogProb", "Loss", "Metric",
+    "MetricError", "PairAccuracy", "Perplexity", "ProbMass", "make_metric", "model_game", "MaxEvaluations",
+    "RankStable", "StandardErrorBelow", "StoppingCriterion", "CoalitionStore", "BUILTIN_TASKS", "Task",
+    "TaskBatch", "TaskError", "get_task", "Values",
+]
