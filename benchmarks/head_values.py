@@ -1,0 +1,128 @@
+"""Induction head values on the embedded SmolLM2-135M (270 heads), two seeds, and an ablation check.
+
+    python benchmarks/head_values.py [--budget 600] [--n 4] [--length 8] [--store-dir DIR]
+
+Writes benchmarks/results/head_values.json. Each seed streams its evaluations to its own store
+directory, so an interrupted run resumes (the JSON then says which seeds were resumed, and their
+wall time covers only the part computed in this run).
+summary.seed_spearman: Spearman correlation of the two seeds' 270 head values.
+summary.top5_vs_random5_damage_ratio: metric drop when the 5 top-valued heads (seed 0) are ablated,
+divided by the mean drop over `--random-draws` sets of 5 random heads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from probes.estimators import DEFAULT_ESTIMATOR  # noqa: E402
+from probes.head_values import head_values  # noqa: E402
+from probes.model_game import model_game  # noqa: E402
+from probes.tasks import get_task  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--budget", type=int, default=600, help="coalition evaluations per seed")
+    parser.add_argument("--n", type=int, default=4, help="induction examples in the batch")
+    parser.add_argument("--length", type=int, default=8, help="random tokens per half")
+    parser.add_argument("--seeds", type=int, nargs=2, default=[0, 1])
+    parser.add_argument("--random-draws", type=int, default=20)
+    parser.add_argument("--max-rows", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--store-dir", default=os.environ.get("HEAD_VALUES_STORE", "/tmp/model-surgery-stores/head_values"))
+    parser.add_argument("--out", default=str(RESULTS / "head_values.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import surgery
+    from scipy.stats import spearmanr
+
+    loaded = surgery.load(args.model)
+    task = get_task("induction", n=args.n, length=args.length)
+    runs, values = [], []
+    for seed in args.seeds:
+        store = Path(args.store_dir) / f"induction-n{args.n}-L{args.length}-b{args.budget}-seed{seed}"
+        resumed = (store / "values.jsonl").exists()
+        start = time.perf_counter()
+        done = [0]
+
+        def progress(k, done=done, start=start, seed=seed):
+            done[0] += k
+            print(f"  seed {seed}: {done[0]} coalitions evaluated, {time.perf_counter() - start:.0f} s", flush=True)
+
+        hv = head_values(loaded, task, budget=args.budget, seed=seed, store=store, max_rows=args.max_rows,
+                         progress=progress)
+        wall = time.perf_counter() - start
+        values.append(hv)
+        runs.append({"seed": seed, "wall_seconds": round(wall, 1), "evaluations": hv.n_evaluations,
+                     "computed_this_run": hv.details["wall_evaluations_this_run"], "resumed_from_store": resumed,
+                     "store": str(store), "top5": hv.top_k(5), "harmful_95": [h.as_dict() for h in hv.harmful(0.95)],
+                     "full_value": hv.full_value, "empty_value": hv.empty_value,
+                     "median_stderr": float(np.nanmedian(hv.stderrs))})
+        print(f"seed {seed}: {wall:.0f} s, {hv.n_evaluations} evaluations; top 5 {hv.top_k(5)}", flush=True)
+        hv.save(Path(args.store_dir) / f"values-seed{seed}.json")
+
+    rho = float(spearmanr(values[0].means, values[1].means).statistic)
+    top_overlap = len({n for n, _ in values[0].top_k(10)} & {n for n, _ in values[1].top_k(10)})
+
+    # Ablation check on the same batch: top-5 heads of seed 0 against random sets of 5.
+    tb = task.batch(loaded.tokenizer, seed=0)
+    game = model_game(loaded, tb.tokens, tb.metric(), "heads", max_rows=args.max_rows, task_name="induction")
+    n = game.n_players
+    rng = np.random.default_rng(1234)
+    top = [game.index_of(name) for name, _ in values[0].top_k(5)]
+    masks = [np.ones(n, dtype=bool)]
+    for idx in [top] + [rng.choice(n, 5, replace=False) for _ in range(args.random_draws)]:
+        row = np.ones(n, dtype=bool)
+        row[list(idx)] = False
+        masks.append(row)
+    scores = game(np.array(masks))
+    full, top_score, random_scores = scores[0], scores[1], scores[2:]
+    top_damage = float(full - top_score)
+    random_damage = float(np.mean(full - random_scores))
+    summary = {
+        "seed_spearman": round(rho, 4),
+        "wall_seconds": round(float(np.mean([r["wall_seconds"] for r in runs])), 1),
+        "evaluations": int(np.mean([r["evaluations"] for r in runs])),
+        "top5_vs_random5_damage_ratio": round(top_damage / random_damage, 2) if random_damage > 0 else None,
+    }
+    result = {
+        "summary": summary,
+        "summary_notes": {
+            "wall_seconds": "mean over the two seeds of one seed's head_values() run (wall clock, this machine)",
+            "evaluations": "coalition evaluations per seed (the estimator budget actually used)",
+        },
+        "settings": {"model": args.model, "n_heads": n, "task": "induction", "n_examples": args.n,
+                     "length": args.length, "tokens_per_example": int(tb.tokens.input_ids.shape[1]),
+                     "metric": tb.default_metric, "estimator": DEFAULT_ESTIMATOR, "budget": args.budget,
+                     "budget_per_head": round(args.budget / n, 2), "ablation": "zero", "seeds": args.seeds,
+                     "random_draws": args.random_draws, "threads": args.threads, "max_rows": args.max_rows,
+                     "machine": f"{platform.machine()} {os.cpu_count()} cpus (shared)", "torch": torch.__version__},
+        "runs": runs,
+        "top10_overlap_between_seeds": top_overlap,
+        "damage": {"full_value": float(full), "top5_heads": values[0].top_k(5), "top5_value": float(top_score),
+                   "top5_damage": top_damage, "random5_damage_mean": random_damage,
+                   "random5_damage_each": [float(full - s) for s in random_scores]},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
