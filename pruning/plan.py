@@ -1,0 +1,142 @@
+"""PruningPlan: which heads go, which layers go, how sparse each layer gets. Plain JSON, replayable.
+
+A plan records the model it was made for (source, weight digest, shape) and what produced it (the
+values file and its game fingerprint, the policy and its settings), so `surgery prune` can refuse
+a plan made for another model and anyone can rerun the step that made it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pruning.errors import PruningError
+from surgery.loading import LoadedModel
+
+PLAN_FORMAT = "model-surgery.pruning-plan"
+PLAN_VERSION = 1
+
+
+def model_identity(loaded: LoadedModel) -> dict:
+    from probes.model_game import model_digest
+    comps = loaded.components
+    return {"source": str(loaded.source), "digest": model_digest(loaded), "n_layers": comps.n_layers,
+            "n_heads": comps.n_heads, "n_kv_heads": comps.n_kv_heads}
+
+
+@dataclass
+class PruningPlan:
+    model: dict
+    heads: list[str] = field(default_factory=list)
+    layers: list[int] = field(default_factory=list)
+    sparsity: dict[int, float] = field(default_factory=dict)
+    sparsity_method: str | None = None
+    n_m: list[int] | None = None
+    head_removal: str = "physical"  # or "masked": zeroed output-projection columns, no size gain
+    cornerstones: list[int] = field(default_factory=list)
+    provenance: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.layers = sorted(int(l) for l in self.layers)
+        self.sparsity = {int(k): float(v) for k, v in self.sparsity.items()}
+        self.heads = sorted(set(self.heads), key=_head_key)
+        if self.head_removal not in ("physical", "masked"):
+            raise PruningError(f"head_removal must be 'physical' or 'masked', got {self.head_removal!r}")
+        for layer, ratio in self.sparsity.items():
+            if not 0.0 <= ratio <= 1.0:
+                raise PruningError(f"sparsity of layer {layer} is {ratio}, outside [0, 1]")
+        n_layers = int(self.model.get("n_layers", 0))
+        bad = [l for l in list(self.layers) + list(self.sparsity) if not 0 <= l < n_layers]
+        if bad:
+            raise PruningError(f"layers {bad} out of range 0..{n_layers - 1} for the plan's model")
+        if n_layers and len(self.layers) >= n_layers:
+            raise PruningError(f"the plan removes all {n_layers} layers; keep at least one")
+        kept = set(self.layers)
+        per_layer = {}
+        for name in self.heads:
+            layer, head = _head_key(name)
+            if not 0 <= layer < n_layers or not 0 <= head < self.model["n_heads"][layer]:
+                raise PruningError(f"head {name} does not exist in the plan's model")
+            per_layer[layer] = per_layer.get(layer, 0) + 1
+        remaining = sum(h - per_layer.get(l, 0) for l, h in enumerate(self.model["n_heads"]) if l not in kept)
+        if self.heads and remaining == 0:
+            raise PruningError("the plan removes every attention head of the model; keep at least one")
+
+    def merged(self, other: "PruningPlan") -> "PruningPlan":
+        """Both plans at once (heads and layers united, sparsity of `other` wins), for the same model."""
+        if other.model.get("digest") != self.model.get("digest"):
+            raise PruningError("cannot merge plans made for different models")
+        return PruningPlan(self.model, self.heads + other.heads, sorted(set(self.layers) | set(other.layers)),
+                           {**self.sparsity, **other.sparsity}, other.sparsity_method or self.sparsity_method,
+                           other.n_m or self.n_m, self.head_removal, sorted(set(self.cornerstones) | set(other.cornerstones)),
+                           self.provenance + other.provenance)
+
+    def check_model(self, loaded: LoadedModel) -> None:
+        from pruning.plan import model_identity
+        here = model_identity(loaded)
+        if here["digest"] != self.model.get("digest"):
+            raise PruningError(
+                f"this plan was made for model {self.model.get('source')!r} (digest {self.model.get('digest')}), "
+                f"not for {here['source']!r} (digest {here['digest']}); make a plan from values of this model")
+
+    def summary(self) -> str:
+        parts = []
+        if self.heads:
+            parts.append(f"remove {len(self.heads)} heads ({self.head_removal})")
+        if self.layers:
+            parts.append(f"drop layers {self.layers}")
+        if self.sparsity:
+            mean = sum(self.sparsity.values()) / len(self.sparsity)
+            parts.append(f"{self.sparsity_method} sparsity, mean {mean:.2f} over {len(self.sparsity)} layers")
+        return "; ".join(parts) or "no change"
+
+    def to_json_dict(self) -> dict:
+        data = asdict(self)
+        data["sparsity"] = {str(k): v for k, v in self.sparsity.items()}
+        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, **data}
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_json_dict(), indent=2))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "PruningPlan":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise PruningError(f"plan file not found: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise PruningError(f"{path} is not valid JSON ({err}); expected a plan written by `surgery plan`") from None
+        return cls.from_json_dict(data, source=str(path))
+
+    @classmethod
+    def from_json_dict(cls, data, source: str = "plan") -> "PruningPlan":
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            raise PruningError(f"{source} is not a pruning plan (missing format={PLAN_FORMAT!r})")
+        if data.get("version") != PLAN_VERSION:
+            raise PruningError(f"{source}: plan version {data.get('version')} is not supported (expected {PLAN_VERSION})")
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if not isinstance(fields.get("model"), dict) or "n_layers" not in fields["model"]:
+            raise PruningError(f"{source}: plan has no 'model' record with n_layers/n_heads")
+        try:
+            return cls(**fields)
+        except (TypeError, ValueError, KeyError) as err:
+            if isinstance(err, PruningError):
+                raise
+            raise PruningError(f"{source}: malformed plan ({err})") from None
+
+
+def _head_key(name: str) -> tuple[int, int]:
+    try:
+        layer, head = name.split(".")
+        if not (layer[0] == "L" and head[0] == "H"):
+            raise ValueError
+        return int(layer[1:]), int(head[1:])
+    except (ValueError, IndexError, AttributeError):
+        raise PruningError(f"bad head name {name!r} in plan: expected 'L<layer>.H<head>'") from None

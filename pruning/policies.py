@@ -1,0 +1,158 @@
+"""Policies: Values in, PruningPlan out. Each records itself in the plan's provenance."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+from probes.values import Values
+from pruning.errors import PruningError
+from pruning.plan import PruningPlan, model_identity
+from pruning.sparsity import allocate_ratios
+from surgery.batch import TokenBatch
+from surgery.engine import AblationEngine
+from surgery.loading import LoadedModel
+
+
+def _check_values_for(values: Values, loaded: LoadedModel, kind: str) -> None:
+    expected = loaded.components.heads if kind == "heads" else loaded.components.layers
+    if list(values.names) != expected:
+        sample = ", ".join(list(values.names)[:3])
+        raise PruningError(f"these values ({len(values.names)} players: {sample}, ...) are not {kind} values of "
+                           f"this model ({len(expected)} {kind}); compute them with `surgery values {kind}` on it")
+    digest = (values.fingerprint or {}).get("model_digest")
+    if digest and digest != model_identity(loaded)["digest"]:
+        raise PruningError(f"these values were computed on another model ({values.fingerprint.get('model')!r}, "
+                           f"digest {digest}); compute values on this model first")
+
+
+def _provenance(policy: str, values: Values | None, values_file: str | None, **settings) -> dict:
+    record = {"policy": policy, "settings": settings}
+    if values is not None:
+        record["values"] = {"file": values_file, "estimator": values.estimator, "seed": values.seed,
+                            "fingerprint_id": values.fingerprint_id}
+    return record
+
+
+def _count(n_total: int, k: int | None, fraction: float | None, what: str) -> int | None:
+    if k is not None and fraction is not None:
+        raise PruningError(f"give k or fraction of {what}, not both")
+    if fraction is not None:
+        if not 0.0 <= fraction <= 1.0:
+            raise PruningError(f"fraction of {what} {fraction} is outside [0, 1]")
+        return int(round(fraction * n_total))
+    if k is not None and not 0 <= k <= n_total:
+        raise PruningError(f"k={k} {what} is outside 0..{n_total}")
+    return k
+
+
+def head_plan(values: Values, loaded: LoadedModel, *, k: int | None = None, fraction: float | None = None,
+              harmful_confidence: float | None = None, min_per_layer: int = 1, removal: str = "physical",
+              values_file: str | None = None, scores_are: str = "values") -> PruningPlan:
+    """Remove the k (or fraction) lowest-valued heads, or every confidently harmful head.
+
+    harmful_confidence=0.95: remove heads whose one-sided upper bound mean + z * stderr is below 0
+    (the interference heads of Shapley head pruning). min_per_layer heads stay in every layer.
+    GQA is handled when the plan is applied: a key/value head goes only with all its query heads.
+    """
+    _check_values_for(values, loaded, "heads")
+    means, errs = np.asarray(values.means, float), np.asarray(values.stderrs, float)
+    names = list(values.names)
+    if harmful_confidence is not None:
+        if not 0.5 <= harmful_confidence < 1:
+            raise PruningError(f"harmful_confidence {harmful_confidence} must lie in [0.5, 1)")
+        z = float(torch.distributions.Normal(0, 1).icdf(torch.tensor(harmful_confidence)))
+        candidates = [i for i in np.argsort(means) if means[i] + z * errs[i] < 0]
+        limit = len(candidates)
+    else:
+        limit = _count(len(names), k, fraction, "heads")
+        if limit is None:
+            raise PruningError("say how many heads to remove: k=, fraction= or harmful_confidence=")
+        candidates = list(np.argsort(means, kind="stable"))
+    comps = loaded.components
+    left = {l: comps.n_heads[l] for l in range(comps.n_layers)}
+    chosen = []
+    for i in candidates:
+        if len(chosen) >= limit:
+            break
+        layer = comps.parse(names[i]).layer
+        if left[layer] - 1 < min_per_layer:
+            continue
+        left[layer] -= 1
+        chosen.append(names[i])
+    if len(chosen) < limit and harmful_confidence is None:
+        raise PruningError(f"only {len(chosen)} of {limit} heads can go with min_per_layer={min_per_layer}")
+    return PruningPlan(model_identity(loaded), heads=chosen, head_removal=removal, provenance=[_provenance(
+        "head_plan", values, values_file, k=k, fraction=fraction, harmful_confidence=harmful_confidence,
+        min_per_layer=min_per_layer, scores_are=scores_are)])
+
+
+def find_cornerstones(loaded: LoadedModel, batch: TokenBatch, metric: Callable, collapse: float = 0.5) -> dict:
+    """Layers whose removal alone collapses the task: v(N) - v(N \\ l) > collapse * (v(N) - v(empty))."""
+    engine = AblationEngine(loaded, "layers")
+    n = engine.n_players
+    masks = torch.ones(n + 2, n, dtype=torch.bool)
+    masks[1] = False
+    masks[2:] = ~torch.eye(n, dtype=torch.bool)
+    sign = 1.0 if getattr(metric, "higher_is_better", True) else -1.0
+    v = sign * engine.evaluate(masks, batch, metric)
+    full, empty, drop = float(v[0]), float(v[1]), (v[0] - v[2:]).tolist()
+    gap = full - empty
+    corner = [l for l, d in enumerate(drop) if gap > 0 and d > collapse * gap]
+    return {"cornerstones": corner, "full": full, "empty": empty, "single_removal_drop": drop, "collapse": collapse}
+
+
+def layer_plan(values: Values | None, loaded: LoadedModel, *, k: int | None = None, fraction: float | None = None,
+               cornerstones: list[int] | None = None, scores: dict[int, float] | None = None,
+               values_file: str | None = None, scores_are: str = "values") -> PruningPlan:
+    """Drop the k (or fraction) lowest-scored layers, never a cornerstone layer.
+
+    scores: {layer: importance} instead of Values (baselines: Block Influence, position).
+    """
+    n = loaded.components.n_layers
+    if values is not None:
+        _check_values_for(values, loaded, "layers")
+        scores = {i: float(m) for i, m in enumerate(values.means)}
+    if scores is None:
+        raise PruningError("layer_plan needs values or scores")
+    limit = _count(n, k, fraction, "layers")
+    if limit is None:
+        raise PruningError("say how many layers to drop: k= or fraction=")
+    if limit >= n:
+        raise PruningError(f"dropping {limit} of {n} layers leaves none; keep at least one")
+    protected = set(cornerstones or [])
+    order = [l for l in sorted(scores, key=lambda l: (scores[l], l)) if l not in protected]
+    if len(order) < limit:
+        raise PruningError(f"only {len(order)} layers are not cornerstones; cannot drop {limit}")
+    return PruningPlan(model_identity(loaded), layers=order[:limit], cornerstones=sorted(protected),
+                       provenance=[_provenance("layer_plan", values, values_file, k=k, fraction=fraction,
+                                               scores_are=scores_are)])
+
+
+def sparsity_plan(loaded: LoadedModel, target: float, *, allocation: str = "shapley", values: Values | None = None,
+                  outliers: dict[int, float] | None = None, lam: float = 0.08, method: str = "wanda",
+                  n_m: tuple[int, int] | None = None, values_file: str | None = None) -> PruningPlan:
+    """Per-layer sparsity with mean `target`: uniform, from Shapley layer values (SV-NUP) or OWL outliers."""
+    if not 0.0 <= target <= 1.0:
+        raise PruningError(f"target sparsity {target} is outside [0, 1]")
+    n = loaded.components.n_layers
+    if allocation == "uniform":
+        ratios = {l: float(target) for l in range(n)}
+    elif allocation == "shapley":
+        if values is None:
+            raise PruningError("allocation='shapley' needs layer values (e.g. sliding-window values)")
+        _check_values_for(values, loaded, "layers")
+        ratios = allocate_ratios(target, {i: float(m) for i, m in enumerate(values.means)}, lam)
+    elif allocation == "owl":
+        if outliers is None:
+            raise PruningError("allocation='owl' needs per-layer outlier ratios (pruning.sparsity.outlier_ratios)")
+        ratios = allocate_ratios(target, outliers, lam)
+    else:
+        raise PruningError(f"unknown allocation {allocation!r}: use 'uniform', 'shapley' or 'owl'")
+    return PruningPlan(model_identity(loaded), sparsity=ratios, sparsity_method=method,
+                       n_m=list(n_m) if n_m else None,
+                       provenance=[_provenance("sparsity_plan", values, values_file, target=target,
+                                               allocation=allocation, lam=lam, method=method)])
