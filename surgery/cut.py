@@ -1,0 +1,309 @@
+"""Cut heads and layers out of a model physically, or mask heads (the same-size variant).
+
+`remove_heads` shrinks the query/key/value/output matrices (and biases) of every family:
+separate projections (Llama/Qwen2/Mistral with GQA, BERT), GPT-2's fused Conv1D `c_attn`
+([q | k | v], weights stored [in, out]) and GPT-NeoX's interleaved `query_key_value` (per head
+[q_h | k_h | v_h]). The cut model gives the same logits as the original with those heads'
+output-projection columns zeroed (`mask_heads`), up to float rounding.
+
+Grouped-query attention. transformers maps query head h to key/value head h // (n_q / n_kv)
+(`repeat_kv`). A key/value head goes only when every query head reading it goes. When a group
+loses only some of its query heads the groups become uneven (say 3 and 1 left), which `repeat_kv`
+cannot express; by default (`partial_groups="duplicate"`) the shared key/value heads are
+duplicated so that every group has g = gcd(kept per group) query heads: with 3 and 1 left, g = 1
+and the first key/value head appears 3 times. Every kept query head reads exactly its original
+key/value projection, so the logits are exact; the price is extra key/value rows (the export still
+shrinks overall unless few query heads go). `partial_groups="error"` refuses instead.
+
+Layers that lose every head. transformers' attention cannot run with zero heads (it reshapes with
+-1), so by default this is refused, pointing at `remove_layers`. `empty_layers="keep_zeroed_head"`
+keeps one placeholder head whose output-projection columns are zero: the layer's attention then
+adds only the output bias, exactly what the masked model does.
+
+Config. When every layer keeps the same counts and the stock config class accepts them (Llama
+family: `hidden_size % num_attention_heads == 0`), the config gets `num_attention_heads`,
+`num_key_value_heads` and an explicit `head_dim`: a plain checkpoint. Otherwise (uneven counts,
+or any head cut in GPT-2 / GPT-NeoX / BERT, whose stock classes derive the head size from
+`hidden_size / num_attention_heads`) the global counts stay the original ones and each layer's
+counts go into transformers' native `config.per_layer_config`; such a model is exported with
+`surgery/modeling/pruned_attention.py` and loads with `trust_remote_code=True`.
+"""
+
+from __future__ import annotations
+
+import copy as copy_module
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+
+from surgery.components import ComponentIndex
+from surgery.errors import SurgeryError
+from surgery.loading import LoadedModel, load
+from surgery.modeling.pruned_attention import layer_heads, set_attention_attributes
+
+PARTIAL_GROUPS = ("duplicate", "error")
+EMPTY_LAYERS = ("error", "keep_zeroed_head")
+
+
+def remove_heads(loaded_or_model, heads, *, copy: bool = True, partial_groups: str = "duplicate",
+                 empty_layers: str = "error") -> LoadedModel:
+    """Physically remove attention heads. `heads`: names ["L1.H3", ...] or {layer: [head, ...]}.
+
+    Returns a new LoadedModel (the input is untouched when copy=True) whose components are
+    renumbered: the kept heads of each layer are H0.. in their original order.
+    """
+    if partial_groups not in PARTIAL_GROUPS:
+        raise SurgeryError(f"partial_groups={partial_groups!r}: use one of {PARTIAL_GROUPS}")
+    if empty_layers not in EMPTY_LAYERS:
+        raise SurgeryError(f"empty_layers={empty_layers!r}: use one of {EMPTY_LAYERS}")
+    loaded = load(loaded_or_model)
+    comps = loaded.components
+    drop = _heads_by_layer(comps, heads)
+    if sum(len(h) for h in drop.values()) == sum(comps.n_heads):
+        raise SurgeryError(f"removing all {sum(comps.n_heads)} heads of the model leaves no attention at all; "
+                           f"keep at least one head, or remove layers with remove_layers()")
+    plans = {}
+    for layer, dropped in sorted(drop.items()):
+        plans[layer] = _plan_layer(comps, layer, dropped, partial_groups, empty_layers)
+
+    model = copy_module.deepcopy(loaded.model) if copy else loaded.model
+    adapter = loaded.adapter
+    blocks = adapter.blocks(model)
+    n_q, n_kv = list(comps.n_heads), list(comps.n_kv_heads)
+    with torch.no_grad():
+        for layer, (keep_q, kv_src, placeholder) in plans.items():
+            _cut_layer(blocks[layer], adapter, comps, layer, keep_q, kv_src, placeholder)
+            n_q[layer], n_kv[layer] = len(keep_q), len(kv_src)
+    _write_head_counts(model, n_q, n_kv, comps.head_dim)
+    return LoadedModel(model, loaded.tokenizer, adapter, ComponentIndex(n_q, n_kv, comps.head_dim),
+                       f"{loaded.source} [heads removed: {sum(len(h) for h in drop.values())}]")
+
+
+def mask_heads(loaded_or_model, heads, *, copy: bool = True) -> LoadedModel:
+    """The MASKED variant: zero the heads' output-projection columns. Same size, loads anywhere.
+
+    Numerically what zero-ablation does; the file does not shrink. The masked head names are
+    recorded in `config.surgery_masked_heads` so an export says what it is.
+    """
+    loaded = load(loaded_or_model)
+    comps, adapter = loaded.components, loaded.adapter
+    drop = _heads_by_layer(comps, heads)
+    model = copy_module.deepcopy(loaded.model) if copy else loaded.model
+    blocks = adapter.blocks(model)
+    with torch.no_grad():
+        for layer, dropped in drop.items():
+            proj = blocks[layer].get_submodule(adapter.attn_out_proj)
+            for head in dropped:
+                _zero_out_columns(proj, adapter, head, comps.head_dim)
+    previous = list(getattr(model.config, "surgery_masked_heads", None) or [])
+    names = [f"L{l}.H{h}" for l, hs in sorted(drop.items()) for h in hs]
+    model.config.surgery_masked_heads = sorted(set(previous) | set(names))
+    return LoadedModel(model, loaded.tokenizer, adapter, comps,
+                       f"{loaded.source} [MASKED, same size: {len(names)} heads zeroed]")
+
+
+def remove_layers(loaded_or_model, layers: Iterable[int | str], *, copy: bool = True) -> LoadedModel:
+    """Drop whole blocks. Layer indices (or names 'L5'); later layers are renumbered."""
+    loaded = load(loaded_or_model)
+    comps, adapter = loaded.components, loaded.adapter
+    drop = set()
+    for item in ([layers] if isinstance(layers, (int, str)) else layers):
+        name = item if isinstance(item, str) else f"L{int(item)}"
+        component = comps.parse(name)
+        if component.kind != "layer":
+            raise SurgeryError(f"remove_layers takes layers ('L5' or 5), got {name!r}")
+        drop.add(component.layer)
+    if len(drop) == comps.n_layers:
+        raise SurgeryError(f"removing all {comps.n_layers} layers leaves no model; keep at least one")
+    config = loaded.model.config
+    if drop and getattr(config, "scale_attn_by_inverse_layer_idx", False):
+        raise SurgeryError("this GPT-2 config scales attention by 1/(layer index + 1); removing layers would "
+                           "change the scale of every later layer. Mask them instead (engine ablation).")
+    model = copy_module.deepcopy(loaded.model) if copy else loaded.model
+    blocks = adapter.blocks(model)
+    keep = [i for i in range(comps.n_layers) if i not in drop]
+    for new_index, block in enumerate(blocks[i] for i in keep):
+        for module in block.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_index
+    kept_blocks = [blocks[i] for i in keep]
+    while len(blocks):
+        del blocks[len(blocks) - 1]
+    for block in kept_blocks:
+        blocks.append(block)
+    n_q = [comps.n_heads[i] for i in keep]
+    n_kv = [comps.n_kv_heads[i] for i in keep]
+    cfg = model.config
+    layer_types = getattr(cfg, "layer_types", None)
+    # per_layer_config is keyed by layer index: clear it before the count changes, rewrite after.
+    _clear_per_layer(cfg)
+    cfg.num_hidden_layers = len(keep)
+    if isinstance(layer_types, (list, tuple)) and len(layer_types) == comps.n_layers:
+        cfg.layer_types = [layer_types[i] for i in keep]
+    _write_head_counts(model, n_q, n_kv, comps.head_dim)
+    return LoadedModel(model, loaded.tokenizer, adapter, ComponentIndex(n_q, n_kv, comps.head_dim),
+                       f"{loaded.source} [layers removed: {sorted(drop)}]")
+
+
+def head_counts(config, n_layers: int) -> tuple[list[int], list[int]]:
+    """Per-layer (query heads, key/value heads) that a config describes (per_layer_config aware)."""
+    counts = [layer_heads(config, i) for i in range(n_layers)]
+    return [c[0] for c in counts], [c[1] for c in counts]
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _heads_by_layer(comps: ComponentIndex, heads) -> dict[int, list[int]]:
+    drop: dict[int, set[int]] = {}
+    if isinstance(heads, dict):
+        for layer, hs in heads.items():
+            for head in hs:
+                c = comps.parse(f"L{int(layer)}.H{int(head)}")
+                drop.setdefault(c.layer, set()).add(c.head)
+    else:
+        if isinstance(heads, str):
+            heads = [heads]
+        for name in heads:
+            c = comps.parse(name)
+            if c.kind != "head":
+                raise SurgeryError(f"{name!r} is not a head; use 'L<layer>.H<head>' (or remove_layers for layers)")
+            drop.setdefault(c.layer, set()).add(c.head)
+    return {layer: sorted(hs) for layer, hs in drop.items() if hs}
+
+
+def _plan_layer(comps, layer, dropped, partial_groups, empty_layers):
+    """(kept query heads, source key/value head of each new kv slot, placeholder?) for one layer."""
+    keep_q = [h for h in range(comps.n_heads[layer]) if h not in set(dropped)]
+    placeholder = False
+    if not keep_q:
+        if empty_layers == "error":
+            raise SurgeryError(
+                f"removing all {comps.n_heads[layer]} heads of layer {layer} leaves a zero-width attention, "
+                f"which transformers cannot run. Remove the whole layer (remove_layers([{layer}])), keep a "
+                f"head, or pass empty_layers='keep_zeroed_head' (one placeholder head with a zero output).")
+        keep_q, placeholder = [0], True
+    groups = comps.kv_groups(layer)
+    kept_per_group = [sum(1 for h in group if h in keep_q) for group in groups]
+    present = [c for c in kept_per_group if c]
+    g = math.gcd(*present)
+    partial = any(c and c != len(groups[k]) for k, c in enumerate(kept_per_group))
+    if partial and len(groups[0]) > 1 and partial_groups == "error":
+        detail = ", ".join(f"kv head {k}: {c}/{len(groups[k])} query heads kept"
+                           for k, c in enumerate(kept_per_group) if c and c != len(groups[k]))
+        raise SurgeryError(
+            f"layer {layer}: removing only some query heads of a key/value group ({detail}) breaks the uniform "
+            f"grouping transformers assumes. Use partial_groups='duplicate' (exact: shared key/value heads "
+            f"are duplicated), remove whole groups {groups}, or mask the heads with mask_heads().")
+    kv_src = [k for k, c in enumerate(kept_per_group) for _ in range(c // g)]
+    return keep_q, kv_src, placeholder
+
+
+def _rows(heads: list[int], width: int, offset: int = 0) -> torch.Tensor:
+    return torch.cat([torch.arange(offset + h * width, offset + (h + 1) * width) for h in heads])
+
+
+def _replace(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    old = getattr(module, name)
+    setattr(module, name, nn.Parameter(tensor.contiguous(), requires_grad=old.requires_grad))
+
+
+def _shrink_out(linear: nn.Linear, rows: torch.Tensor) -> None:
+    """Keep output features `rows` of an nn.Linear (weight [out, in])."""
+    _replace(linear, "weight", linear.weight[rows.to(linear.weight.device)])
+    if linear.bias is not None:
+        _replace(linear, "bias", linear.bias[rows.to(linear.bias.device)])
+    linear.out_features = len(rows)
+
+
+def _cut_layer(block, adapter, comps, layer, keep_q, kv_src, placeholder):
+    D = comps.head_dim
+    n_q_old, n_kv_old = comps.n_heads[layer], comps.n_kv_heads[layer]
+    q_rows = _rows(keep_q, D)
+    kv_rows = _rows(kv_src, D)
+    if adapter.qkv_layout == "separate":
+        q, k, v = (block.get_submodule(p) for p in adapter.qkv_paths)
+        _shrink_out(q, q_rows)
+        _shrink_out(k, kv_rows)
+        _shrink_out(v, kv_rows)
+    elif adapter.qkv_layout == "fused_conv1d":  # weight [in, q|k|v]
+        (fused_path,) = adapter.qkv_paths
+        fused = block.get_submodule(fused_path)
+        q_width, kv_width = n_q_old * D, n_kv_old * D
+        cols = torch.cat([q_rows, _rows(kv_src, D, q_width), _rows(kv_src, D, q_width + kv_width)])
+        _replace(fused, "weight", fused.weight[:, cols])
+        _replace(fused, "bias", fused.bias[cols])
+        fused.nf = len(cols)
+    elif adapter.qkv_layout == "fused_interleaved":  # weight [per head q_h|k_h|v_h, in]
+        if kv_src != keep_q:
+            raise SurgeryError("interleaved q/k/v layout with grouped key/value heads is not supported")
+        (fused_path,) = adapter.qkv_paths
+        _shrink_out(block.get_submodule(fused_path), _rows(keep_q, 3 * D))
+    else:
+        raise SurgeryError(f"unknown qkv_layout {adapter.qkv_layout!r} in the {adapter.family} adapter")
+    out = block.get_submodule(adapter.attn_out_proj)
+    if adapter.out_proj_transposed:  # Conv1D weight [in, out]
+        _replace(out, "weight", out.weight[q_rows])
+        out.nx = len(q_rows)
+    else:
+        _replace(out, "weight", out.weight[:, q_rows])
+        out.in_features = len(q_rows)
+    if placeholder:
+        _zero_out_columns(out, adapter, 0, D)
+    set_attention_attributes(block, len(keep_q), len(kv_src), D)
+
+
+def _zero_out_columns(proj, adapter, head, D):
+    cols = slice(head * D, (head + 1) * D)
+    if adapter.out_proj_transposed:
+        proj.weight[cols, :] = 0
+    else:
+        proj.weight[:, cols] = 0
+
+
+def _clear_per_layer(config) -> None:
+    if getattr(config, "is_heterogeneous", False):
+        config.per_layer_config = None
+
+
+def _global(config, name, default=None):
+    getter = getattr(config, "_getattr_without_heterogeneous_validation", None)
+    return getter(name, default) if getter else getattr(config, name, default)
+
+
+def _write_head_counts(model: nn.Module, n_q: list[int], n_kv: list[int], head_dim: int) -> None:
+    """Record per-layer head counts in the config: plain fields when possible, else per_layer_config."""
+    config = model.config
+    _clear_per_layer(config)
+    config.head_dim = head_dim
+    global_q = int(_global(config, "num_attention_heads"))
+    global_kv = int(_global(config, "num_key_value_heads", None) or global_q)
+    uniform = len(set(n_q)) == 1 and len(set(n_kv)) == 1
+    if uniform and (n_q[0], n_kv[0]) == (global_q, global_kv):
+        return
+    if uniform and hasattr(config, "num_key_value_heads") and _plain_config_ok(config, n_q[0], n_kv[0]):
+        config.num_attention_heads = n_q[0]
+        config.num_key_value_heads = n_kv[0]
+        return
+    # Stock config validators read the global counts when the config is loaded; they stay the
+    # original (valid) ones, and reading them is allowed so the config round-trips through JSON.
+    config.allow_global_per_layer_attribute_access = True
+    config.per_layer_config = {str(i): {"num_attention_heads": q, "num_key_value_heads": kv}
+                               for i, (q, kv) in enumerate(zip(n_q, n_kv))}
+
+
+def _plain_config_ok(config, n_q: int, n_kv: int) -> bool:
+    """Whether the stock config class accepts these counts (e.g. Llama needs hidden % heads == 0)."""
+    data = config.to_dict()
+    data.update(num_attention_heads=n_q, num_key_value_heads=n_kv)
+    data.pop("per_layer_config", None)
+    try:
+        type(config).from_dict(data)
+    except Exception:  # noqa: BLE001 - any validator refusal means "not expressible plainly"
+        return False
+    return True

@@ -1,0 +1,135 @@
+"""Attention with its own head counts in every layer, for checkpoints exported by model-surgery.
+
+This file is copied next to the weights of an export whose layers keep different numbers of
+attention heads (or, for GPT-2 / GPT-NeoX / BERT, any number other than the original: their stock
+classes derive the head size from `hidden_size / num_attention_heads`). It imports only torch and
+transformers, so the export loads anywhere with
+
+    AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True)
+
+(AutoModelForMaskedLM for BERT). The head counts live in the config's native `per_layer_config`
+({"<layer>": {"num_attention_heads": .., "num_key_value_heads": ..}}), so once transformers builds
+heterogeneous attention itself this file can simply be dropped. `model-surgery` imports the same
+functions to shrink models in memory, so the in-memory model and the reloaded one are built alike.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+import transformers
+from transformers.pytorch_utils import Conv1D
+
+# Rewritten by model-surgery's exporter to the class of the pruned model (e.g. "Qwen2ForCausalLM").
+BASE_CLASS = "LlamaForCausalLM"
+
+
+def layer_list(model: nn.Module) -> nn.ModuleList:
+    """The ModuleList of transformer blocks of any supported family."""
+    body = model.base_model
+    for path in ("layers", "h", "encoder.layer"):
+        try:
+            return body.get_submodule(path)
+        except AttributeError:
+            continue
+    raise TypeError(f"{type(model).__name__}: no transformer blocks found (layers, h or encoder.layer)")
+
+
+def attention_kind(block: nn.Module) -> str:
+    """'llama' (q/k/v/o_proj), 'gpt2' (fused Conv1D c_attn), 'gpt_neox' (interleaved query_key_value), 'bert'."""
+    if hasattr(block, "self_attn") and hasattr(block.self_attn, "q_proj"):
+        return "llama"
+    if hasattr(block, "attn") and hasattr(block.attn, "c_attn"):
+        return "gpt2"
+    if hasattr(block, "attention") and hasattr(block.attention, "query_key_value"):
+        return "gpt_neox"
+    if hasattr(block, "attention") and hasattr(block.attention, "self"):
+        return "bert"
+    raise TypeError(f"unsupported attention block {type(block).__name__}")
+
+
+def layer_heads(config, layer: int) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head_dim) of one layer, honouring `per_layer_config`."""
+    layer_config = config.per_layer_config[layer] if getattr(config, "is_heterogeneous", False) else config
+    n_q = int(layer_config.num_attention_heads)
+    n_kv = int(getattr(layer_config, "num_key_value_heads", None) or n_q)
+    head_dim = int(getattr(layer_config, "head_dim", None) or layer_config.hidden_size // n_q)
+    return n_q, n_kv, head_dim
+
+
+def set_attention_attributes(block: nn.Module, n_q: int, n_kv: int, head_dim: int) -> None:
+    """Set what each family's attention forward reads besides the weight shapes (transformers 5.x)."""
+    kind = attention_kind(block)
+    if kind == "llama":
+        block.self_attn.num_key_value_groups = n_q // n_kv
+        block.self_attn.head_dim = head_dim
+    elif kind == "gpt2":
+        block.attn.num_heads = n_q
+        block.attn.head_dim = head_dim
+        block.attn.split_size = n_q * head_dim
+    elif kind == "gpt_neox":
+        block.attention.head_size = head_dim
+    elif kind == "bert":
+        block.attention.self.num_attention_heads = n_q
+        block.attention.self.attention_head_size = head_dim
+        block.attention.self.all_head_size = n_q * head_dim
+
+
+def _linear(old: nn.Linear, n_in: int, n_out: int) -> nn.Linear:
+    return nn.Linear(n_in, n_out, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+
+
+def build_attention(block: nn.Module, n_q: int, n_kv: int, head_dim: int) -> None:
+    """Replace a block's attention projections by empty ones sized for n_q query / n_kv key-value heads."""
+    kind = attention_kind(block)
+    q_width, kv_width = n_q * head_dim, n_kv * head_dim
+    if kind == "llama":
+        attn = block.self_attn
+        hidden = attn.q_proj.in_features
+        attn.q_proj = _linear(attn.q_proj, hidden, q_width)
+        attn.k_proj = _linear(attn.k_proj, hidden, kv_width)
+        attn.v_proj = _linear(attn.v_proj, hidden, kv_width)
+        attn.o_proj = _linear(attn.o_proj, q_width, attn.o_proj.out_features)
+    elif kind == "gpt2":
+        attn = block.attn
+        hidden = attn.c_attn.nx
+        attn.c_attn = Conv1D(3 * q_width, hidden).to(attn.c_attn.weight)
+        attn.c_proj = Conv1D(attn.c_proj.nf, q_width).to(attn.c_proj.weight)
+    elif kind == "gpt_neox":
+        attn = block.attention
+        hidden = attn.query_key_value.in_features
+        attn.query_key_value = _linear(attn.query_key_value, hidden, 3 * q_width)
+        attn.dense = _linear(attn.dense, q_width, attn.dense.out_features)
+    elif kind == "bert":
+        attn = block.attention
+        hidden = attn.self.query.in_features
+        attn.self.query = _linear(attn.self.query, hidden, q_width)
+        attn.self.key = _linear(attn.self.key, hidden, q_width)
+        attn.self.value = _linear(attn.self.value, hidden, q_width)
+        attn.output.dense = _linear(attn.output.dense, q_width, attn.output.dense.out_features)
+    set_attention_attributes(block, n_q, n_kv, head_dim)
+
+
+def apply_per_layer_heads(model: nn.Module) -> None:
+    """Resize every layer's attention to the head counts its config gives."""
+    for i, block in enumerate(layer_list(model)):
+        build_attention(block, *layer_heads(model.config, i))
+
+
+def _pruned_class(base: type) -> type:
+    class Pruned(base):
+        def __init__(self, config, *args, **kwargs):
+            # The stock __init__ reads the global head counts; they are valid (the original model's),
+            # and every layer is resized right after from its own entry in `per_layer_config`.
+            allow = config.allow_global_per_layer_attribute_access
+            config.allow_global_per_layer_attribute_access = True
+            try:
+                super().__init__(config, *args, **kwargs)
+            finally:
+                config.allow_global_per_layer_attribute_access = allow
+            apply_per_layer_heads(self)
+
+    Pruned.__name__ = Pruned.__qualname__ = f"Pruned{base.__name__}"
+    return Pruned
+
+
+PrunedModel = _pruned_class(getattr(transformers, BASE_CLASS))
