@@ -133,3 +133,15 @@ def _pruned_class(base: type) -> type:
 
 
 PrunedModel = _pruned_class(getattr(transformers, BASE_CLASS))
+
+# Checkpoint key renamings transformers applies to the stock class (e.g. GPT-NeoX saves its
+# `lm_head` as `embed_out`) are looked up by class name and skipped for remote code unless
+# registered: register the stock class's mapping under this class's name.
+try:
+    from transformers.conversion_mapping import (get_checkpoint_conversion_mapping,
+                                                 register_checkpoint_conversion_mapping)
+    _mapping = get_checkpoint_conversion_mapping(BASE_CLASS)
+    if _mapping:
+        register_checkpoint_conversion_mapping(PrunedModel.__name__, _mapping, overwrite=True)
+except ImportError:  # transformers without checkpoint conversion mappings: nothing to register
+    pass
