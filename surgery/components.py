@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from surgery.adapters.base import ArchitectureAdapter
 from surgery.errors import SurgeryError
+from surgery.modeling.pruned_attention import layer_heads
 
 _NAME = re.compile(r"^L(\d+)(?:\.(H(\d+)|mlp|attn))?$")
 
@@ -48,13 +49,17 @@ class ComponentIndex:
         config = model.config
         head_dim = adapter.head_dim(config)
         n_heads, n_kv = [], []
-        per_layer = getattr(config, "per_layer_config", None) or {}
+        heterogeneous = getattr(config, "is_heterogeneous", False)
         for i, block in enumerate(adapter.blocks(model)):
             proj = block.get_submodule(adapter.attn_out_proj)
             width = proj.weight.shape[0] if adapter.out_proj_transposed else proj.weight.shape[1]
             n_heads.append(width // head_dim)
-            layer_cfg = per_layer.get(str(i), {}) if isinstance(per_layer, dict) else {}
-            n_kv.append(int(layer_cfg.get("num_key_value_heads", adapter.n_kv_heads(config))))
+            if adapter.kv_heads_attr is None:  # no GQA in this family: one key/value head per query head
+                n_kv.append(n_heads[-1])
+            elif heterogeneous:  # per-layer counts of a pruned export (config.per_layer_config)
+                n_kv.append(layer_heads(config, i)[1])
+            else:
+                n_kv.append(adapter.n_kv_heads(config))
         return cls(n_heads, n_kv, head_dim)
 
     @property

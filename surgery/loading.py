@@ -149,6 +149,9 @@ def _from_dir(path: Path, dtype):
     from transformers import AutoConfig, AutoTokenizer
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{path} is not a model directory (no config.json)")
+    if (path / "manifest.json").is_file():  # a model-surgery export: check checksums before loading
+        from surgery.save import verify_export
+        verify_export(path)
     config = AutoConfig.from_pretrained(path, trust_remote_code=True)
     try:
         model = _auto_class(config).from_pretrained(path, dtype=dtype, trust_remote_code=True)

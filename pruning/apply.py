@@ -1,0 +1,45 @@
+"""Carry out a PruningPlan with surgery's cut functions: sparsify, remove heads, drop layers.
+
+Order matters: sparsity ratios and head names refer to the original layer numbering, so layers are
+dropped last. Heads inside dropped layers are left to the layer removal.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterable
+
+from pruning.errors import PruningError
+from pruning.plan import PruningPlan
+from pruning.sparsity import input_norms, sparsify
+from surgery.batch import TokenBatch
+from surgery.cut import mask_heads, remove_heads, remove_layers
+from surgery.loading import LoadedModel
+
+
+def apply_plan(loaded: LoadedModel, plan: PruningPlan, *, calibration: Iterable[TokenBatch] | None = None,
+               check_model: bool = True) -> tuple[LoadedModel, dict]:
+    """A pruned copy of `loaded` (the original is untouched) and a report of what was done."""
+    if check_model:
+        plan.check_model(loaded)
+    work = LoadedModel(copy.deepcopy(loaded.model), loaded.tokenizer, loaded.adapter, loaded.components,
+                       loaded.source)
+    report: dict = {}
+    if plan.sparsity:
+        norms = None
+        if plan.sparsity_method == "wanda":
+            if calibration is None:
+                raise PruningError("Wanda sparsity needs calibration batches (text the model should keep handling)")
+            norms = input_norms(work, calibration)
+        report["sparsity"] = sparsify(work, plan.sparsity, plan.sparsity_method or "magnitude", norms,
+                                      tuple(plan.n_m) if plan.n_m else None)
+    dropped = set(plan.layers)
+    heads = [h for h in plan.heads if int(h.split(".")[0][1:]) not in dropped]
+    if heads:
+        cut = remove_heads if plan.head_removal == "physical" else mask_heads
+        work = cut(work, heads, copy=False)
+        report["heads"] = {"removed" if plan.head_removal == "physical" else "masked": heads}
+    if plan.layers:
+        work = remove_layers(work, plan.layers, copy=False)
+        report["layers"] = {"removed": list(plan.layers)}
+    return work, report

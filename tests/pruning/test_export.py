@@ -1,0 +1,66 @@
+"""Plans applied physically and exported: reloaded logits equal the masked original."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import token_batch
+
+import surgery
+from probes.values import values_from_arrays
+from pruning.errors import PruningError
+from pruning.export import export_pruned
+from pruning.plan import PruningPlan, model_identity
+from pruning.policies import head_plan
+from surgery.engine import AblationEngine
+from surgery.save import verify_export
+
+
+def logits_at(loaded, batch):
+    engine = AblationEngine(loaded, "layers")
+    return engine.logits(torch.ones(1, engine.n_players, dtype=torch.bool), batch)[0]
+
+
+def test_exported_head_and_layer_plan_matches_the_masked_original(tiny, tmp_path):
+    comps = tiny.components
+    heads = ["L0.H1", "L2.H0", "L2.H3"]
+    plan = PruningPlan(model_identity(tiny), heads=heads, layers=[1])
+    manifest = export_pruned(tiny, plan, tmp_path / "out")
+    assert manifest["after"]["parameters"] < manifest["before"]["parameters"]
+    assert manifest["plan"]["heads"] == heads and manifest["file_shrinks"]
+    verify_export(tmp_path / "out")
+    reloaded = surgery.load(str(tmp_path / "out"))
+    batch = token_batch(tiny)
+    players = heads + ["L1"]
+    engine = AblationEngine(tiny, players)
+    masked = engine.logits(torch.zeros(1, len(players), dtype=torch.bool), batch)[0]
+    torch.testing.assert_close(logits_at(reloaded, batch), masked, rtol=0, atol=1e-5)
+
+
+def test_existing_output_directory_is_not_overwritten(tiny_llama, tmp_path):
+    plan = PruningPlan(model_identity(tiny_llama), layers=[2])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(surgery.SurgeryError, match="already exists"):
+        export_pruned(tiny_llama, plan, tmp_path / "out")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    export_pruned(tiny_llama, plan, tmp_path / "out", force=True)
+    verify_export(tmp_path / "out")
+
+
+def test_plan_for_another_model_is_refused_before_anything_is_written(tiny_llama, tmp_path):
+    from tiny_models import build
+    other = surgery.load(build("llama", seed=9))
+    plan = head_plan(values_from_arrays(other.components.heads, np.arange(18.0)), other, k=2)
+    with pytest.raises(PruningError, match="made for model"):
+        export_pruned(tiny_llama, plan, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_corrupted_export_is_detected_on_load(tiny_llama, tmp_path):
+    export_pruned(tiny_llama, PruningPlan(model_identity(tiny_llama), heads=["L1.H0", "L1.H1", "L1.H2"]),
+                  tmp_path / "out")
+    weights = tmp_path / "out" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(surgery.CorruptExportError, match="model.safetensors.*truncated"):
+        surgery.load(str(tmp_path / "out"))
