@@ -77,6 +77,34 @@ def default_games(quick: bool = False) -> dict[str, tuple[Game, np.ndarray]]:
     return games
 
 
+def tiny_model_head_game(seed: int = 0) -> tuple[Game, np.ndarray]:
+    """The 12-head game of a tiny GPT-2 (3 layers x 4 heads, built in memory), truth by exact."""
+    import sys
+
+    import torch
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from tiny_models import build  # noqa: E402
+
+    import surgery
+    from probes.estimators.exact import exact_shapley
+    from probes.model_game import model_game
+
+    loaded = surgery.load(build("gpt2", seed=seed))
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, loaded.model.config.vocab_size, (4, 12), generator=g)
+    batch = surgery.TokenBatch.next_token(ids)
+
+    def logprob(logits, b):
+        logp = logits.log_softmax(-1)
+        tgt = b.targets.expand(logits.shape[0], -1, -1).unsqueeze(-1)
+        return logp.gather(-1, tgt).squeeze(-1).mean(dim=(1, 2))
+
+    def fresh() -> Game:
+        return model_game(loaded, batch, logprob, "heads", max_rows=1024, task_name="random-next-token")
+    truth = exact_shapley(fresh()).means
+    return fresh(), truth
+
+
 def _errors(estimate: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     relative_l2 = float(np.linalg.norm(estimate - truth) / np.linalg.norm(truth))
     rho = spearmanr(estimate, truth).statistic
@@ -185,7 +213,9 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     start = time.perf_counter()
-    results = run_benchmark(default_games(args.quick), seeds=tuple(range(args.seeds)))
+    games = default_games(args.quick)
+    games["tiny_gpt2_heads_12"] = tiny_model_head_game()
+    results = run_benchmark(games, seeds=tuple(range(args.seeds)))
     results["command"] = "python benchmarks/estimators.py" + (" --quick" if args.quick else "") + f" --seeds {args.seeds}"
     results["total_seconds"] = time.perf_counter() - start
     args.output.parent.mkdir(parents=True, exist_ok=True)
