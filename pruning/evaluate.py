@@ -9,13 +9,14 @@ from typing import Iterable
 import torch
 
 from surgery.batch import TokenBatch
+from surgery.cut import parameter_count as surgery_parameter_count
 from surgery.engine import AblationEngine
 from surgery.loading import LoadedModel
 
 
 def parameter_count(loaded: LoadedModel) -> dict:
-    params = list({id(p): p for p in loaded.model.parameters()}.values())  # tied weights once
-    total = sum(p.numel() for p in params)
+    params = list(loaded.model.parameters())  # shared (tied) parameters are yielded once
+    total = surgery_parameter_count(loaded.model)
     nonzero = sum(int((p != 0).sum()) for p in params)
     return {"parameters": total, "nonzero_parameters": nonzero,
             "parameter_bytes": sum(p.numel() * p.element_size() for p in params)}

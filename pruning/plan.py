@@ -74,7 +74,6 @@ class PruningPlan:
                            self.provenance + other.provenance)
 
     def check_model(self, loaded: LoadedModel) -> None:
-        from pruning.plan import model_identity
         here = model_identity(loaded)
         if here["digest"] != self.model.get("digest"):
             raise PruningError(

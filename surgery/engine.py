@@ -116,11 +116,11 @@ class AblationEngine:
             if first >= n_layers:  # every coalition of the chunk is the full model
                 hidden = run_body(self.loaded, batch)
             elif self.reuse_prefix:
-                hooks.install(stack, self.loaded, keeps, B, replacements, expand_from=first)
+                hooks.install(stack, self.loaded, keeps, c, B, replacements, expand_from=first)
                 hidden = run_body(self.loaded, batch)
             else:
-                hooks.install(stack, self.loaded, keeps, B, replacements, expand_from=None)
-                hidden = run_body(self.loaded, _repeat(batch, c))
+                hooks.install(stack, self.loaded, keeps, c, B, replacements, expand_from=None)
+                hidden = run_body(self.loaded, repeat_batch(batch, c))
         positions = batch.score_positions.to(hidden.device)
         rows = hidden.shape[0]
         positions = positions.repeat(rows // B, 1)
@@ -169,23 +169,23 @@ class AblationEngine:
 
     @contextmanager
     def ablated(self, masks, batch: TokenBatch):
-        """Hooks for a free-form forward: inside, call the model on `engine.repeat(batch, n)`
+        """Hooks for a free-form forward: inside, call the model on `repeat_batch(batch, n)`
         (inputs repeated per coalition, coalition-major) and read any output you like."""
         masks = self.check_masks(masks)
         replacements = self._replacements(batch.to(self.loaded.device))
         with ExitStack() as stack:
-            hooks.install(stack, self.loaded, hooks.keep_tensors(self.layout, masks), batch.size,
+            hooks.install(stack, self.loaded, hooks.keep_tensors(self.layout, masks), masks.shape[0], batch.size,
                           replacements, expand_from=None)
             yield
 
-    repeat = staticmethod(lambda batch, n: _repeat(batch, n))
 
 
 def _grad_mode(needed: bool):
     return torch.enable_grad() if needed else torch.inference_mode()
 
 
-def _repeat(batch: TokenBatch, n: int) -> TokenBatch:
+def repeat_batch(batch: TokenBatch, n: int) -> TokenBatch:
+    """The batch repeated n times, coalition-major (row = copy * B + input), as the hooks expect."""
     rep = lambda t: None if t is None else t.repeat(n, *([1] * (t.ndim - 1)))
     return TokenBatch(rep(batch.input_ids), rep(batch.attention_mask), rep(batch.score_positions), rep(batch.targets))
 

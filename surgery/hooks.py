@@ -65,7 +65,8 @@ def _broadcast_source(value: torch.Tensor | None, lead: int) -> torch.Tensor | N
     return value.unsqueeze(0)
 
 
-def install(stack: ExitStack, loaded: LoadedModel, keeps: dict[int, dict[str, torch.Tensor]], n_inputs: int,
+def install(stack: ExitStack, loaded: LoadedModel, keeps: dict[int, dict[str, torch.Tensor]], n_coalitions: int,
+            n_inputs: int,
             replacements: SiteValues | None, expand_from: int | None) -> None:
     adapter, comps = loaded.adapter, loaded.components
     blocks = adapter.blocks(loaded.model)
@@ -116,7 +117,7 @@ def install(stack: ExitStack, loaded: LoadedModel, keeps: dict[int, dict[str, to
             stack.enter_context(block.register_forward_hook(block_hook, with_kwargs=True))
 
     if expand_from is not None:
-        c = next(iter(next(iter(keeps.values())).values())).shape[0]
+        c = n_coalitions
         if c > 1:
             # Every block gets the same mask/rotary tensors from the body: repeat each once. The cache
             # keeps the original alive so its id cannot be reused by another tensor in this forward.

@@ -22,9 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 from probes.errors import ProbeError
-from probes.estimators._common import Ledger, make_values, require_budget, should_stop, start_stop
-from probes.estimators._design import PairedDesign, draw_paired_design
-from probes.estimators.regression import fit_linear, order_units, size_basis
+from probes.estimators._common import make_values, require_budget, should_stop, start_stop
+from probes.estimators._design import PairedDesign
+from probes.estimators.regression import PairedRun, fit_linear, size_basis
 from probes.estimators.surrogates import BoostedTreeSurrogate
 from probes.game import Game
 from probes.stopping import StoppingCriterion
@@ -141,31 +141,17 @@ def msr_shapley(
     rng = np.random.default_rng(seed)
     tree_seed = int(rng.integers(2**31))
     stop = start_stop(stop)
-    ledger = Ledger(game)
-    empty, full = ledger.empty_and_full()
-    design = draw_paired_design(n, (budget - 2) // 2, rng, distribution)
-    order = order_units(design, rng)
-    first_values = np.full(len(order), np.nan)
-    second_values = np.full(len(order), np.nan)
-    n_saturated = int((~design.sampled).sum())
-    edges = [len(order)] if stop is None else sorted(
-        set(np.linspace(n_saturated + 1, len(order), n_rounds).round().astype(int).tolist()))
+    run = PairedRun(game, budget, rng, distribution, stop)
     surrogate_settings = dict(surrogate_settings or {})
-    done = 0
     phi, stderrs = np.zeros(n), np.full(n, np.nan)
-    for round_number, edge in enumerate(edges, start=1):
-        new = order[done:edge]
-        values = ledger(np.concatenate([design.first[new], ~design.first[new]]))
-        first_values[new], second_values[new] = values[: len(new)], values[len(new):]
-        done = edge
-        phi, stderrs = _msr_estimate(design, order[:done], first_values, second_values, empty, full,
+    for round_number, units, _ in run.rounds(n_rounds):
+        phi, stderrs = _msr_estimate(run.design, units, run.first_values, run.second_values, run.empty, run.full,
                                      surrogate, n_folds, surrogate_settings, tree_seed)
-        if should_stop(stop, ledger, phi, stderrs, round_number):
+        if should_stop(stop, run.ledger, phi, stderrs, round_number):
             break
     settings = {"surrogate": surrogate, "distribution": distribution, "n_folds": n_folds,
                 "surrogate_settings": surrogate_settings, "budget": budget}
-    details = {"saturated_sizes": design.saturated_strata.tolist(), "n_sampled_pairs": int(design.sampled[order[:done]].sum())}
-    return make_values(game, ledger, "msr", phi, stderrs, settings=settings, seed=seed, details=details)
+    return make_values(game, run.ledger, "msr", phi, stderrs, settings=settings, seed=seed, details=run.details())
 
 
 estimate = msr_shapley

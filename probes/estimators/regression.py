@@ -88,6 +88,41 @@ def order_units(design: PairedDesign, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([saturated, rng.permutation(sampled)]).astype(int)
 
 
+class PairedRun:
+    """A paired design drawn for a game and evaluated in rounds, shared by the regression and MSR
+    estimators: v(empty), v(full), then complementary pairs in `order_units` order, so every
+    prefix of rounds is a valid design to fit on."""
+
+    def __init__(self, game: Game, budget: int, rng: np.random.Generator, distribution: str, stop) -> None:
+        self.ledger = Ledger(game)
+        self.empty, self.full = self.ledger.empty_and_full()
+        self.design = draw_paired_design(game.n_players, (budget - 2) // 2, rng, distribution)
+        self.order = order_units(self.design, rng)
+        self.first_values = np.full(len(self.order), np.nan)
+        self.second_values = np.full(len(self.order), np.nan)
+        self.stop = stop
+        self.done = 0
+
+    def rounds(self, n_rounds: int):
+        """Evaluate the next round of pairs; yield (round_number, units so far, is_last_round).
+        One round when nothing can stop the run early."""
+        n_saturated = int((~self.design.sampled).sum())
+        if self.stop is None:
+            edges = [len(self.order)]
+        else:
+            edges = sorted(set(np.linspace(n_saturated + 1, len(self.order), n_rounds).round().astype(int).tolist()))
+        for round_number, edge in enumerate(edges, start=1):
+            new = self.order[self.done:edge]
+            values = self.ledger(np.concatenate([self.design.first[new], ~self.design.first[new]]))
+            self.first_values[new], self.second_values[new] = values[: len(new)], values[len(new):]
+            self.done = edge
+            yield round_number, self.order[:edge], round_number == len(edges)
+
+    def details(self) -> dict:
+        return {"saturated_sizes": self.design.saturated_strata.tolist(),
+                "n_sampled_pairs": int(self.design.sampled[self.order[:self.done]].sum())}
+
+
 def regression_shapley(
     game: Game,
     budget: int,
@@ -105,35 +140,17 @@ def regression_shapley(
     budget = require_budget(budget, n + 2, name, "v(empty), v(full) and n/2 complementary pairs to determine n values")
     rng = np.random.default_rng(seed)
     stop = start_stop(stop)
-    ledger = Ledger(game)
-    empty, full = ledger.empty_and_full()
-    design = draw_paired_design(n, (budget - 2) // 2, rng, distribution)
-    order = order_units(design, rng)
-    first_values = np.full(len(order), np.nan)
-    second_values = np.full(len(order), np.nan)
-    n_saturated = int((~design.sampled).sum())
-    # Round boundaries over the ordered units: one call when nobody can stop us early.
-    if stop is None:
-        edges = [len(order)]
-    else:
-        edges = sorted(set(np.linspace(n_saturated + 1, len(order), n_rounds).round().astype(int).tolist()))
-    done = 0
+    run = PairedRun(game, budget, rng, distribution, stop)
     phi, stderrs = np.zeros(n), np.full(n, np.nan)
-    for round_number, edge in enumerate(edges, start=1):
-        new = order[done:edge]
-        values = ledger(np.concatenate([design.first[new], ~design.first[new]]))
-        first_values[new], second_values[new] = values[: len(new)], values[len(new):]
-        done = edge
-        units = order[:done]
-        n_sampled = int(design.sampled[units].sum())
-        phi = fit_linear(design, units, first_values, second_values, empty, full, n_sampled, size_degree)[:n]
-        stderrs = _bootstrap(design, units, first_values, second_values, empty, full, n_sampled,
-                             n_bootstrap if round_number == len(edges) else min(n_bootstrap, 10), rng, size_degree)
-        if should_stop(stop, ledger, phi, stderrs, round_number):
+    for round_number, units, last in run.rounds(n_rounds):
+        n_sampled = int(run.design.sampled[units].sum())
+        args = (run.design, units, run.first_values, run.second_values, run.empty, run.full, n_sampled)
+        phi = fit_linear(*args, size_degree)[:n]
+        stderrs = _bootstrap(*args, n_bootstrap if last else min(n_bootstrap, 10), rng, size_degree)
+        if should_stop(stop, run.ledger, phi, stderrs, round_number):
             break
     settings = {"distribution": distribution, "n_bootstrap": n_bootstrap, "size_degree": size_degree, "budget": budget}
-    details = {"saturated_sizes": design.saturated_strata.tolist(), "n_sampled_pairs": int(design.sampled[order[:done]].sum())}
-    return make_values(game, ledger, name, phi, stderrs, settings=settings, seed=seed, details=details)
+    return make_values(game, run.ledger, name, phi, stderrs, settings=settings, seed=seed, details=run.details())
 
 
 def _bootstrap(design, units, first_values, second_values, empty, full, n_sampled, n_bootstrap, rng, size_degree) -> np.ndarray:
