@@ -1,0 +1,280 @@
+"""Cheap per-head features of one batch, from one forward and one backward pass.
+
+    feats = head_features("smollm2-135m", task_batch)      # or (TokenBatch, metric)
+    feats.matrix            # [n_heads, n_features], batch-normalised, what the predictor reads
+    feats.raw["ap_zero"]    # attribution patching for zero ablation, in metric units
+
+Attribution patching: the engine's float masks are gates x * g + (1 - g) * replacement, so at g = 1
+d metric / d g_h = sum over tokens of <dM/dz_h, z_h - replacement_h>, the first-order estimate of
+ablating head h. With zero ablation that is the gate gradient itself. For mean ablation the
+replacement is the head's mean over the batch's real tokens, so
+    ap_mean_h = ap_zero_h - <sum_t dM/dz_h(t), mean_h>
+and both come out of the same pass: we record z_h and dM/dz_h at the output projection's input.
+
+The same forward runs with eager attention so the attention patterns can be read (entropy, sink,
+previous-token and self attention); the backward pass gives the gradients. The metric is used with
+the game's sign (loss and perplexity are negated), so a positive attribution means "helps".
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from surgery.batch import TokenBatch
+from surgery.engine import AblationEngine
+from surgery.loading import LoadedModel, load
+
+# Columns of HeadFeatures.matrix, in order. Attribution columns are divided by the batch's RMS
+# attribution (metrics differ in scale between tasks); ranks are percentiles within the batch.
+HEAD_FEATURES = (
+    "ap_zero", "ap_mean", "abs_ap_zero", "abs_ap_mean", "rank_ap_zero", "rank_ap_mean",
+    "log_out_norm", "log_dev_norm", "log_grad_norm",
+    "entropy", "entropy_scored", "max_attention", "first_token_attention", "previous_token_attention",
+    "self_attention", "layer_position",
+)
+# Per-layer aggregates of the head features, for layer-value prediction.
+LAYER_FEATURES = (
+    "sum_ap_zero", "sum_ap_mean", "max_abs_ap_zero", "rank_sum_ap_zero", "rank_sum_ap_mean",
+    "log_sum_out_norm", "mean_entropy", "mean_first_token_attention", "layer_position",
+)
+# Differentiable metric used for features when a task's natural metric is a step function.
+SMOOTH_METRIC = {"pair_accuracy": "logit_diff", "accuracy": "logprob"}
+
+
+@dataclass
+class HeadFeatures:
+    """Features of every head on one batch. raw: unnormalised per-head quantities (metric units)."""
+
+    names: list[str]
+    layers: np.ndarray            # layer index of each head
+    n_layers: int
+    matrix: np.ndarray            # [n_heads, len(HEAD_FEATURES)]
+    raw: dict[str, np.ndarray] = field(default_factory=dict)
+    full_value: float = float("nan")  # signed metric of the unablated model on this batch
+    feature_names: tuple[str, ...] = HEAD_FEATURES
+    seconds: float = 0.0          # wall time of the forward/backward pass
+
+    @property
+    def attribution_scale(self) -> float:
+        """RMS of the zero-ablation attribution over heads: the batch's unit of head importance."""
+        return _rms(self.raw["ap_zero"])
+
+    def column(self, name: str) -> np.ndarray:
+        return self.matrix[:, self.feature_names.index(name)]
+
+    def layer_matrix(self) -> np.ndarray:
+        """[n_layers, len(LAYER_FEATURES)]: head features summed/averaged per layer."""
+        scale = self.attribution_scale
+        rows = []
+        for layer in range(self.n_layers):
+            sel = self.layers == layer
+            rows.append([
+                self.raw["ap_zero"][sel].sum() / scale, self.raw["ap_mean"][sel].sum() / scale,
+                np.abs(self.raw["ap_zero"][sel]).max() / scale, 0.0, 0.0,
+                np.log(self.raw["out_norm"][sel].sum() + 1e-12), self.column("entropy")[sel].mean(),
+                self.column("first_token_attention")[sel].mean(), layer / max(self.n_layers - 1, 1),
+            ])
+        out = np.asarray(rows, dtype=float)
+        out[:, 3], out[:, 4] = _percentile(out[:, 0]), _percentile(out[:, 1])
+        return out
+
+    def layer_attribution(self, kind: str = "ap_zero") -> np.ndarray:
+        """Attribution patching of each layer's attention (all its heads at once) = sum of its heads."""
+        return np.array([self.raw[kind][self.layers == layer].sum() for layer in range(self.n_layers)])
+
+    def as_dict(self) -> dict:
+        return {"names": self.names, "layers": self.layers.tolist(), "n_layers": self.n_layers,
+                "feature_names": list(self.feature_names), "matrix": self.matrix.tolist(),
+                "raw": {k: v.tolist() for k, v in self.raw.items()}, "full_value": self.full_value,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HeadFeatures:
+        return cls(list(data["names"]), np.asarray(data["layers"], dtype=int), int(data["n_layers"]),
+                   np.asarray(data["matrix"], dtype=float), {k: np.asarray(v, dtype=float) for k, v in data["raw"].items()},
+                   float(data["full_value"]), tuple(data["feature_names"]), float(data.get("seconds", 0.0)))
+
+
+def resolve_batch(task, metric=None) -> tuple[TokenBatch, object]:
+    """(TokenBatch, metric) from a TaskBatch (+ metric name) or a (TokenBatch, metric) pair.
+
+    A TaskBatch without a metric name gets its natural metric, made differentiable (SMOOTH_METRIC)."""
+    from probes.tasks import TaskBatch
+
+    if isinstance(task, TaskBatch):
+        name = metric if metric is not None else task.default_metric
+        if isinstance(name, str):
+            name = SMOOTH_METRIC.get(name, name) if metric is None else name
+        return task.tokens, task.metric(name)
+    if isinstance(task, tuple) and len(task) == 2 and isinstance(task[0], TokenBatch) and callable(task[1]):
+        return task
+    raise TypeError(f"expected a TaskBatch or (TokenBatch, metric), got {type(task).__name__}")
+
+
+def head_features(model, task, metric=None) -> HeadFeatures:
+    """Features of every head of `model` on one batch (`task`: TaskBatch or (TokenBatch, metric))."""
+    import time
+
+    loaded = load(model)
+    batch, metric = resolve_batch(task, metric)
+    start = time.perf_counter()
+    comps, adapter = loaded.components, loaded.adapter
+    engine = AblationEngine(loaded, "heads", mode="zero")
+    batch = batch.to(loaded.device)
+    gates = torch.ones(1, engine.n_players, requires_grad=True, device=loaded.device)
+    z, grad, attention = {}, {}, {}
+    sign = 1.0 if getattr(metric, "higher_is_better", True) else -1.0
+    with ExitStack() as stack, _eager_attention(loaded):
+        for layer, block in enumerate(adapter.blocks(loaded.model)):
+            H, D = comps.n_heads[layer], comps.head_dim
+            # A zero bias keeps the tensor in the graph (so its gradient exists) even for layer 0,
+            # whose input depends on no gate; it changes no value.
+            bias = torch.zeros(H * D, requires_grad=True, device=loaded.device)
+
+            def head_input(module, args, layer=layer, H=H, D=D, bias=bias):
+                x = args[0] + bias
+                z[layer] = x.detach().view(*x.shape[:2], H, D)
+                x.register_hook(lambda g, layer=layer: grad.__setitem__(layer, g.detach().view(*g.shape[:2], H, D)))
+                return (x,) + tuple(args[1:])
+            # Registered before the engine's own hooks, so this sees the clean (ungated) input.
+            stack.enter_context(block.get_submodule(adapter.attn_out_proj).register_forward_pre_hook(head_input))
+            for module in block.modules():
+                stack.enter_context(module.register_forward_hook(_attention_catcher(attention, layer, H)))
+        logits = engine.logits(gates, batch)
+        value = sign * metric(logits, batch)
+        value.sum().backward()
+    features = _assemble(loaded, batch, gates.grad[0].detach().cpu().double().numpy(), z, grad, attention)
+    features.full_value = float(value.detach().sum())
+    features.seconds = time.perf_counter() - start
+    return features
+
+
+def _attention_catcher(store: dict, layer: int, n_heads: int):
+    """Forward hook keeping the first [B, H, T, T] tensor a block's submodules return (the pattern)."""
+    def hook(module, args, output):
+        if layer in store or not isinstance(output, tuple):
+            return
+        for item in output:
+            if torch.is_tensor(item) and item.ndim == 4 and item.shape[1] == n_heads and item.shape[2] == item.shape[3]:
+                store[layer] = item.detach()
+                return
+    return hook
+
+
+@contextmanager
+def _eager_attention(loaded: LoadedModel):
+    """Eager attention returns its probabilities; SDPA does not. Restored afterwards."""
+    model = loaded.model
+    previous = getattr(model.config, "_attn_implementation", None)
+    switched = False
+    if previous not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+        try:
+            model.set_attn_implementation("eager")
+            switched = True
+        except (ValueError, ImportError, AttributeError):
+            switched = False  # no patterns then: attention columns stay 0
+    try:
+        yield
+    finally:
+        if switched:
+            model.set_attn_implementation(previous)
+
+
+def _out_weights(loaded: LoadedModel, layer: int) -> torch.Tensor:
+    """Output projection of layer `layer` as [H, D, d_model]: head h writes z_h @ W[h]."""
+    comps, adapter = loaded.components, loaded.adapter
+    proj = adapter.blocks(loaded.model)[layer].get_submodule(adapter.attn_out_proj)
+    weight = proj.weight.detach()
+    weight = weight if adapter.out_proj_transposed else weight.T  # -> [H*D, d_model]
+    return weight.reshape(comps.n_heads[layer], comps.head_dim, -1)
+
+
+@torch.no_grad()
+def _assemble(loaded, batch: TokenBatch, ap_zero, z, grad, attention) -> HeadFeatures:
+    comps = loaded.components
+    real = batch.attention_mask.to(torch.bool)                     # [B, T]
+    w = real.double()
+    n_real = w.sum()
+    names, layers, raw = [], [], {k: [] for k in ("ap_mean", "out_norm", "dev_norm", "grad_norm")}
+    attn_cols = {k: [] for k in ("entropy", "entropy_scored", "max_attention", "first_token_attention",
+                                 "previous_token_attention", "self_attention")}
+    for layer in range(comps.n_layers):
+        H = comps.n_heads[layer]
+        zl, gl = z[layer].double(), grad[layer].double()          # [B, T, H, D]
+        mean = (zl * w[..., None, None]).sum(dim=(0, 1)) / n_real  # [H, D], as mean ablation computes it
+        start = len(names)
+        names += [f"L{layer}.H{h}" for h in range(H)]
+        layers += [layer] * H
+        ap_zero_l = ap_zero[start:start + H]
+        raw["ap_mean"] += list(ap_zero_l - (gl.sum(dim=(0, 1)) * mean).sum(-1).cpu().numpy())
+        out_w = _out_weights(loaded, layer).double()
+        per_token = lambda x: (torch.einsum("bthd,hde->bthe", x, out_w).norm(dim=-1) * w[..., None]).sum(dim=(0, 1)) / n_real
+        raw["out_norm"] += per_token(zl).cpu().tolist()
+        raw["dev_norm"] += per_token(zl - mean).cpu().tolist()
+        raw["grad_norm"] += ((gl.norm(dim=-1) * w[..., None]).sum(dim=(0, 1)) / n_real).cpu().tolist()
+        stats = _attention_stats(attention.get(layer), real, batch.score_positions, loaded.adapter.causal, H)
+        for key in attn_cols:
+            attn_cols[key] += stats[key]
+    raw = {k: np.asarray(v, dtype=float) for k, v in raw.items()}
+    raw["ap_zero"] = np.asarray(ap_zero, dtype=float)
+    layers = np.asarray(layers, dtype=int)
+    scale = _rms(raw["ap_zero"])
+    columns = {
+        "ap_zero": raw["ap_zero"] / scale, "ap_mean": raw["ap_mean"] / scale,
+        "abs_ap_zero": np.abs(raw["ap_zero"]) / scale, "abs_ap_mean": np.abs(raw["ap_mean"]) / scale,
+        "rank_ap_zero": _percentile(raw["ap_zero"]), "rank_ap_mean": _percentile(raw["ap_mean"]),
+        "log_out_norm": np.log(raw["out_norm"] + 1e-12), "log_dev_norm": np.log(raw["dev_norm"] + 1e-12),
+        # Gradient scale depends on the metric: centre it per batch so only the profile over heads remains.
+        "log_grad_norm": np.log(raw["grad_norm"] + 1e-12) - np.log(raw["grad_norm"] + 1e-12).mean(),
+        **{k: np.asarray(v, dtype=float) for k, v in attn_cols.items()},
+        "layer_position": layers / max(comps.n_layers - 1, 1),
+    }
+    matrix = np.stack([columns[name] for name in HEAD_FEATURES], axis=1)
+    return HeadFeatures(names, layers, comps.n_layers, matrix, raw)
+
+
+def _attention_stats(pattern, real, score_positions, causal: bool, n_heads: int) -> dict[str, list[float]]:
+    """Per head, averages over real query positions (that see at least two keys) of the pattern's
+    normalised entropy, its largest weight, and the weight on the first, previous and own token."""
+    keys = ("entropy", "entropy_scored", "max_attention", "first_token_attention", "previous_token_attention",
+            "self_attention")
+    if pattern is None:
+        return {k: [0.0] * n_heads for k in keys}
+    a = pattern.double()                                           # [B, H, Tq, Tk]
+    B, H, T, _ = a.shape
+    real = real.to(a.device)
+    positions = torch.arange(T, device=a.device)
+    visible = (positions + 1).double().expand(B, T) if causal else real.sum(1, keepdim=True).double().expand(B, T)
+    queries = real & (visible >= 2)                                # [B, T]
+    entropy = -(a * torch.log(a.clamp_min(1e-30))).sum(-1) / torch.log(visible.clamp_min(2))[:, None, :]
+    previous = torch.zeros_like(a[..., 0])
+    previous[..., 1:] = a[..., positions[1:], positions[1:] - 1]
+    per_query = {"entropy": entropy, "max_attention": a.max(-1).values, "first_token_attention": a[..., 0],
+                 "previous_token_attention": previous, "self_attention": a.diagonal(dim1=-2, dim2=-1)}
+
+    def average(x, where):                                         # x [B, H, T], where [B, T]
+        m = where[:, None, :].double()
+        return ((x * m).sum(dim=(0, 2)) / m.sum(dim=(0, 2)).clamp_min(1)).cpu().tolist()
+
+    out = {k: average(v, queries) for k, v in per_query.items()}
+    scored = torch.zeros_like(real)
+    scored.scatter_(1, score_positions.to(a.device), True)
+    out["entropy_scored"] = average(entropy, scored & queries)
+    return out
+
+
+def _rms(x: np.ndarray) -> float:
+    value = float(np.sqrt(np.mean(np.square(x)))) if len(x) else 0.0
+    return value if value > 0 and np.isfinite(value) else 1.0
+
+
+def _percentile(x: np.ndarray) -> np.ndarray:
+    """Rank of each entry in [0, 1] (ties share their mean rank)."""
+    from scipy.stats import rankdata
+
+    x = np.asarray(x, dtype=float)
+    return (rankdata(x) - 1) / max(len(x) - 1, 1)
