@@ -179,7 +179,7 @@ class RayEvaluator:
     def __init__(self, model, batch, metric: Callable, players: str | Sequence = "heads", *, mode: str = "zero",
                  reference=None, max_rows: int = 64, workers: int | None = None, address: str | None = None,
                  num_cpus: float = 1, num_gpus: float = 0, device: str | None = None, chunks_per_task: int = 1,
-                 torch_threads: int | None = None, startup_timeout_s: float = 600.0, max_retries: int = 1,
+                 torch_threads: int | None = None, startup_timeout_s: float = 600.0,
                  ray_init_kwargs: dict | None = None):
         from probes.metrics import KLDivergence
         from surgery.loading import LoadedModel
@@ -203,9 +203,10 @@ class RayEvaluator:
         if workers < 1:
             raise DistributedError(f"workers must be >= 1, got {workers}")
         threads = torch_threads or max(1, int(num_cpus))
-        actor = ray.remote(ModelWorker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_retries,
-                                                max_task_retries=max_retries)  # tasks are pure: a retry is safe
-        # Passed by value, not ray.put: a restarted actor must still find its constructor arguments.
+        # No actor restarts: Ray cannot promise a restarted actor its constructor arguments (ray
+        # issue 53727). A lost worker fails the call instead; the store keeps every finished task,
+        # so rerunning with the same store resumes where it stopped.
+        actor = ray.remote(ModelWorker).options(num_cpus=num_cpus, num_gpus=num_gpus)
         self.workers = [actor.remote(model, players, mode, reference, max_rows, batch, metric, device, threads)
                         for _ in range(workers)]
         self.tasks_per_worker = [0] * workers
