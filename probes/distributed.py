@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections import deque
 from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
@@ -347,7 +346,7 @@ def ray_model_game(model, batch, metric: Callable, players: str | Sequence = "he
                    reference=None, task_name: str | None = None, max_rows: int = 64, store=None,
                    progress: Callable[[int], None] | None = None, workers: int | None = None,
                    address: str | None = None, num_cpus: float = 1, num_gpus: float = 0, device: str | None = None,
-                   chunks_per_task: int = 1, batch_size: int | None = None, **evaluator_options) -> Game:
+                   chunks_per_task: int = 1, **evaluator_options) -> Game:
     """probes.model_game.model_game, evaluated on a Ray cluster; same fingerprint, same values.
 
     The extra arguments are RayEvaluator's (workers, address, num_cpus, num_gpus, device,
@@ -356,4 +355,4 @@ def ray_model_game(model, batch, metric: Callable, players: str | Sequence = "he
     evaluator = RayEvaluator(model, batch, metric, players, mode=mode, reference=reference, max_rows=max_rows,
                              workers=workers, address=address, num_cpus=num_cpus, num_gpus=num_gpus, device=device,
                              chunks_per_task=chunks_per_task, **evaluator_options)
-    return evaluator.game(task_name=task_name, store=store, progress=progress, batch_size=batch_size)
+    return evaluator.game(task_name=task_name, store=store, progress=progress)

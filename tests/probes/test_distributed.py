@@ -5,8 +5,9 @@ the whole module: starting Ray and a worker
 process that imports torch takes most of this file's time, the evaluations themselves are tiny.
 
 Equality is asserted exactly (np.array_equal), not within a tolerance: the workers run the same
-CPU kernels on the very chunks the local engine forms (the driver cuts tasks at the engine's
-chunk boundaries), so any difference would mean the chunking or the inputs differ.
+CPU kernels with the same thread count on the very chunks the local engine forms (the driver cuts
+tasks at the engine's chunk boundaries, checked on its own below), so there is no rounding
+difference to tolerate; any difference means the inputs, model or chunking differ.
 """
 
 import socket
@@ -26,6 +27,7 @@ from probes.distributed import DistributedError, RayEvaluator, connect, ray_mode
 from probes.estimators import estimate
 from probes.metrics import LogProb, Loss
 from probes.model_game import model_game
+from surgery.engine import AblationEngine
 
 MAX_ROWS = 16  # with a batch of 4 inputs: 4 coalitions per engine chunk, so requests span many tasks
 FACTORY = partial(tiny_models.build, "gpt2")
@@ -71,6 +73,18 @@ def test_ray_game_values_and_fingerprint_equal_the_local_game(setup):
     assert np.array_equal(remote(coalitions), local(coalitions))
     assert remote.n_evaluations == local.n_evaluations > 0
     assert all(after > b for after, b in zip(evaluator.tasks_per_worker, before)), "both workers took tasks"
+
+
+def test_tasks_are_cut_at_the_local_engine_chunk_boundaries(setup):
+    # The value equality above holds on this tiny model whatever the chunking; on larger models a
+    # coalition's last bits can depend on its chunk-mates, so the tasks must be the engine's chunks.
+    loaded, batch, evaluator = setup
+    coalitions = random_coalitions(evaluator.n_players, 50, seed=5)
+    engine = AblationEngine(loaded, "heads", max_rows=MAX_ROWS)
+    engine_chunks = [idx.tolist() for idx, _ in engine._chunks(torch.from_numpy(coalitions), batch)]
+    order = evaluator._engine_order(coalitions)
+    step = evaluator.coalitions_per_task
+    assert [order[i:i + step].tolist() for i in range(0, len(order), step)] == engine_chunks
 
 
 def test_estimator_run_on_ray_equals_the_local_run(setup):
