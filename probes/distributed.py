@@ -91,8 +91,12 @@ def connect(address: str | None = None, *, connect_timeout_s: float = 5.0, **ini
     try:
         ray.init(address=address, **init_kwargs)
     except Exception as error:  # ray raises ConnectionError, ValueError, RuntimeError depending on the case
-        where = "start a local Ray cluster" if address is None else f"connect to the Ray cluster at {address!r}"
-        raise DistributedError(f"could not {where}: {error}") from error
+        if address is None:
+            raise DistributedError(f"could not start a local Ray cluster: {error}") from error
+        # A head that listens but never answers is, since Ray 2.52, most often token authentication.
+        raise DistributedError(
+            f"could not connect to the Ray cluster at {address!r}: {error}. If the cluster uses token "
+            "authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (`ray get-auth-token` on the head) here") from error
 
 
 def _current_address(ray) -> str | None:
