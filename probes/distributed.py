@@ -152,7 +152,6 @@ class ModelWorker:
             "n_layers": self.engine.loaded.components.n_layers,
             "source": str(self.engine.loaded.source),
             "model_digest": self.digest,
-            "mode": self.engine.mode,
             "node": ray.get_runtime_context().get_node_id(),
             "device": str(self.engine.loaded.device),
         }
@@ -225,10 +224,15 @@ class RayEvaluator:
                 f"only {len(ready)} of {len(refs)} Ray workers started within {timeout_s:.0f} s; each asks for "
                 f"num_cpus={num_cpus}, num_gpus={num_gpus} and the cluster has {ray.cluster_resources()}. "
                 "Lower workers/num_gpus or add nodes.")
-        infos = ray.get(refs)  # re-raises a worker's load error (missing file, bad name) with its message
+        try:
+            infos = ray.get(refs)  # re-raises a worker's load error (missing file, bad name) with its message
+        except Exception:
+            self.close()
+            raise
         first = infos[0]
         for info in infos[1:]:
             if info["model_digest"] != first["model_digest"] or info["players"] != first["players"]:
+                self.close()
                 raise DistributedError(
                     f"Ray workers loaded different models: node {first['node']} has digest {first['model_digest']}, "
                     f"node {info['node']} has {info['model_digest']}; every node must hold the same checkpoint")
