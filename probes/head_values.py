@@ -168,7 +168,8 @@ class HeadValues(Values):
 def head_values(model, task, estimator: str | None = None, budget: int | None = None, seed: int | None = 0,
                 store: str | PathLike | None = None, n_examples: int | None = None, mode: str = "zero", *,
                 metric: str | Callable | None = None, tokenizer=None, task_seed: int = 0, max_rows: int = 64,
-                progress: Callable[[int], None] | None = None, **settings: Any) -> HeadValues:
+                progress: Callable[[int], None] | None = None, game_builder: Callable | None = None,
+                **settings: Any) -> HeadValues:
     """Shapley value of every head of `model` on `task`.
 
     model:     anything `surgery.load` takes (name, path, transformers model, LoadedModel).
@@ -181,11 +182,14 @@ def head_values(model, task, estimator: str | None = None, budget: int | None = 
     store:     a directory that streams every evaluation; a rerun resumes from it.
     n_examples: examples in the task batch (default: the task's own size).
     metric:    which of the task's metrics (default: its natural one).
+    game_builder: builds the game instead of probes.model_game, with its arguments (e.g. a
+               probes.distributed.ray_model_game partial that fans evaluations out over Ray).
     settings:  passed to the estimator.
     """
     loaded = load(model) if tokenizer is None else load(model, tokenizer=tokenizer)
     batch, bound_metric, task_name = _task_batch(loaded, task, n_examples, metric, task_seed, tokenizer)
-    game = model_game(loaded, batch, bound_metric, "heads", mode=mode, store=store, task_name=task_name,
+    build = game_builder or model_game
+    game = build(loaded, batch, bound_metric, "heads", mode=mode, store=store, task_name=task_name,
                       max_rows=max_rows, progress=progress)
     # Estimators ask for their whole design in one call; cutting it into chunks is what lets the store
     # persist evaluations as they are made (a crash loses at most one chunk).

@@ -23,18 +23,27 @@ def parameter_count(loaded: LoadedModel) -> dict:
 
 
 @torch.inference_mode()
-def next_token_loss(loaded: LoadedModel, batches: Iterable[TokenBatch]) -> dict:
-    """Mean next-token loss and perplexity over every scored target token."""
+def sequence_losses(loaded: LoadedModel, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed next-token loss, number of scored tokens) per sequence, float64 [B] each.
+
+    Per-sequence sums let a benchmark tell a real difference between two models from noise: the
+    paired difference of two models on the same sequences has a standard error.
+    """
     engine = AblationEngine(loaded, "layers")
     ones = torch.ones(1, engine.n_players, dtype=torch.bool)
+    logp = engine.logits(ones, batch)[0].float().log_softmax(-1)  # [B, P, V]
+    tgt = batch.targets.to(logp.device)
+    valid = tgt >= 0
+    picked = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (-(picked * valid).sum(-1)).double().cpu(), valid.sum(-1).double().cpu()
+
+
+def next_token_loss(loaded: LoadedModel, batches: Iterable[TokenBatch]) -> dict:
+    """Mean next-token loss and perplexity over every scored target token."""
     total, count = 0.0, 0
     for batch in batches:
-        logp = engine.logits(ones, batch)[0].float().log_softmax(-1)  # [B, P, V]
-        tgt = batch.targets.to(logp.device)
-        valid = tgt >= 0
-        picked = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        total -= float(picked[valid].sum())
-        count += int(valid.sum())
+        sums, counts = sequence_losses(loaded, batch)
+        total, count = total + float(sums.sum()), count + int(counts.sum())
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}
 
@@ -57,3 +66,37 @@ def forward_seconds(loaded: LoadedModel, batch: TokenBatch, repeats: int = 3) ->
         loaded.model(**kwargs)
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
+
+
+@torch.inference_mode()
+def masked_logits(loaded: LoadedModel, plan, batch: TokenBatch) -> torch.Tensor:
+    """Logits [B, P, V] of the ORIGINAL model with the plan's heads and layers ablated by hooks.
+
+    This is what a physically cut export must reproduce (zero ablation of a head = its output
+    columns removed; a skipped layer = the block removed). Sparsity has no hook equivalent.
+    """
+    if plan.sparsity:
+        raise ValueError("masked_logits covers head and layer removal; compare sparsity against apply_plan")
+    dropped = set(plan.layers)
+    players = [h for h in plan.heads if int(h.split(".")[0][1:]) not in dropped] + [f"L{l}" for l in plan.layers]
+    if not players:
+        return plain_logits(loaded.model, batch)
+    engine = AblationEngine(loaded, players)
+    return engine.logits(torch.zeros(1, len(players), dtype=torch.bool), batch)[0]
+
+
+@torch.inference_mode()
+def plain_logits(model, batch: TokenBatch) -> torch.Tensor:
+    device = next(model.parameters()).device
+    out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
+    pos = batch.score_positions.to(device)
+    return out.gather(1, pos.unsqueeze(-1).expand(-1, -1, out.shape[-1]))
+
+
+def exported_logits(export_dir, batch: TokenBatch, trust_remote_code: bool) -> tuple[torch.Tensor, object]:
+    """Reload an export with plain transformers (what users do) and return its logits [B, P, V] and model."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(export_dir), trust_remote_code=trust_remote_code,
+                                                 dtype=torch.float32).eval()
+    return plain_logits(model, batch), model

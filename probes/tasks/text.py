@@ -1,4 +1,5 @@
-"""Next-token loss on text: a local text file, or a `datasets` dataset for users with the network.
+"""Next-token loss on text: a local text file, a `datasets` dataset for users with the network, or
+(neither given) the built-in corpus of Python standard-library documentation (probes.tasks.builtin_text).
 
 The text is tokenised once and cut into non-overlapping sequences of `seq_len` tokens (leading
 special tokens included); n of them are chosen with the seed. Every position that has a next
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 
 from probes.tasks.base import Row, Task, TaskError, Tok
+from probes.tasks.builtin_text import stdlib_docs_text, text_digest
 
 
 def _read_file(path: Path, max_chars: int) -> str:
@@ -51,12 +53,18 @@ def _read_dataset(name: str, config: str | None, split: str, column: str, max_ch
 def text_task(path: str | Path | None = None, dataset: str | None = None, n: int = 8, seq_len: int = 64,
               config: str | None = None, split: str = "train", column: str = "text",
               max_chars: int = 2_000_000) -> Task:
-    """Next-token loss on `path` (a local UTF-8 text file) or on `dataset` (a datasets name; needs network)."""
-    if (path is None) == (dataset is None):
-        raise TaskError("text: give exactly one of path=<text file> or dataset=<datasets name>")
+    """Next-token loss on `path` (a local UTF-8 text file), on `dataset` (a datasets name; needs network),
+    or, when neither is given, on the built-in standard-library documentation text."""
+    if path is not None and dataset is not None:
+        raise TaskError("text: give one of path=<text file> or dataset=<datasets name>, not both")
     if seq_len < 2:
         raise TaskError(f"text: seq_len must be >= 2 tokens (one input, one target), got {seq_len}")
-    source = str(path) if path is not None else f"datasets:{dataset}/{config or ''}/{split}/{column}"
+    if path is not None:
+        source = str(path)
+    elif dataset is not None:
+        source = f"datasets:{dataset}/{config or ''}/{split}/{column}"
+    else:
+        source = f"builtin:stdlib-docs@{text_digest(stdlib_docs_text())}"
     if path is not None:  # fail early on a missing or empty file, before any tokenizer is involved
         _read_file(Path(path), max_chars)
     cache: dict = {}
@@ -64,8 +72,12 @@ def text_task(path: str | Path | None = None, dataset: str | None = None, n: int
     def build(tok: Tok, n: int, seed: int) -> list[Row]:
         key = (id(tok.raw), tok.vocab_size, tok.name)
         if key not in cache:
-            text = _read_file(Path(path), max_chars) if path is not None else \
-                _read_dataset(dataset, config, split, column, max_chars)
+            if path is not None:
+                text = _read_file(Path(path), max_chars)
+            elif dataset is not None:
+                text = _read_dataset(dataset, config, split, column, max_chars)
+            else:
+                text = stdlib_docs_text()[:max_chars]
             cache[key] = tok.encode(text)
         ids = cache[key]
         body = seq_len - len(tok.leading)

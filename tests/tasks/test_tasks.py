@@ -188,3 +188,15 @@ def test_wordpiece_splits_are_refused_with_the_pieces_named():
     bad = Task.from_prompts("wp", ["the capital of france is"], ["paris"], metric="accuracy")
     with pytest.raises(TaskError, match=r"' paris' is 2 tokens \['pa', '##ris'\] for tokenizer .*WordPiece"):
         bad.batch(raw)
+
+
+def test_text_without_a_source_uses_the_builtin_stdlib_documentation(bpe_tokenizer):
+    from probes.tasks.builtin_text import stdlib_docs_text
+
+    assert len(stdlib_docs_text()) > 100_000  # enough prose for calibration and held-out evaluation
+    task = get_task("text", n=4, seq_len=32)
+    assert task.settings["source"].startswith("builtin:stdlib-docs@")
+    first, again, other = (task.batch(bpe_tokenizer, seed=s).tokens.input_ids for s in (0, 0, 1))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    with pytest.raises(TaskError, match="not both"):
+        get_task("text", path="a.txt", dataset="wikitext")

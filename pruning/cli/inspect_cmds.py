@@ -1,13 +1,7 @@
-"""The `surgery` command: a thin layer over the Python API, one subcommand per step of the data flow.
-
-It lives in pruning/ because it drives all three packages and pruning/ is the top of the dependency
-chain (surgery/ must not import probes/ or pruning/).
-"""
+"""`surgery info` and `surgery demo`: look inside a model."""
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 
 import torch
@@ -56,36 +50,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="surgery", description="Shapley values of model components, and smaller models.")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("info", help="list a model's components and key/value head groups")
+def register(sub) -> None:
+    p = sub.add_parser("info", help="list a model's components and key/value head groups",
+                       description="List a model's heads, layers and MLPs and which query heads share a key/value head.")
     p.add_argument("--model", default="smollm2-135m", help="embedded name, local dir, .gguf file or hub id")
     p.add_argument("--all-layers", action="store_true", help="print key/value groups for every layer")
     p.set_defaults(func=cmd_info)
-    p = sub.add_parser("demo", help="ablate each layer of the embedded model and print the effect")
+    p = sub.add_parser("demo", help="ablate each layer of the embedded model and print the effect",
+                       description="Skip each layer of the model in turn on generated factual-recall prompts and "
+                                   "print how much the answer's log-probability drops (about 30 s).")
     p.add_argument("--model", default="smollm2-135m", help="embedded name, local dir, .gguf file or hub id")
     p.add_argument("--prompts", type=int, default=8, help="number of generated factual-recall prompts")
     p.add_argument("--seed", type=int, default=0, help="seed for drawing the prompts")
     p.add_argument("--mode", default="zero", choices=["zero", "mean", "resample"], help="ablation mode")
     p.set_defaults(func=cmd_demo)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (surgery.SurgeryError, FileNotFoundError, PermissionError, OSError) as err:
-        if args.debug:
-            raise
-        print(f"surgery: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("surgery: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

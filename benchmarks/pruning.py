@@ -1,0 +1,256 @@
+"""Shapley-driven pruning vs the usual criteria on the embedded SmolLM2-135M.
+
+    python benchmarks/pruning.py [--text FILE] [--head-budget 600] [--seed 0]
+
+Rows (each compares criteria at one setting; every plan is exported, reloaded with transformers
+and evaluated there):
+- heads removed 10/20/30%: Shapley head values vs magnitude, gradient (Michel et al.), leave-one-out, random;
+- Wanda sparsity 50/70% inside layers: per-layer ratios from sliding-window layer values vs uniform vs OWL;
+- layers removed 10/20/30%: Shapley (sliding-window) layer values vs Block Influence (ShortGPT) vs last layers.
+
+Values, gradients, Block Influence and Wanda statistics all come from CALIBRATION sequences of the text;
+perplexity is measured on disjoint HELD-OUT sequences, task accuracy on built-in task prompts drawn with
+a seed no game used. "Within noise of best": the paired difference in held-out loss between a plan and
+the best plan of its row is below 2 standard errors (over held-out sequences).
+
+Writes benchmarks/results/pruning.json (top-level `summary`: rows, shapley_best_rows,
+export_max_logit_diff) and prints a table. Estimator evaluations stream to --store-dir and resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import surgery  # noqa: E402
+from probes.estimators import DEFAULT_ESTIMATOR, estimate  # noqa: E402
+from probes.model_game import model_game  # noqa: E402
+from probes.tasks import get_task  # noqa: E402
+from pruning import importance  # noqa: E402
+from pruning.evaluate import (exported_logits, forward_seconds, masked_logits, plain_logits,  # noqa: E402
+                              sequence_losses)
+from pruning.apply import apply_plan  # noqa: E402
+from pruning.export import export_pruned  # noqa: E402
+from pruning.policies import find_cornerstones, head_plan, layer_plan, sparsity_plan  # noqa: E402
+from pruning.sparsity import input_norms, outlier_ratios  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# One accuracy-like metric per built-in prompt task.
+TASK_METRICS = {"induction": "accuracy", "ioi": "pair_accuracy", "factual": "accuracy",
+                "agreement": "pair_accuracy", "greater_than": "prob_mass"}
+
+
+def text_split(loaded, path, n_cal, n_eval, seq_len, seed):
+    """Calibration and held-out sequences: one seeded draw of disjoint chunks, split in two."""
+    task = get_task("text", path=path, n=n_cal + n_eval, seq_len=seq_len)
+    batch = task.batch(loaded, seed=seed)
+    return batch.rows(0, n_cal), batch.rows(n_cal, n_cal + n_eval), task.settings["source"]
+
+
+def evaluate_model(loaded, held_out, task_batches):
+    sums, counts = sequence_losses(loaded, held_out.tokens)
+    scores = {}
+    for name, tb in task_batches.items():
+        engine = surgery.AblationEngine(loaded, "layers")
+        ones = torch.ones(1, engine.n_players, dtype=torch.bool)
+        scores[name] = float(engine.evaluate(ones, tb.tokens, tb.metric(TASK_METRICS[name]))[0])
+    loss = float(sums.sum() / counts.sum())
+    return {"perplexity": math.exp(loss), "loss": loss, "task_scores": scores,
+            "task_mean": float(np.mean(list(scores.values())))}, (sums / counts).numpy()
+
+
+def export_and_measure(loaded, plan, held_out, calibration, work_dir, task_batches):
+    """Export the plan, reload the directory with transformers, check its logits, evaluate it there."""
+    out = Path(work_dir) / "export"
+    t0 = time.perf_counter()
+    manifest = export_pruned(loaded, plan, out, force=True, calibration=[calibration.tokens])
+    export_s = time.perf_counter() - t0
+    probe = held_out.rows(0, 2).tokens
+    reloaded_logits, model = exported_logits(out, probe, trust_remote_code=bool(manifest.get("remote_code")))
+    if plan.sparsity:  # no hook equivalent: the reference is the same plan applied in memory
+        reference = plain_logits(apply_plan(loaded, plan, calibration=[calibration.tokens])[0].model, probe)
+    else:
+        reference = masked_logits(loaded, plan, probe)
+    diff = float((reloaded_logits - reference).abs().max())
+    reloaded = surgery.load(model)
+    metrics, per_seq = evaluate_model(reloaded, held_out, task_batches)
+    metrics.update({"export_max_logit_diff": diff, "bytes": manifest["bytes"],
+                    "parameters": manifest["after"]["parameters"],
+                    "nonzero_parameters": manifest["after"]["nonzero_parameters"],
+                    "forward_seconds": forward_seconds(reloaded, held_out.rows(0, 4).tokens),
+                    "export_seconds": round(export_s, 1), "loads_with": manifest["loads_with"]})
+    shutil.rmtree(out)
+    return metrics, per_seq
+
+
+def judge_row(results, per_seq, shapley_key):
+    """Best = lowest held-out loss; a plan ties when its paired loss difference is < 2 standard errors."""
+    best = min(results, key=lambda k: results[k]["loss"])
+    verdicts = {}
+    for key in results:
+        d = per_seq[key] - per_seq[best]
+        se = float(d.std(ddof=1) / math.sqrt(len(d))) if key != best else 0.0
+        verdicts[key] = {"loss_minus_best": float(d.mean()), "paired_stderr": se,
+                         "best_or_tied": key == best or float(d.mean()) < 2 * se}
+    return best, verdicts, verdicts[shapley_key]["best_or_tied"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--text", default=None, help="text file for calibration and perplexity "
+                        "(default: the built-in standard-library documentation corpus)")
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--n-cal", type=int, default=4, help="calibration sequences (games, gradients, Wanda)")
+    parser.add_argument("--n-eval", type=int, default=24, help="held-out sequences for perplexity")
+    parser.add_argument("--task-n", type=int, default=24, help="prompts per built-in task for accuracy")
+    parser.add_argument("--head-budget", type=int, default=600, help="coalition evaluations for head values")
+    parser.add_argument("--head-estimator", default=DEFAULT_ESTIMATOR)
+    parser.add_argument("--window", type=int, default=4, help="sliding window of the layer values")
+    parser.add_argument("--head-fractions", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    parser.add_argument("--layer-fractions", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--store-dir", default="/tmp/model-surgery-stores/pruning")
+    parser.add_argument("--out", default=str(RESULTS / "pruning.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    loaded = surgery.load(args.model)
+    calibration, held_out, text_source = text_split(loaded, args.text, args.n_cal, args.n_eval, args.seq_len,
+                                                    args.seed)
+    task_batches = {name: get_task(name, n=args.task_n).batch(loaded, seed=10_000 + args.seed)
+                    for name in TASK_METRICS}
+    base_metrics, _ = evaluate_model(loaded, held_out, task_batches)
+    print(f"unpruned: perplexity {base_metrics['perplexity']:.2f}, task mean {base_metrics['task_mean']:.3f}",
+          flush=True)
+    store = Path(args.store_dir)
+    timings = {}
+
+    def game(players, name, progress=None):
+        return model_game(loaded, calibration.tokens, calibration.metric("loss"), players, task_name="text",
+                          store=store / f"{name}-{args.seed}", max_rows=128, progress=progress)
+
+    # ---------------------------------------------------------------- criteria
+    t0 = time.perf_counter()
+    done = [0]
+
+    def progress(k):
+        done[0] += k
+        if done[0] % 100 < k:
+            print(f"  head game: {done[0]} coalitions, {time.perf_counter() - t0:.0f} s", flush=True)
+
+    shapley_heads = estimate(game("heads", f"heads-{args.head_estimator}-b{args.head_budget}", progress),
+                             budget=args.head_budget, seed=args.seed, estimator=args.head_estimator)
+    timings["shapley_heads_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    head_criteria = {
+        "shapley": shapley_heads,
+        "magnitude": importance.scores_as_values(importance.head_magnitude(loaded), "magnitude", loaded),
+        "gradient": importance.scores_as_values(importance.head_gradient(loaded, calibration, "loss"),
+                                                "gradient", loaded),
+        "leave_one_out": importance.scores_as_values(importance.head_leave_one_out(loaded, calibration, "loss",
+                                                                                   max_rows=128), "loo", loaded),
+        "random": importance.scores_as_values(importance.random_scores(loaded.components.heads, args.seed),
+                                              "random", loaded),
+    }
+    timings["head_baselines_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    layer_values = estimate(game("layers", f"layers-w{args.window}"), estimator="sliding_window",
+                            window=args.window)
+    corner = find_cornerstones(loaded, calibration.tokens, calibration.metric("loss"))
+    timings["layer_values_s"] = time.perf_counter() - t0
+    layer_criteria = {
+        "shapley": layer_values,
+        "block_influence": importance.scores_as_values(importance.block_influence(loaded, calibration.tokens),
+                                                       "block_influence", loaded),
+        "last": importance.scores_as_values(importance.last_layer_scores(loaded), "last", loaded),
+    }
+    norms = input_norms(loaded, [calibration.tokens])
+    owl = outlier_ratios(loaded, norms)
+    print(f"criteria computed: {json.dumps({k: round(v, 1) for k, v in timings.items()})}; "
+          f"cornerstone layers {corner['cornerstones']}", flush=True)
+
+    # ---------------------------------------------------------------- rows
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="pruning-bench-") as work:
+        def run_row(kind, setting, plans):
+            results, per_seq = {}, {}
+            for method, plan in plans.items():
+                results[method], per_seq[method] = export_and_measure(loaded, plan, held_out, calibration, work,
+                                                                      task_batches)
+                results[method]["removed"] = plan.heads or plan.layers or None
+                print(f"  {kind} {setting}: {method:<15} ppl {results[method]['perplexity']:8.2f}  "
+                      f"tasks {results[method]['task_mean']:.3f}  max|dlogit| "
+                      f"{results[method]['export_max_logit_diff']:.1e}", flush=True)
+            best, verdicts, shapley_ok = judge_row(results, per_seq, "shapley")
+            for method in results:
+                results[method].update(verdicts[method])
+            rows.append({"kind": kind, "setting": setting, "best": best, "shapley_best_or_tied": shapley_ok,
+                         "results": results})
+
+        for fraction in args.head_fractions:
+            run_row("heads_removed", fraction, {m: head_plan(v, loaded, fraction=fraction, scores_are=m)
+                                                for m, v in head_criteria.items()})
+        for target in args.sparsities:
+            run_row("wanda_sparsity", target, {
+                "shapley": sparsity_plan(loaded, target, allocation="shapley", values=layer_values),
+                "uniform": sparsity_plan(loaded, target, allocation="uniform"),
+                "owl": sparsity_plan(loaded, target, allocation="owl", outliers=owl)})
+        for fraction in args.layer_fractions:
+            run_row("layers_removed", fraction, {
+                m: layer_plan(v, loaded, fraction=fraction, scores_are=m,
+                              cornerstones=corner["cornerstones"] if m == "shapley" else None)
+                for m, v in layer_criteria.items()})
+
+    summary = {
+        "rows": len(rows),
+        "shapley_best_rows": sum(r["shapley_best_or_tied"] for r in rows),
+        "export_max_logit_diff": max(res["export_max_logit_diff"] for r in rows for res in r["results"].values()),
+    }
+    report = {
+        "summary": summary,
+        "unpruned": base_metrics,
+        "settings": {**vars(args), "text_source": text_source, "head_estimator_evaluations":
+                     shapley_heads.n_evaluations, "layer_value_evaluations": layer_values.n_evaluations},
+        "criteria_seconds": {k: round(v, 1) for k, v in timings.items()},
+        "cornerstones": corner,
+        "rows": rows,
+        "machine": {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__},
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print_table(report)
+
+
+def print_table(report) -> None:
+    base = report["unpruned"]
+    print(f"\nunpruned: perplexity {base['perplexity']:.2f}, task mean {base['task_mean']:.3f}")
+    print(f"{'row':<24}{'method':<17}{'ppl':>9}{'tasks':>8}{'params':>12}{'fwd s':>8}  best/tied")
+    for row in report["rows"]:
+        for method, r in row["results"].items():
+            mark = "*" if method == row["best"] else ("=" if r["best_or_tied"] else "")
+            print(f"{row['kind'] + ' ' + str(row['setting']):<24}{method:<17}{r['perplexity']:>9.2f}"
+                  f"{r['task_mean']:>8.3f}{r['nonzero_parameters']:>12,}{r['forward_seconds']:>8.3f}  {mark}")
+    s = report["summary"]
+    print(f"\nShapley best or tied in {s['shapley_best_rows']} of {s['rows']} rows; "
+          f"largest exported-vs-masked logit difference {s['export_max_logit_diff']:.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""`surgery prune` (apply a plan and export) and `surgery eval` (measure a model)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from pruning.cli.common import CLIError, add_model, check_output, progress_bar, step, write_json
+from pruning.cli.plan_cmds import calibration_batches
+
+# Built-in tasks and the accuracy-like metric `surgery eval` reports for each.
+EVAL_METRICS = {"induction": "accuracy", "ioi": "pair_accuracy", "factual": "accuracy",
+                "agreement": "pair_accuracy", "greater_than": "prob_mass"}
+
+
+def cmd_prune(args) -> int:
+    import surgery
+    from pruning.export import export_pruned
+    from pruning.plan import PruningPlan
+
+    target = Path(args.out)
+    if target.exists() and not args.force:
+        raise CLIError(f"{target} already exists; choose another --out or pass --force to replace it")
+    plan = PruningPlan.load(args.plan)
+    loaded = surgery.load(args.model)
+    plan.check_model(loaded)
+    calibration = None
+    if plan.sparsity and plan.sparsity_method == "wanda":
+        calibration = calibration_batches(loaded, args.text, args.calibration_n, args.seq_len)
+    with step(f"pruning ({plan.summary()}) and exporting to {target}"):
+        manifest = export_pruned(loaded, plan, target, force=args.force, calibration=calibration)
+    b, a = manifest["before"], manifest["after"]
+    print(f"parameters {b['parameters']:,} -> {a['parameters']:,} (nonzero {a['nonzero_parameters']:,}); "
+          f"files {manifest['bytes'] / 2**20:.1f} MiB")
+    for note in manifest["notes"]:
+        print(f"note: {note}")
+    print(f"load it with: {manifest['loads_with'].replace('dir', repr(str(target)))}")
+    return 0
+
+
+def evaluate(loaded, tasks: list[str], text: str | None, n: int, seq_len: int, seed: int) -> dict:
+    """Perplexity on text and the accuracy-like metric of each task, plus size and forward time."""
+    from probes.tasks import get_task
+    from pruning.evaluate import forward_seconds, next_token_loss, parameter_count, task_score
+
+    results: dict = {"model": str(loaded.source), **parameter_count(loaded)}
+    text_batch = get_task("text", path=text, n=n, seq_len=seq_len).batch(loaded, seed=seed)
+    with progress_bar(len(tasks) + 1, "evaluating", unit="task") as update:
+        results["text"] = next_token_loss(loaded, [text_batch.tokens])
+        results["text"]["source"] = text or "builtin standard-library documentation"
+        update(1)
+        scores = {}
+        for name in tasks:
+            tb = get_task(name, n=n).batch(loaded, seed=seed)
+            scores[name] = {"metric": EVAL_METRICS.get(name, tb.default_metric),
+                            "value": task_score(loaded, tb, EVAL_METRICS.get(name))}
+            update(1)
+    results["tasks"] = scores
+    results["forward_seconds"] = forward_seconds(loaded, text_batch.tokens)
+    return results
+
+
+def cmd_eval(args) -> int:
+    import surgery
+
+    out = check_output(args.out, args.force) if args.out else None
+    tasks = list(EVAL_METRICS) if args.task is None else args.task
+    unknown = [t for t in tasks if t not in EVAL_METRICS]
+    if unknown:
+        raise CLIError(f"unknown task(s) {unknown}; built-in tasks: {', '.join(EVAL_METRICS)}")
+    loaded = surgery.load(args.model)
+    results = evaluate(loaded, tasks, args.text, args.n, args.seq_len, args.seed)
+    t = results["text"]
+    print(f"{loaded.source}: {results['parameters']:,} parameters ({results['nonzero_parameters']:,} nonzero), "
+          f"{results['parameter_bytes'] / 2**20:.1f} MiB")
+    print(f"  perplexity {t['perplexity']:.2f} on {t['tokens']} tokens of {t['source']}")
+    for name, s in results["tasks"].items():
+        print(f"  {name:<13} {s['metric']:<14} {s['value']:.3f}")
+    print(f"  forward {results['forward_seconds'] * 1000:.0f} ms for {args.n} x {args.seq_len} tokens")
+    if out:
+        write_json(out, _finite(results))
+        print(f"wrote {out}")
+    return 0
+
+
+def _finite(data):
+    """JSON has no NaN/inf: write them as null (a perplexity can overflow on a broken model)."""
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prune", help="apply a plan to a model and export the smaller checkpoint",
+                       description="Apply a PruningPlan (physically: heads cut, layers dropped, weights zeroed) and "
+                                   "export a checkpoint that transformers loads, with manifest.json.")
+    add_model(p)
+    p.add_argument("--plan", required=True, help="plan JSON from `surgery plan`")
+    p.add_argument("--out", required=True, help="export directory (must not exist unless --force)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--text", default=None, metavar="FILE",
+                   help="Wanda calibration text (default: built-in documentation text)")
+    p.add_argument("--calibration-n", type=int, default=8, help="calibration sequences for Wanda")
+    p.add_argument("--seq-len", type=int, default=64, help="tokens per calibration sequence")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("eval", help="perplexity, task accuracy, size and speed of a model or export",
+                       description="Measure a model (or an exported directory): perplexity on text, the "
+                                   "accuracy-like metric of built-in tasks, parameters, bytes and forward time.")
+    add_model(p)
+    p.add_argument("--task", nargs="+", default=None, help=f"tasks to score (default: all: {', '.join(EVAL_METRICS)})")
+    p.add_argument("--text", default=None, metavar="FILE",
+                   help="text for perplexity (default: built-in documentation text)")
+    p.add_argument("--n", type=int, default=16, help="sequences / prompts per task")
+    p.add_argument("--seq-len", type=int, default=64, help="tokens per text sequence")
+    p.add_argument("--seed", type=int, default=1000, help="seed of the evaluation examples")
+    p.add_argument("--out", default=None, help="also write the results as JSON")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_eval)

@@ -1,0 +1,96 @@
+"""`surgery plan heads|layers|sparsity`: values in, a replayable PruningPlan JSON out."""
+
+from __future__ import annotations
+
+from pruning.cli.common import CLIError, add_model, check_output, write_json
+
+
+def _load_values(path: str, kind: str):
+    from probes.head_values import HeadValues
+    from probes.values import Values
+
+    return HeadValues.load(path) if kind == "heads" else Values.load(path)
+
+
+def calibration_batches(loaded, text: str | None, n: int, seq_len: int, seed: int = 0):
+    """Text batches for Wanda/OWL statistics: the user's file, else the built-in documentation text."""
+    from probes.tasks import get_task
+
+    return [get_task("text", path=text, n=n, seq_len=seq_len).batch(loaded, seed=seed).tokens]
+
+
+def cmd_plan(args) -> int:
+    import surgery
+    from pruning.policies import find_cornerstones, head_plan, layer_plan, sparsity_plan
+
+    out = check_output(args.out, args.force)
+    loaded = surgery.load(args.model)
+    if args.kind == "heads":
+        if sum(x is not None for x in (args.fraction, args.k, args.harmful)) != 1:
+            raise CLIError("plan heads needs exactly one of --fraction F, --k K or --harmful CONFIDENCE")
+        values = _load_values(args.values, "heads")
+        plan = head_plan(values, loaded, k=args.k, fraction=args.fraction, harmful_confidence=args.harmful,
+                         min_per_layer=args.min_per_layer, removal="masked" if args.masked else "physical",
+                         values_file=str(args.values))
+    elif args.kind == "layers":
+        values = _load_values(args.values, "layers")
+        protected = [int(x) for x in args.protect.split(",")] if args.protect else []
+        corner = None
+        if args.find_cornerstones:
+            from probes.tasks import get_task
+            tb = get_task("text", path=args.text, n=4, seq_len=64).batch(loaded, seed=0)
+            corner = find_cornerstones(loaded, tb.tokens, tb.metric("loss"))
+            protected = sorted(set(protected) | set(corner["cornerstones"]))
+            print(f"cornerstone layers (removing one alone costs > half of the text loss gap): "
+                  f"{corner['cornerstones'] or 'none'}")
+        plan = layer_plan(values, loaded, k=args.k, fraction=args.fraction, cornerstones=protected,
+                          values_file=str(args.values))
+    else:
+        values = _load_values(args.values, "layers") if args.values else None
+        outliers = None
+        if args.allocation == "owl":
+            from pruning.sparsity import input_norms, outlier_ratios
+            outliers = outlier_ratios(loaded, input_norms(loaded, calibration_batches(loaded, args.text, 8, 64)))
+        n_m = None
+        if args.n_m:
+            parts = args.n_m.split(":")
+            if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                raise CLIError(f"--n-m must look like 2:4, got {args.n_m!r}")
+            n_m = (int(parts[0]), int(parts[1]))
+        plan = sparsity_plan(loaded, args.target, allocation=args.allocation, values=values, outliers=outliers,
+                             lam=args.lam, method=args.method, n_m=n_m,
+                             values_file=str(args.values) if args.values else None)
+    write_json(out, plan.to_json_dict())
+    print(plan.summary())
+    print(f"wrote {out}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="turn values into a pruning plan (JSON)",
+                       description="Build a PruningPlan from values: which heads to remove, which layers to drop, "
+                                   "or the sparsity of each layer. The plan records the values file and settings.")
+    p.add_argument("kind", choices=["heads", "layers", "sparsity"], help="what the plan removes")
+    add_model(p, " the plan is for (values of another model are refused)")
+    p.add_argument("--values", default=None, help="values JSON from `surgery values` (layer values for sparsity)")
+    p.add_argument("--fraction", type=float, default=None, help="fraction of heads/layers to remove, in [0, 1]")
+    p.add_argument("--k", type=int, default=None, help="number of heads/layers to remove")
+    p.add_argument("--harmful", type=float, default=None, metavar="CONFIDENCE",
+                   help="heads: remove every head whose upper confidence bound is below 0 (e.g. 0.95)")
+    p.add_argument("--min-per-layer", type=int, default=1, help="heads: keep at least this many heads per layer")
+    p.add_argument("--masked", action="store_true",
+                   help="heads: zero output-projection columns instead of cutting (loads anywhere, no size gain)")
+    p.add_argument("--protect", default=None, help="layers: comma-separated layers never to drop, e.g. 0,29")
+    p.add_argument("--find-cornerstones", action="store_true",
+                   help="layers: detect and protect layers whose removal alone collapses next-token loss")
+    p.add_argument("--target", type=float, default=0.5, help="sparsity: mean fraction of weights zeroed")
+    p.add_argument("--allocation", default="shapley", choices=["shapley", "uniform", "owl"],
+                   help="sparsity: per-layer ratios from layer values, uniform, or outlier-weighted (OWL)")
+    p.add_argument("--lam", type=float, default=0.08, help="sparsity: max deviation of a layer from the target")
+    p.add_argument("--method", default="wanda", choices=["wanda", "magnitude"], help="sparsity: weight score")
+    p.add_argument("--n-m", default=None, help="sparsity: semi-structured N:M pattern, e.g. 2:4")
+    p.add_argument("--text", default=None, metavar="FILE",
+                   help="calibration text for OWL and cornerstones (default: built-in documentation text)")
+    p.add_argument("--out", required=True, help="plan JSON to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_plan)

@@ -1,0 +1,135 @@
+"""`surgery values heads|layers` and `surgery cluster`."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from pruning.cli.common import CLIError, add_model, add_task, check_output, progress_bar, task_from_args, write_json
+
+
+def cmd_values(args) -> int:
+    import surgery
+    from probes.head_values import DEFAULT_BUDGET_PER_PLAYER, head_values
+    from probes.layer_values import DEFAULT_LAYER_ESTIMATOR, layer_values
+
+    out = check_output(args.out, args.force)
+    loaded = surgery.load(args.model)
+    task = task_from_args(args)
+    n_players = len(loaded.components.heads if args.kind == "heads" else loaded.components.layers)
+    estimator = args.estimator or (None if args.kind == "heads" else DEFAULT_LAYER_ESTIMATOR)
+    budget = args.budget
+    if budget is None and args.kind == "heads" and estimator != "exact":
+        budget = DEFAULT_BUDGET_PER_PLAYER * n_players
+    compute = head_values if args.kind == "heads" else layer_values
+    settings = {"window": args.window} if estimator in ("sliding_window",) and args.window else {}
+    builder = _ray_builder(args) if args.backend == "ray" else None
+    t0 = time.perf_counter()
+    with progress_bar(budget, f"{args.kind} values") as update:
+        values = compute(loaded, task, estimator=estimator, budget=budget, seed=args.seed, store=args.store,
+                         n_examples=args.n, mode=args.mode, metric=args.metric, task_seed=args.task_seed,
+                         max_rows=args.max_rows, progress=update, game_builder=builder, **settings)
+    wall = time.perf_counter() - t0
+    values.details["wall_seconds"] = round(wall, 2)
+    values.save(out)
+    fresh = values.details.get("wall_evaluations_this_run", values.n_evaluations)
+    print(f"{n_players} {args.kind} values of {loaded.source} on {values.fingerprint.get('task')}: "
+          f"{values.estimator}, {values.n_evaluations} evaluations ({fresh} computed now, the rest from the store), "
+          f"{wall:.0f} s")
+    print("top 5: " + ", ".join(f"{name} {v:+.4f}" for name, v in values.top_k(5)))
+    if args.kind == "heads":
+        harmful = values.harmful(0.95)
+        print(f"harmful heads (95% interval below 0): {len(harmful)}" + (": " + ", ".join(
+            f"{h.name} {h.mean:+.4f} [{h.low:+.4f}, {h.high:+.4f}]" for h in harmful[:8]) if harmful else ""))
+    gap = values.efficiency_gap
+    if np.isfinite(gap):
+        print(f"efficiency gap (sum of values - (v(all) - v(none))): {gap:+.3g}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _ray_builder(args):
+    """Build the game with Ray workers that each load --model themselves (same fingerprint as local)."""
+    from probes.distributed import ray_model_game
+
+    def build(_loaded, batch, metric, players, **options):
+        return ray_model_game(args.model, batch, metric, players, workers=args.workers, address=args.address,
+                              num_gpus=args.num_gpus, **options)
+    return build
+
+
+def cmd_cluster(args) -> int:
+    from probes.clustering import cluster_heads, plot_clusters
+    from probes.head_values import HeadValues
+
+    out = check_output(args.out, args.force)
+    by_task = {}
+    digests = {}
+    for path in args.values:
+        values = HeadValues.load(path)
+        task = str(values.fingerprint.get("task") or path).split(":")[0]
+        if task in by_task:
+            raise CLIError(f"two values files for task {task!r} ({digests[task][1]} and {path}); give one per task")
+        by_task[task] = values
+        digests[task] = (values.fingerprint.get("model_digest"), path)
+    models = {d for d, _ in digests.values()}
+    if len(models) > 1:
+        listing = ", ".join(f"{p} (model digest {d})" for d, p in digests.values())
+        raise CLIError(f"values files come from different models: {listing}; cluster values of one model")
+    if len(by_task) < 2:
+        raise CLIError("clustering needs head values of at least two tasks (one values file per task)")
+    clusters = cluster_heads(by_task, k=args.k, seed=args.seed)
+    write_json(out, clusters.as_dict())
+    print(f"{len(clusters.names)} heads, {len(by_task)} tasks -> {clusters.k} clusters"
+          + (f" (k by silhouette: {', '.join(f'{k}: {s:.2f}' for k, s in clusters.silhouettes.items())})"
+             if clusters.silhouettes else ""))
+    for c in clusters.clusters:
+        serves = ", ".join(c.tasks) or "no task (background)"
+        print(f"  cluster {c.index}: {len(c.heads):>3} heads, serves {serves}; e.g. {', '.join(c.heads[:5])}")
+    if args.figure:
+        import matplotlib
+        matplotlib.use("Agg")
+        ax = plot_clusters(clusters)
+        ax.figure.savefig(args.figure, dpi=120, bbox_inches="tight")
+        print(f"figure: {args.figure}")
+    print(f"wrote {out}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("values", help="Shapley values of every head or layer on a task",
+                       description="Shapley values of every head (or layer) of a model on a task. Evaluations "
+                                   "stream to --store; rerunning with the same --store resumes.")
+    p.add_argument("kind", choices=["heads", "layers"], help="which components are the players")
+    add_model(p)
+    add_task(p)
+    p.add_argument("--estimator", default=None,
+                   help="estimator name (default: leverage_shap_size for heads, sliding_window for layers)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="coalition evaluations (default: 10 per head; the sliding window needs none)")
+    p.add_argument("--window", type=int, default=None, help="window of the sliding-window layer values")
+    p.add_argument("--seed", type=int, default=0, help="the estimator's seed")
+    p.add_argument("--mode", default="zero", choices=["zero", "mean", "resample"], help="ablation mode")
+    p.add_argument("--store", default=None, metavar="DIR", help="directory streaming every evaluation (resumable)")
+    p.add_argument("--max-rows", type=int, default=64, help="coalitions x examples per batched forward (memory)")
+    p.add_argument("--backend", default="local", choices=["local", "ray"],
+                   help="evaluate coalitions here, or fan them out over Ray workers (see README)")
+    p.add_argument("--address", default=None,
+                   help="ray: cluster address (ray://host:10001, host:6379 or auto; default: start a local one)")
+    p.add_argument("--workers", type=int, default=None, help="ray: number of workers (default: one per GPU/CPU)")
+    p.add_argument("--num-gpus", type=float, default=0, help="ray: GPUs per worker (0.5 puts two on a GPU)")
+    p.add_argument("--out", required=True, help="values JSON to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_values)
+
+    p = sub.add_parser("cluster", help="cluster heads by their values across tasks",
+                       description="Cluster heads by their value vectors across tasks (one head-values file per "
+                                   "task, all of one model); k by silhouette unless --k.")
+    p.add_argument("values", nargs="+", help="head-values JSON files, one per task")
+    p.add_argument("--k", type=int, default=None, help="number of clusters (default: best silhouette)")
+    p.add_argument("--seed", type=int, default=0, help="k-means seed")
+    p.add_argument("--figure", default=None, help="also save a heads x tasks heatmap (PNG)")
+    p.add_argument("--out", required=True, help="clusters JSON to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_cluster)

@@ -1,0 +1,117 @@
+"""Runs that survive faults: killed `surgery values` runs resume from the store to identical values;
+a full disk gives a clear error and leaves a store that the next run resumes from."""
+
+import errno
+import json
+import signal
+import time
+
+import numpy as np
+import pytest
+from helpers import run_cli, spawn
+
+from pruning.cli import main
+
+import probes.store
+from probes.head_values import HeadValues
+
+# One coalition per forward (max_rows = n examples), so a resumed run groups its forwards exactly like
+# an uninterrupted one and the values can be compared bit for bit.
+ARGS = ["values", "heads", "--task", "factual", "--n", "4", "--budget", "200", "--seed", "7", "--max-rows", "4"]
+
+
+def stored_lines(store) -> int:
+    log = store / "values.jsonl"
+    return log.read_bytes().count(b"\n") if log.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("clean")
+    assert main([*ARGS, "--model", str(tiny_dir), "--store", str(d / "store"), "--out", str(d / "v.json")]) == 0
+    return HeadValues.load(d / "v.json"), stored_lines(d / "store")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_killed_run_resumes_to_identical_values(tiny_dir, tmp_path, capsys, uninterrupted, sig):
+    clean, n_clean = uninterrupted
+    store, out = tmp_path / "store", tmp_path / "v.json"
+    proc = spawn(*ARGS, "--model", tiny_dir, "--store", store, "--out", out)
+    deadline = time.time() + 120
+    while stored_lines(store) < 40 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted; raise the budget"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "rerun to resume" in err and "Traceback" not in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    before = stored_lines(store)
+    assert 40 <= before < n_clean
+
+    code, text, err = run_cli(capsys, *ARGS, "--model", tiny_dir, "--store", store, "--out", out)
+    assert code == 0, err
+    resumed = HeadValues.load(out)
+    computed_now = int(text.split(" computed now")[0].rsplit("(", 1)[1])
+    assert computed_now == n_clean - before  # nothing already stored was evaluated again
+    assert stored_lines(store) == n_clean
+    np.testing.assert_array_equal(resumed.means, clean.means)
+    np.testing.assert_array_equal(resumed.stderrs, clean.stderrs)
+
+
+def test_full_disk_is_a_clear_error_and_the_store_survives(tiny_dir, tmp_path, capsys, monkeypatch, uninterrupted):
+    clean, n_clean = uninterrupted
+    store, out = tmp_path / "store", tmp_path / "v.json"
+    real_open = open
+    appends = [0]
+
+    class FullDisk:
+        """The 12th append writes half its bytes, then the disk is full (a torn record)."""
+
+        def __init__(self, handle):
+            self.handle = handle
+
+        def write(self, text):
+            appends[0] += 1
+            if appends[0] >= 12:
+                self.handle.write(text[: len(text) // 2])
+                self.handle.flush()
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.handle.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        handle = real_open(path, mode, *args, **kwargs)
+        return FullDisk(handle) if "a" in mode else handle
+
+    monkeypatch.setattr(probes.store, "open", fake_open, raising=False)
+    code, _, err = run_cli(capsys, *ARGS, "--model", tiny_dir, "--store", store, "--out", out)
+    assert code == 2 and "No space left on device" in err and "Traceback" not in err
+    assert not out.exists()
+    monkeypatch.undo()
+
+    # The torn last record is dropped on reopening; the 11 whole appends are kept and not recomputed.
+    code, text, err = run_cli(capsys, *ARGS, "--model", tiny_dir, "--store", store, "--out", out)
+    assert code == 0, err
+    assert int(text.split(" computed now")[0].rsplit("(", 1)[1]) < n_clean
+    np.testing.assert_array_equal(HeadValues.load(out).means, clean.means)
+    assert all(json.loads(line) for line in (store / "values.jsonl").read_text().splitlines())
+
+
+def test_unwritable_output_fails_before_any_work(tiny_dir, tmp_path, capsys):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")  # --out below a regular file cannot be written, even by root
+    code, _, err = run_cli(capsys, *ARGS, "--model", tiny_dir, "--store", tmp_path / "store",
+                           "--out", not_a_dir / "v.json")
+    assert code == 2 and "Traceback" not in err and "file" in err
+    assert not (tmp_path / "store").exists()  # refused before any evaluation

@@ -1,0 +1,93 @@
+"""Baseline importance criteria: each one equals its definition computed another way."""
+
+import copy
+
+import pytest
+import torch
+from conftest import token_batch
+from tiny_models import build
+
+import surgery
+from probes.tasks.base import TaskBatch
+from pruning.importance import (_query_rows, block_influence, head_gradient, head_leave_one_out, head_magnitude,
+                                last_layer_scores, random_scores, scores_as_values)
+from pruning.errors import PruningError
+from pruning.policies import head_plan, layer_plan
+from surgery.engine import AblationEngine
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return surgery.load(build("llama"))
+
+
+@pytest.fixture(scope="module")
+def toy(llama):
+    """Random tokens scored by next-token loss (tiny models have no tokenizer, so no prompt tasks)."""
+    return TaskBatch(token_batch(llama, batch=3, seq=10), "toy", ("loss",))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox"])
+def test_magnitude_is_the_norm_of_query_rows_and_output_columns(family):
+    loaded = surgery.load(build(family))
+    scores = head_magnitude(loaded)
+    assert list(scores) == loaded.components.heads
+    # Masking a head zeroes its output columns: its score falls to the norm of its query rows alone,
+    # and every other head keeps its score.
+    masked = head_magnitude(surgery.cut.mask_heads(loaded, ["L1.H0"]))
+    q = _query_rows(loaded.adapter, loaded.adapter.blocks(loaded.model)[1], loaded.components.n_heads[1],
+                    loaded.adapter.head_dim(loaded.model.config))
+    assert masked["L1.H0"] == pytest.approx(float(q[0].norm()), rel=1e-5)
+    assert masked["L1.H0"] < scores["L1.H0"]
+    assert all(masked[h] == pytest.approx(scores[h]) for h in scores if h != "L1.H0")
+
+
+def test_gradient_importance_matches_a_finite_difference_of_the_gate(llama, toy):
+    scores = head_gradient(llama, toy)
+    engine = AblationEngine(llama, "heads")
+    head, eps = 4, 1e-3
+    total = 0.0
+    for i in range(toy.size):
+        ex = toy.rows(i, i + 1)
+        gates = torch.ones(2, engine.n_players, dtype=torch.float32)
+        gates[1, head] = 1 - eps
+        v = engine.evaluate(gates, ex.tokens, ex.metric())
+        total += abs(float(v[0] - v[1]) / eps)
+    assert scores[engine.players[head]] == pytest.approx(total / toy.size, rel=2e-2)
+
+
+def test_leave_one_out_is_the_drop_when_one_head_is_ablated(llama, toy):
+    scores = head_leave_one_out(llama, toy)
+    engine = AblationEngine(llama, "heads")
+    masks = torch.ones(2, engine.n_players, dtype=torch.bool)
+    masks[1, 5] = False
+    loss = engine.evaluate(masks, toy.tokens, toy.metric())
+    # loss is lower-is-better: importance = loss without the head - loss with it
+    assert scores[engine.players[5]] == pytest.approx(float(loss[1] - loss[0]), abs=1e-9)
+
+
+def test_block_influence_is_zero_for_a_block_that_changes_nothing(llama, toy):
+    model = copy.deepcopy(llama.model)
+    blocks = llama.adapter.blocks(model)
+    with torch.no_grad():  # a block whose attention and MLP write nothing passes the residual through
+        llama.adapter.get(blocks[1], llama.adapter.attn_out_proj).weight.zero_()
+        blocks[1].mlp.down_proj.weight.zero_()
+    identity = surgery.load(model)
+    bi = block_influence(identity, toy.tokens)
+    assert bi["L1"] == pytest.approx(0.0, abs=1e-5)
+    assert bi["L0"] > 1e-3 and bi["L2"] > 1e-3
+
+
+def test_last_layers_go_first_but_never_the_final_one(llama):
+    plan = layer_plan(scores_as_values(last_layer_scores(llama), "last", llama), llama, k=1)
+    assert plan.layers == [1]
+
+
+def test_baseline_scores_build_plans_and_are_refused_on_another_model(llama):
+    scores = random_scores(llama.components.heads, seed=3)
+    assert scores == random_scores(llama.components.heads, seed=3) != random_scores(llama.components.heads, seed=4)
+    values = scores_as_values(scores, "random", llama, seed=3)
+    plan = head_plan(values, llama, fraction=0.25)
+    assert len(plan.heads) == round(0.25 * len(llama.components.heads))
+    with pytest.raises(PruningError, match="another model"):
+        head_plan(values, surgery.load(build("llama", seed=1)), fraction=0.25)
