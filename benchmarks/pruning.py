@@ -36,20 +36,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import surgery  # noqa: E402
 from probes.estimators import DEFAULT_ESTIMATOR, estimate  # noqa: E402
-from probes.model_game import model_game  # noqa: E402
+from probes.model_game import batch_digest, model_game  # noqa: E402
 from probes.tasks import get_task  # noqa: E402
 from pruning import importance  # noqa: E402
+from pruning.cli.model_cmds import EVAL_METRICS  # noqa: E402
 from pruning.evaluate import (exported_logits, forward_seconds, masked_logits, plain_logits,  # noqa: E402
-                              sequence_losses)
+                              sequence_losses, task_score)
 from pruning.apply import apply_plan  # noqa: E402
 from pruning.export import export_pruned  # noqa: E402
 from pruning.policies import find_cornerstones, head_plan, layer_plan, sparsity_plan  # noqa: E402
 from pruning.sparsity import input_norms, outlier_ratios  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# One accuracy-like metric per built-in prompt task.
-TASK_METRICS = {"induction": "accuracy", "ioi": "pair_accuracy", "factual": "accuracy",
-                "agreement": "pair_accuracy", "greater_than": "prob_mass"}
+TASK_METRICS = EVAL_METRICS  # one accuracy-like metric per built-in prompt task, as `surgery eval` reports
 
 
 def text_split(loaded, path, n_cal, n_eval, seq_len, seed):
@@ -61,11 +60,7 @@ def text_split(loaded, path, n_cal, n_eval, seq_len, seed):
 
 def evaluate_model(loaded, held_out, task_batches):
     sums, counts = sequence_losses(loaded, held_out.tokens)
-    scores = {}
-    for name, tb in task_batches.items():
-        engine = surgery.AblationEngine(loaded, "layers")
-        ones = torch.ones(1, engine.n_players, dtype=torch.bool)
-        scores[name] = float(engine.evaluate(ones, tb.tokens, tb.metric(TASK_METRICS[name]))[0])
+    scores = {name: task_score(loaded, tb, TASK_METRICS[name]) for name, tb in task_batches.items()}
     loss = float(sums.sum() / counts.sum())
     return {"perplexity": math.exp(loss), "loss": loss, "task_scores": scores,
             "task_mean": float(np.mean(list(scores.values())))}, (sums / counts).numpy()
@@ -141,9 +136,11 @@ def main() -> None:
     store = Path(args.store_dir)
     timings = {}
 
+    calibration_id = batch_digest(calibration.tokens)  # another text/size/seed is another game: another store
+
     def game(players, name, progress=None):
         return model_game(loaded, calibration.tokens, calibration.metric("loss"), players, task_name="text",
-                          store=store / f"{name}-{args.seed}", max_rows=128, progress=progress)
+                          store=store / f"{name}-{args.seed}-{calibration_id}", max_rows=128, progress=progress)
 
     # ---------------------------------------------------------------- criteria
     t0 = time.perf_counter()
@@ -213,8 +210,8 @@ def main() -> None:
                 "owl": sparsity_plan(loaded, target, allocation="owl", outliers=owl)})
         for fraction in args.layer_fractions:
             run_row("layers_removed", fraction, {
-                m: layer_plan(v, loaded, fraction=fraction, scores_are=m,
-                              cornerstones=corner["cornerstones"] if m == "shapley" else None)
+                # Cornerstone layers are protected for every criterion, so the rows compare the rankings alone.
+                m: layer_plan(v, loaded, fraction=fraction, scores_are=m, cornerstones=corner["cornerstones"])
                 for m, v in layer_criteria.items()})
 
     summary = {

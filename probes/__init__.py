@@ -2,10 +2,13 @@
 
 from probes.errors import (BudgetTooSmallError, FingerprintMismatchError, InvalidGameOutputError,
                            MalformedValuesFileError, ProbeError, StoreCorruptError, TooManyPlayersError)
+from probes.amortized import (CoalitionSurrogate, HeadFeatures, ValueDataset, ValuePredictor, build_dataset,
+                              control_variate_shapley, head_features)
 from probes.estimators import DEFAULT_ESTIMATOR, ESTIMATORS, estimate, get_estimator
-from probes.clustering import cluster_heads, specificity
+from probes.clustering import cluster_heads, plot_clusters, specificity
 from probes.game import Game
 from probes.head_values import HeadValues, head_values
+from probes.layer_values import layer_values
 from probes.metrics import (METRICS, Accuracy, KLDivergence, LogitDiff, LogProb, Loss, Metric, MetricError,
                             PairAccuracy, Perplexity, ProbMass, make_metric)
 from probes.model_game import model_game
@@ -20,5 +23,7 @@ __all__ = [
     "get_estimator", "Game", "METRICS", "Accuracy", "KLDivergence", "LogitDiff", "LogProb", "Loss", "Metric",
     "MetricError", "PairAccuracy", "Perplexity", "ProbMass", "make_metric", "model_game", "MaxEvaluations",
     "RankStable", "StandardErrorBelow", "StoppingCriterion", "CoalitionStore", "BUILTIN_TASKS", "Task",
-    "TaskBatch", "TaskError", "get_task", "Values", "cluster_heads", "specificity", "HeadValues", "head_values",
+    "TaskBatch", "TaskError", "get_task", "Values", "cluster_heads", "plot_clusters", "specificity", "HeadValues", "head_values",
+    "layer_values", "CoalitionSurrogate", "HeadFeatures", "ValueDataset", "ValuePredictor", "build_dataset",
+    "control_variate_shapley", "head_features",
 ]

@@ -212,7 +212,7 @@ class Values:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise MalformedValuesFileError(f"{path} is not valid JSON: {error}") from error
         values = cls.from_json_dict(data, source=str(path))
         if expected_fingerprint is not None:

@@ -67,8 +67,19 @@ def _query_rows(adapter, block, n_heads: int, D: int) -> torch.Tensor:
     raise PruningError(f"head_magnitude does not know qkv layout {adapter.qkv_layout!r}")
 
 
+# Metrics with no gradient (step functions) and the smooth metric that measures the same thing.
+SMOOTH = {"accuracy": "logprob", "pair_accuracy": "logit_diff"}
+
+
 def head_gradient(loaded: LoadedModel, task_batch, metric: str | None = None) -> dict[str, float]:
-    """Michel et al. head importance: mean over examples of |d loss / d gate| at gates = 1."""
+    """Michel et al. head importance: mean over examples of |d metric / d gate| at gates = 1.
+
+    metric: default 'loss' where the task has it (as in the paper), else the task's natural metric;
+    accuracies are replaced by their smooth counterpart, which has a gradient.
+    """
+    if metric is None:
+        metric = "loss" if "loss" in task_batch.metrics else task_batch.default_metric
+    metric = SMOOTH.get(metric, metric)
     engine = AblationEngine(loaded, "heads")
     totals = torch.zeros(engine.n_players, dtype=torch.float64)
     for i in range(task_batch.size):

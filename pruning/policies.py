@@ -53,8 +53,9 @@ def head_plan(values: Values, loaded: LoadedModel, *, k: int | None = None, frac
               values_file: str | None = None, scores_are: str = "values") -> PruningPlan:
     """Remove the k (or fraction) lowest-valued heads, or every confidently harmful head.
 
-    harmful_confidence=0.95: remove heads whose one-sided upper bound mean + z * stderr is below 0
-    (the interference heads of Shapley head pruning). min_per_layer heads stay in every layer.
+    harmful_confidence=0.95: remove heads whose two-sided 95% interval lies below 0, i.e.
+    mean + z * stderr < 0 with z = 1.96 (the interference heads of Shapley head pruning; the same
+    rule as HeadValues.harmful, so a plan removes exactly the heads reported as harmful). min_per_layer heads stay in every layer.
     GQA is handled when the plan is applied: a key/value head goes only with all its query heads.
     """
     _check_values_for(values, loaded, "heads")
@@ -63,7 +64,7 @@ def head_plan(values: Values, loaded: LoadedModel, *, k: int | None = None, frac
     if harmful_confidence is not None:
         if not 0.5 <= harmful_confidence < 1:
             raise PruningError(f"harmful_confidence {harmful_confidence} must lie in [0.5, 1)")
-        z = float(torch.distributions.Normal(0, 1).icdf(torch.tensor(harmful_confidence)))
+        z = float(torch.distributions.Normal(0, 1).icdf(torch.tensor(0.5 + harmful_confidence / 2)))
         candidates = [i for i in np.argsort(means) if means[i] + z * errs[i] < 0]
         limit = len(candidates)
     else:

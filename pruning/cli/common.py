@@ -23,9 +23,9 @@ def add_model(parser, help_extra: str = "") -> None:
                              f"(default: {DEFAULT_MODEL})")
 
 
-def add_task(parser, *, required: bool = False) -> None:
+def add_task(parser) -> None:
     """--task NAME | --text FILE, and the batch the game is played on."""
-    parser.add_argument("--task", default=None if required else None,
+    parser.add_argument("--task", default=None,
                         help="built-in task: induction, ioi, factual, agreement, greater_than, text")
     parser.add_argument("--text", default=None, metavar="FILE",
                         help="score next-token loss on this UTF-8 text file (instead of --task)")
@@ -89,5 +89,9 @@ def step(message: str):
     """Print a step that has no natural count, then how long it took."""
     print(f"{message} ...", end="", flush=True)
     t0 = time.perf_counter()
-    yield
+    try:
+        yield
+    except BaseException:
+        print(" failed", flush=True)  # end the line, so the error message starts on its own
+        raise
     print(f" {time.perf_counter() - t0:.1f} s", flush=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from pruning.cli.common import CLIError, add_model, check_output, progress_bar, step, write_json
 from pruning.cli.plan_cmds import calibration_batches
@@ -18,9 +17,7 @@ def cmd_prune(args) -> int:
     from pruning.export import export_pruned
     from pruning.plan import PruningPlan
 
-    target = Path(args.out)
-    if target.exists() and not args.force:
-        raise CLIError(f"{target} already exists; choose another --out or pass --force to replace it")
+    target = check_output(args.out, args.force)
     plan = PruningPlan.load(args.plan)
     loaded = surgery.load(args.model)
     plan.check_model(loaded)

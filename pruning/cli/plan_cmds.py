@@ -19,11 +19,22 @@ def calibration_batches(loaded, text: str | None, n: int, seq_len: int, seed: in
     return [get_task("text", path=text, n=n, seq_len=seq_len).batch(loaded, seed=seed).tokens]
 
 
+def _layer_list(text: str | None, n_layers: int) -> list[int]:
+    if not text:
+        return []
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() and int(p) < n_layers for p in parts):
+        raise CLIError(f"--protect {text!r}: give comma-separated layer numbers in 0..{n_layers - 1}, e.g. 0,{n_layers - 1}")
+    return [int(p) for p in parts]
+
+
 def cmd_plan(args) -> int:
     import surgery
     from pruning.policies import find_cornerstones, head_plan, layer_plan, sparsity_plan
 
     out = check_output(args.out, args.force)
+    if args.kind in ("heads", "layers") and not args.values:
+        raise CLIError(f"plan {args.kind} needs --values FILE (from `surgery values {args.kind}`)")
     loaded = surgery.load(args.model)
     if args.kind == "heads":
         if sum(x is not None for x in (args.fraction, args.k, args.harmful)) != 1:
@@ -34,7 +45,7 @@ def cmd_plan(args) -> int:
                          values_file=str(args.values))
     elif args.kind == "layers":
         values = _load_values(args.values, "layers")
-        protected = [int(x) for x in args.protect.split(",")] if args.protect else []
+        protected = _layer_list(args.protect, loaded.components.n_layers)
         corner = None
         if args.find_cornerstones:
             from probes.tasks import get_task
@@ -76,7 +87,8 @@ def register(sub) -> None:
     p.add_argument("--fraction", type=float, default=None, help="fraction of heads/layers to remove, in [0, 1]")
     p.add_argument("--k", type=int, default=None, help="number of heads/layers to remove")
     p.add_argument("--harmful", type=float, default=None, metavar="CONFIDENCE",
-                   help="heads: remove every head whose upper confidence bound is below 0 (e.g. 0.95)")
+                   help="heads: remove every head whose two-sided confidence interval lies below 0 (e.g. 0.95), "
+                        "the heads `surgery values heads` lists as harmful")
     p.add_argument("--min-per-layer", type=int, default=1, help="heads: keep at least this many heads per layer")
     p.add_argument("--masked", action="store_true",
                    help="heads: zero output-projection columns instead of cutting (loads anywhere, no size gain)")

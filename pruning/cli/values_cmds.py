@@ -23,13 +23,22 @@ def cmd_values(args) -> int:
     if budget is None and args.kind == "heads" and estimator != "exact":
         budget = DEFAULT_BUDGET_PER_PLAYER * n_players
     compute = head_values if args.kind == "heads" else layer_values
-    settings = {"window": args.window} if estimator in ("sliding_window",) and args.window else {}
-    builder = _ray_builder(args) if args.backend == "ray" else None
+    settings = {}
+    if args.window is not None:
+        if estimator not in ("sliding_window", "neighbourhood"):
+            raise CLIError(f"--window applies to the sliding_window and neighbourhood estimators, not {estimator or 'the default'}")
+        settings = {"window" if estimator == "sliding_window" else "max_window": args.window}
+    games = []  # Ray games, closed (workers stopped) however the run ends
+    builder = _ray_builder(args, games) if args.backend == "ray" else None
     t0 = time.perf_counter()
-    with progress_bar(budget, f"{args.kind} values") as update:
-        values = compute(loaded, task, estimator=estimator, budget=budget, seed=args.seed, store=args.store,
-                         n_examples=args.n, mode=args.mode, metric=args.metric, task_seed=args.task_seed,
-                         max_rows=args.max_rows, progress=update, game_builder=builder, **settings)
+    try:
+        with progress_bar(budget, f"{args.kind} values") as update:
+            values = compute(loaded, task, estimator=estimator, budget=budget, seed=args.seed, store=args.store,
+                             n_examples=args.n, mode=args.mode, metric=args.metric, task_seed=args.task_seed,
+                             max_rows=args.max_rows, progress=update, game_builder=builder, **settings)
+    finally:
+        for game in games:
+            game.evaluator.close()
     wall = time.perf_counter() - t0
     values.details["wall_seconds"] = round(wall, 2)
     values.save(out)
@@ -49,13 +58,14 @@ def cmd_values(args) -> int:
     return 0
 
 
-def _ray_builder(args):
+def _ray_builder(args, games: list):
     """Build the game with Ray workers that each load --model themselves (same fingerprint as local)."""
     from probes.distributed import ray_model_game
 
     def build(_loaded, batch, metric, players, **options):
-        return ray_model_game(args.model, batch, metric, players, workers=args.workers, address=args.address,
-                              num_gpus=args.num_gpus, **options)
+        games.append(ray_model_game(args.model, batch, metric, players, workers=args.workers,
+                                    address=args.address, num_gpus=args.num_gpus, **options))
+        return games[-1]
     return build
 
 
@@ -73,7 +83,7 @@ def cmd_cluster(args) -> int:
             raise CLIError(f"two values files for task {task!r} ({digests[task][1]} and {path}); give one per task")
         by_task[task] = values
         digests[task] = (values.fingerprint.get("model_digest"), path)
-    models = {d for d, _ in digests.values()}
+    models = {d for d, _ in digests.values() if d is not None}
     if len(models) > 1:
         listing = ", ".join(f"{p} (model digest {d})" for d, p in digests.values())
         raise CLIError(f"values files come from different models: {listing}; cluster values of one model")

@@ -55,6 +55,7 @@ def test_existing_output_is_not_overwritten_without_force(tiny_dir, made, tmp_pa
     (["--k", "99"], "outside 0..18"),
     (["--fraction", "0.1", "--k", "2"], "exactly one"),
     (["--k", "18", "--min-per-layer", "0"], "removes every attention head"),
+    ([], "exactly one"),
 ])
 def test_bad_ratios_and_counts(tiny_dir, made, tmp_path, capsys, flags, message):
     code, _, err = run_cli(capsys, "plan", "heads", "--model", tiny_dir, "--values", made / "values.json", *flags,
@@ -74,6 +75,15 @@ def test_values_and_plans_of_another_model_are_refused(tiny_dir, made, tmp_path,
     line = one_line_error(*run_cli(capsys, "prune", "--model", twin_dir, "--plan", made / "plan.json",
                                    "--out", tmp_path / "e")[::2])
     assert "another model" in line or "made for" in line
+
+
+def test_plans_without_values_and_bad_protected_layers(tiny_dir, made, tmp_path, capsys):
+    line = one_line_error(*run_cli(capsys, "plan", "heads", "--model", tiny_dir, "--k", "1",
+                                   "--out", tmp_path / "p.json")[::2])
+    assert "needs --values" in line
+    line = one_line_error(*run_cli(capsys, "plan", "layers", "--model", tiny_dir, "--values", made / "values.json",
+                                   "--k", "1", "--protect", "7", "--out", tmp_path / "p.json")[::2])
+    assert "--protect" in line
 
 
 def test_unknown_model_and_task(tmp_path, capsys, tiny_dir):
@@ -111,7 +121,7 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("content", MALFORMED, ids=range(len(MALFORMED)))
-def test_malformed_values_plan_and_manifest_files_give_one_line_errors(tiny_dir, content, tmp_path, capsys):
+def test_malformed_values_plan_and_manifest_files_give_one_line_errors(tiny_dir, made, content, tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_bytes(content)
     one_line_error(*run_cli(capsys, "plan", "heads", "--model", tiny_dir, "--values", bad, "--k", "1",
@@ -119,7 +129,8 @@ def test_malformed_values_plan_and_manifest_files_give_one_line_errors(tiny_dir,
     one_line_error(*run_cli(capsys, "plan", "sparsity", "--model", tiny_dir, "--values", bad, "--out",
                             tmp_path / "s.json")[::2])
     one_line_error(*run_cli(capsys, "prune", "--model", tiny_dir, "--plan", bad, "--out", tmp_path / "e")[::2])
-    one_line_error(*run_cli(capsys, "cluster", bad, bad, "--out", tmp_path / "c.json")[::2])
+    line = one_line_error(*run_cli(capsys, "cluster", bad, made / "values.json", "--out", tmp_path / "c.json")[::2])
+    assert "bad.json" in line
     export = tmp_path / "export"
     export.mkdir()
     for name in ("config.json", "model.safetensors"):
