@@ -29,6 +29,8 @@ from surgery.loading import LoadedModel, load
 
 # Budget when none is given: ten evaluations per head (the budget the default estimator was chosen at).
 DEFAULT_BUDGET_PER_PLAYER = 10
+# Estimators whose design fixes the number of evaluations (no budget needed).
+FIXED_DESIGN = ("exact", "sliding_window", "neighbourhood")
 
 
 @dataclass(frozen=True)
@@ -187,22 +189,29 @@ def head_values(model, task, estimator: str | None = None, budget: int | None = 
     settings:  passed to the estimator.
     """
     loaded = load(model) if tokenizer is None else load(model, tokenizer=tokenizer)
+    values = component_values(loaded, task, "heads", estimator or DEFAULT_ESTIMATOR, budget, seed, store,
+                              n_examples, mode, metric, tokenizer, task_seed, max_rows, progress, game_builder,
+                              settings)
+    return HeadValues.from_values(values, loaded.components.n_heads)
+
+
+def component_values(loaded: LoadedModel, task, players: str, estimator: str, budget, seed, store, n_examples,
+                     mode, metric, tokenizer, task_seed, max_rows, progress, game_builder, settings) -> Values:
+    """The game over `players` on `task`, estimated; shared by head_values and layer_values."""
     batch, bound_metric, task_name = _task_batch(loaded, task, n_examples, metric, task_seed, tokenizer)
     build = game_builder or model_game
-    game = build(loaded, batch, bound_metric, "heads", mode=mode, store=store, task_name=task_name,
-                      max_rows=max_rows, progress=progress)
+    game = build(loaded, batch, bound_metric, players, mode=mode, store=store, task_name=task_name,
+                 max_rows=max_rows, progress=progress)
     # Estimators ask for their whole design in one call; cutting it into chunks is what lets the store
     # persist evaluations as they are made (a crash loses at most one chunk).
     game.batch_size = game.batch_size or max(1, max_rows)
-    name = estimator or DEFAULT_ESTIMATOR
-    if budget is None and name != "exact":
+    if budget is None and estimator not in FIXED_DESIGN:
         budget = DEFAULT_BUDGET_PER_PLAYER * game.n_players
-    values = estimate(game, budget=budget, seed=seed, estimator=name, **settings)
-    out = HeadValues.from_values(values, loaded.components.n_heads)
-    out.details.setdefault("task_seed", task_seed)
-    out.details["n_examples"] = int(batch.size)
-    out.details["wall_evaluations_this_run"] = int(game.n_evaluations)  # the rest came from the store
-    return out
+    values = estimate(game, budget=budget, seed=seed, estimator=estimator, **settings)
+    values.details.setdefault("task_seed", task_seed)
+    values.details["n_examples"] = int(batch.size)
+    values.details["wall_evaluations_this_run"] = int(game.n_evaluations)  # the rest came from the store
+    return values
 
 
 def _task_batch(loaded: LoadedModel, task, n_examples, metric, task_seed, tokenizer):

@@ -12,9 +12,7 @@ from __future__ import annotations
 from os import PathLike
 from typing import Any, Callable
 
-from probes.estimators import estimate
-from probes.head_values import _task_batch
-from probes.model_game import model_game
+from probes.head_values import component_values
 from probes.values import Values
 from surgery.loading import load
 
@@ -23,25 +21,15 @@ DEFAULT_LAYER_ESTIMATOR = "sliding_window"
 
 def layer_values(model, task, estimator: str | None = None, budget: int | None = None, seed: int | None = 0,
                  store: str | PathLike | None = None, n_examples: int | None = None, mode: str = "zero", *,
-                 metric: str | Callable | None = None, task_seed: int = 0, max_rows: int = 64,
+                 metric: str | Callable | None = None, tokenizer=None, task_seed: int = 0, max_rows: int = 64,
                  progress: Callable[[int], None] | None = None, game_builder: Callable | None = None,
-                **settings: Any) -> Values:
+                 **settings: Any) -> Values:
     """Value of every layer of `model` on `task` (same arguments as probes.head_values).
 
     A positive value means the layer helps the task; with a loss metric the game is negated, so
     the sign convention is the same as for head values.
     """
-    loaded = load(model)
-    batch, bound_metric, task_name = _task_batch(loaded, task, n_examples, metric, task_seed, None)
-    build = game_builder or model_game
-    game = build(loaded, batch, bound_metric, "layers", mode=mode, store=store, task_name=task_name,
-                      max_rows=max_rows, progress=progress)
-    game.batch_size = game.batch_size or max(1, max_rows)  # stream evaluations to the store in chunks
-    name = estimator or DEFAULT_LAYER_ESTIMATOR
-    if budget is None and name not in ("exact", "sliding_window", "neighbourhood"):
-        budget = 10 * game.n_players
-    values = estimate(game, budget=budget, seed=seed, estimator=name, **settings)
-    values.details["task_seed"] = task_seed
-    values.details["n_examples"] = int(batch.size)
-    values.details["wall_evaluations_this_run"] = int(game.n_evaluations)
-    return values
+    loaded = load(model) if tokenizer is None else load(model, tokenizer=tokenizer)
+    return component_values(loaded, task, "layers", estimator or DEFAULT_LAYER_ESTIMATOR, budget, seed, store,
+                            n_examples, mode, metric, tokenizer, task_seed, max_rows, progress, game_builder,
+                            settings)

@@ -27,11 +27,11 @@ import torch
 
 from probes.values import Values, values_from_arrays
 from pruning.errors import PruningError
-from surgery.engine import AblationEngine
+from surgery.engine import AblationEngine, leave_one_out_masks
 from surgery.loading import LoadedModel
 
 
-def _sign(metric) -> float:
+def metric_sign(metric) -> float:
     """+1 for metrics where higher is better; loss-like metrics are negated so scores mean 'helps'."""
     return 1.0 if getattr(metric, "higher_is_better", True) else -1.0
 
@@ -105,11 +105,8 @@ def layer_leave_one_out(loaded: LoadedModel, task_batch, metric: str | None = No
 
 
 def _leave_one_out(engine: AblationEngine, task_batch, metric, progress) -> dict[str, float]:
-    n = engine.n_players
-    masks = torch.ones(n + 1, n, dtype=torch.bool)
-    masks[1:] = ~torch.eye(n, dtype=torch.bool)
     fn = task_batch.metric(metric)
-    v = _sign(fn) * engine.evaluate(masks, task_batch.tokens, fn, progress=progress)
+    v = metric_sign(fn) * engine.evaluate(leave_one_out_masks(engine.n_players), task_batch.tokens, fn, progress=progress)
     return dict(zip(engine.players, (v[0] - v[1:]).tolist()))
 
 

@@ -9,10 +9,11 @@ import torch
 
 from probes.values import Values
 from pruning.errors import PruningError
+from pruning.importance import metric_sign
 from pruning.plan import PruningPlan, model_identity
 from pruning.sparsity import allocate_ratios
 from surgery.batch import TokenBatch
-from surgery.engine import AblationEngine
+from surgery.engine import AblationEngine, leave_one_out_masks
 from surgery.loading import LoadedModel
 
 
@@ -93,12 +94,7 @@ def head_plan(values: Values, loaded: LoadedModel, *, k: int | None = None, frac
 def find_cornerstones(loaded: LoadedModel, batch: TokenBatch, metric: Callable, collapse: float = 0.5) -> dict:
     """Layers whose removal alone collapses the task: v(N) - v(N \\ l) > collapse * (v(N) - v(empty))."""
     engine = AblationEngine(loaded, "layers")
-    n = engine.n_players
-    masks = torch.ones(n + 2, n, dtype=torch.bool)
-    masks[1] = False
-    masks[2:] = ~torch.eye(n, dtype=torch.bool)
-    sign = 1.0 if getattr(metric, "higher_is_better", True) else -1.0
-    v = sign * engine.evaluate(masks, batch, metric)
+    v = metric_sign(metric) * engine.evaluate(leave_one_out_masks(engine.n_players, with_empty=True), batch, metric)
     full, empty, drop = float(v[0]), float(v[1]), (v[0] - v[2:]).tolist()
     gap = full - empty
     corner = [l for l, d in enumerate(drop) if gap > 0 and d > collapse * gap]

@@ -180,6 +180,15 @@ class AblationEngine:
 
 
 
+def leave_one_out_masks(n_players: int, *, with_empty: bool = False) -> torch.Tensor:
+    """Row 0: every player present; (row 1: none, if with_empty); then one row per player without it."""
+    eye = torch.eye(n_players, dtype=torch.bool)
+    rows = [torch.ones(1, n_players, dtype=torch.bool)]
+    if with_empty:
+        rows.append(torch.zeros(1, n_players, dtype=torch.bool))
+    return torch.cat(rows + [~eye])
+
+
 def _grad_mode(needed: bool):
     return torch.enable_grad() if needed else torch.inference_mode()
 

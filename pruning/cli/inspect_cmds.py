@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 
-import torch
+from pruning.cli.common import add_model
 
-import surgery
-from probes.tasks import get_task
-from surgery.engine import AblationEngine
 
 def cmd_info(args) -> int:
+    import surgery
+
     loaded = surgery.load(args.model)
     comps = loaded.components
     print(f"{loaded.source}: {loaded.adapter.family} family, {comps.describe()}")
@@ -24,6 +23,10 @@ def cmd_info(args) -> int:
 
 def cmd_demo(args) -> int:
     """Ablate each layer of the embedded model on generated prompts and print the damage."""
+    import surgery
+    from probes.tasks import get_task
+    from surgery.engine import AblationEngine, leave_one_out_masks
+
     t0 = time.perf_counter()
     loaded = surgery.load(args.model)
     print(f"loaded {loaded.source} in {time.perf_counter() - t0:.1f}s: {loaded.components.describe()}")
@@ -31,8 +34,7 @@ def cmd_demo(args) -> int:
     batch, metric = task_batch.tokens, task_batch.metric("logprob")
     engine = AblationEngine(loaded, "layers", mode=args.mode)
     n = engine.n_players
-    masks = torch.ones(n + 1, n, dtype=torch.bool)
-    masks[1:] = ~torch.eye(n, dtype=torch.bool)  # row 0: full model; row 1 + l: layer l skipped
+    masks = leave_one_out_masks(n)  # row 0: full model; row 1 + l: layer l skipped
     from tqdm import tqdm
     t0 = time.perf_counter()
     with tqdm(total=n + 1, desc="layer ablations", unit="coalition") as bar:
@@ -45,7 +47,7 @@ def cmd_demo(args) -> int:
         damage = full - float(values[layer + 1])
         bar = "#" * max(0, min(60, int(round(damage / 0.25))))
         print(f"L{layer:<6}{float(values[layer + 1]):>8.3f}{damage:>9.3f}  {bar}")
-    worst = int(torch.argmin(values[1:]))
+    worst = int(values[1:].argmin())
     print(f"\nmost damaging single-layer ablation: L{worst} ({full - float(values[worst + 1]):.2f} nats)")
     return 0
 
@@ -53,13 +55,13 @@ def cmd_demo(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("info", help="list a model's components and key/value head groups",
                        description="List a model's heads, layers and MLPs and which query heads share a key/value head.")
-    p.add_argument("--model", default="smollm2-135m", help="embedded name, local dir, .gguf file or hub id")
+    add_model(p)
     p.add_argument("--all-layers", action="store_true", help="print key/value groups for every layer")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("demo", help="ablate each layer of the embedded model and print the effect",
                        description="Skip each layer of the model in turn on generated factual-recall prompts and "
                                    "print how much the answer's log-probability drops (about 30 s).")
-    p.add_argument("--model", default="smollm2-135m", help="embedded name, local dir, .gguf file or hub id")
+    add_model(p)
     p.add_argument("--prompts", type=int, default=8, help="number of generated factual-recall prompts")
     p.add_argument("--seed", type=int, default=0, help="seed for drawing the prompts")
     p.add_argument("--mode", default="zero", choices=["zero", "mean", "resample"], help="ablation mode")
