@@ -17,7 +17,7 @@ from probes.head_values import HeadValues
 
 # One coalition per forward (max_rows = n examples), so a resumed run groups its forwards exactly like
 # an uninterrupted one and the values can be compared bit for bit.
-ARGS = ["values", "heads", "--task", "factual", "--n", "4", "--budget", "200", "--seed", "7", "--max-rows", "4"]
+ARGS = ["values", "heads", "--task", "factual", "--n", "4", "--budget", "600", "--seed", "7", "--max-rows", "4"]
 
 
 def stored_lines(store) -> int:
