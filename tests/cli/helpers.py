@@ -1,6 +1,7 @@
 """Run the `surgery` CLI in-process (fast) or as a real subprocess (for signals)."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -16,5 +17,8 @@ def run_cli(capsys, *argv):
 
 def spawn(*argv, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # A child inherits an ignored SIGINT (something earlier in a long pytest session may ignore it);
+    # a user's shell starts the command with the default, so restore that.
     return subprocess.Popen([sys.executable, "-m", "pruning.cli", *map(str, argv)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
