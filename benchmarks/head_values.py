@@ -1,6 +1,11 @@
 """Induction head values on the embedded SmolLM2-135M (270 heads), two seeds, and an ablation check.
 
-    python benchmarks/head_values.py [--budget 600] [--n 4] [--length 8] [--store-dir DIR]
+    python benchmarks/head_values.py [--budget 600] [--stop-at N] [--n 4] [--length 8] [--store-dir DIR]
+
+--budget sizes the estimator's design; --stop-at N stops each seed after the round that reaches N
+evaluations (the default estimator's design is evaluated in rounds and every prefix of rounds is a
+valid design), so a long run can be taken further later: rerun with a larger --stop-at and the same
+--budget and the store supplies everything already evaluated.
 
 Writes benchmarks/results/head_values.json. Each seed streams its evaluations to its own store
 directory, so an interrupted run resumes (the JSON then says which seeds were resumed, and their
@@ -28,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from probes.estimators import DEFAULT_ESTIMATOR  # noqa: E402
 from probes.head_values import head_values  # noqa: E402
 from probes.model_game import model_game  # noqa: E402
+from probes.stopping import MaxEvaluations  # noqa: E402
 from probes.tasks import get_task  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -36,7 +42,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--budget", type=int, default=600, help="coalition evaluations per seed")
+    parser.add_argument("--budget", type=int, default=600, help="coalition evaluations per seed (the design size)")
+    parser.add_argument("--stop-at", type=int, default=None,
+                        help="stop each seed after the round that reaches this many evaluations")
+    parser.add_argument("--rounds", type=int, default=40, help="rounds the design is evaluated in (with --stop-at)")
     parser.add_argument("--n", type=int, default=4, help="induction examples in the batch")
     parser.add_argument("--length", type=int, default=8, help="random tokens per half")
     parser.add_argument("--seeds", type=int, nargs=2, default=[0, 1])
@@ -64,8 +73,9 @@ def main() -> None:
             done[0] += k
             print(f"  seed {seed}: {done[0]} coalitions evaluated, {time.perf_counter() - start:.0f} s", flush=True)
 
+        stop = {} if args.stop_at is None else {"stop": MaxEvaluations(args.stop_at), "n_rounds": args.rounds}
         hv = head_values(loaded, task, budget=args.budget, seed=seed, store=store, max_rows=args.max_rows,
-                         progress=progress)
+                         progress=progress, **stop)
         wall = time.perf_counter() - start
         values.append(hv)
         runs.append({"seed": seed, "wall_seconds": round(wall, 1), "evaluations": hv.n_evaluations,
@@ -113,7 +123,7 @@ def main() -> None:
         },
         "settings": {"model": args.model, "n_heads": n, "task": "induction", "n_examples": args.n,
                      "length": args.length, "tokens_per_example": int(tb.tokens.input_ids.shape[1]),
-                     "metric": tb.default_metric, "estimator": DEFAULT_ESTIMATOR, "budget": args.budget,
+                     "metric": tb.default_metric, "estimator": DEFAULT_ESTIMATOR, "budget": args.budget, "stop_at": args.stop_at,
                      "budget_per_head": round(args.budget / n, 2), "ablation": "zero", "seeds": args.seeds,
                      "random_draws": args.random_draws, "threads": args.threads, "max_rows": args.max_rows,
                      "machine": f"{platform.machine()} {os.cpu_count()} cpus (shared)", "torch": torch.__version__},

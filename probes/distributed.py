@@ -29,7 +29,7 @@ import numpy as np
 
 from probes.errors import ProbeError
 from probes.game import Game, pack_coalitions
-from probes.model_game import batch_digest, metric_name
+from probes.model_game import game_fingerprint
 
 INSTALL_HINT = ("run `pip install ray` (for ray:// addresses `pip install 'ray[client]'`), "
                 "or install the extra: `pip install 'model-surgery[ray]'`")
@@ -249,12 +249,8 @@ class RayEvaluator:
 
     def fingerprint(self, task_name: str | None = None) -> dict:
         """The same dict probes.model_game.model_game builds for these inputs (stores interchange)."""
-        return {
-            "model": self.model_source, "model_digest": self.model_digest,
-            "task": task_name or "custom", "batch_digest": batch_digest(self.batch),
-            "metric": metric_name(self.metric), "ablation": self.mode, "value_sign": self.sign,
-            "reference_digest": batch_digest(self.reference) if self.reference is not None else None,
-        }
+        return game_fingerprint(self.model_source, self.model_digest, task_name, self.batch, self.metric, self.mode,
+                                self.sign, self.reference)
 
     @property
     def sign(self) -> float:

@@ -23,11 +23,14 @@ def model_digest(loaded: LoadedModel) -> str:
     """Cheap identity of the weights: shapes and sums of every parameter (a 135M model in ~0.1 s).
 
     Enough to tell a pruned, fine-tuned or other checkpoint from this one; not a cryptographic hash.
+    The sums are taken on the CPU in float64, so the same weights give the same digest on any device
+    (a GPU reduction adds in another order and can differ in the last digits).
     """
     h = hashlib.sha256(loaded.model.config.to_json_string(use_diff=True).encode())
     with torch.no_grad():
         for name, p in loaded.model.named_parameters():
-            h.update(f"{name}{tuple(p.shape)}{float(p.double().sum()):.10e}{float(p.double().abs().sum()):.10e}".encode())
+            w = p.detach().to("cpu", torch.float64)
+            h.update(f"{name}{tuple(p.shape)}{float(w.sum()):.10e}{float(w.abs().sum()):.10e}".encode())
     return h.hexdigest()[:16]
 
 
@@ -46,6 +49,17 @@ def metric_name(metric: Callable) -> str:
     return getattr(metric, "name", None) or getattr(metric, "__name__", type(metric).__name__)
 
 
+def game_fingerprint(model_source: str, model_digest_: str, task_name: str | None, batch: TokenBatch,
+                     metric: Callable, mode: str, sign: float, reference: TokenBatch | None) -> dict:
+    """What identifies a model game: one builder for local and Ray games, so their stores interchange."""
+    return {
+        "model": model_source, "model_digest": model_digest_,
+        "task": task_name or "custom", "batch_digest": batch_digest(batch),
+        "metric": metric_name(metric), "ablation": mode, "value_sign": sign,
+        "reference_digest": batch_digest(reference) if reference is not None else None,
+    }
+
+
 def model_game(model, batch: TokenBatch, metric: Callable, players: str | Sequence = "heads", *,
                mode: str = "zero", reference: TokenBatch | None = None, task_name: str | None = None,
                max_rows: int = 64, store=None, progress: Callable[[int], None] | None = None,
@@ -60,12 +74,8 @@ def model_game(model, batch: TokenBatch, metric: Callable, players: str | Sequen
     engine = engine or AblationEngine(load(model), players, mode=mode, reference=reference, max_rows=max_rows)
     sign = 1.0 if getattr(metric, "higher_is_better", True) else -1.0
     loaded = engine.loaded
-    fingerprint = {
-        "model": str(loaded.source), "model_digest": model_digest(loaded),
-        "task": task_name or "custom", "batch_digest": batch_digest(batch),
-        "metric": metric_name(metric), "ablation": engine.mode, "value_sign": sign,
-        "reference_digest": batch_digest(reference) if reference is not None else None,
-    }
+    fingerprint = game_fingerprint(str(loaded.source), model_digest(loaded), task_name, batch, metric, engine.mode,
+                                   sign, reference)
 
     def value_function(coalitions: np.ndarray) -> np.ndarray:
         masks = torch.from_numpy(np.ascontiguousarray(coalitions, dtype=bool))

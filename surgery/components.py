@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from surgery.adapters.base import ArchitectureAdapter
 from surgery.errors import SurgeryError
-from surgery.modeling.pruned_attention import layer_heads
+from surgery.modeling.pruned_attention import gather_map, layer_heads
 
 _NAME = re.compile(r"^L(\d+)(?:\.(H(\d+)|mlp|attn))?$")
 
@@ -36,12 +36,21 @@ class Component:
 class ComponentIndex:
     """Names, counts and GQA groups of one model's components."""
 
-    def __init__(self, n_heads: list[int], n_kv_heads: list[int], head_dim: int):
+    def __init__(self, n_heads: list[int], n_kv_heads: list[int], head_dim: int,
+                 kv_maps: dict[int, list[int]] | None = None):
+        """kv_maps: {layer: key/value head of each query head} for layers with uneven groups (a pruned
+        model's SharedKVProjection); other layers use transformers' equal groups (repeat_kv)."""
         self.n_heads = list(n_heads)
         self.n_kv_heads = list(n_kv_heads)
         self.head_dim = head_dim
+        self.kv_maps = {int(layer): list(m) for layer, m in (kv_maps or {}).items()}
         for layer, (q, kv) in enumerate(zip(self.n_heads, self.n_kv_heads)):
-            if kv <= 0 or q % kv:
+            mapping = self.kv_maps.get(layer)
+            if mapping is not None:
+                if len(mapping) != q or sorted(set(mapping)) != list(range(kv)):
+                    raise SurgeryError(f"layer {layer}: key/value map {mapping} does not cover {q} query heads "
+                                       f"over {kv} key/value heads")
+            elif kv <= 0 or q % kv:
                 raise SurgeryError(f"layer {layer}: {q} query heads cannot be grouped over {kv} key/value heads")
 
     @classmethod
@@ -50,17 +59,23 @@ class ComponentIndex:
         head_dim = adapter.head_dim(config)
         n_heads, n_kv = [], []
         heterogeneous = getattr(config, "is_heterogeneous", False)
+        kv_maps = {}
         for i, block in enumerate(adapter.blocks(model)):
             proj = block.get_submodule(adapter.attn_out_proj)
             width = proj.weight.shape[0] if adapter.out_proj_transposed else proj.weight.shape[1]
             n_heads.append(width // head_dim)
-            if adapter.kv_heads_attr is None:  # no GQA in this family: one key/value head per query head
+            key = block.get_submodule(adapter.qkv_paths[1]) if adapter.qkv_layout == "separate" else None
+            mapping = gather_map(key) if key is not None else None
+            if mapping is not None:  # uneven groups: the projection says which query head reads what
+                kv_maps[i] = mapping
+                n_kv.append(key.weight.shape[0] // head_dim)
+            elif adapter.kv_heads_attr is None:  # no GQA in this family: one key/value head per query head
                 n_kv.append(n_heads[-1])
             elif heterogeneous:  # per-layer counts of a pruned export (config.per_layer_config)
                 n_kv.append(layer_heads(config, i)[1])
             else:
                 n_kv.append(adapter.n_kv_heads(config))
-        return cls(n_heads, n_kv, head_dim)
+        return cls(n_heads, n_kv, head_dim, kv_maps)
 
     @property
     def n_layers(self) -> int:
@@ -82,18 +97,19 @@ class ComponentIndex:
     def attns(self) -> list[str]:
         return [f"L{l}.attn" for l in range(self.n_layers)]
 
-    def group_size(self, layer: int) -> int:
-        return self.n_heads[layer] // self.n_kv_heads[layer]
-
     def kv_head_of(self, layer: int, head: int) -> int:
-        """Index of the key/value head that query head `head` reads (HF repeat_kv layout)."""
+        """Index of the key/value head that query head `head` reads (repeat_kv layout, or the layer's map)."""
         self.parse(f"L{layer}.H{head}")
-        return head // self.group_size(layer)
+        if layer in self.kv_maps:
+            return self.kv_maps[layer][head]
+        return head // (self.n_heads[layer] // self.n_kv_heads[layer])
 
     def kv_groups(self, layer: int) -> list[list[int]]:
         """Query heads sharing each key/value head of `layer`."""
-        g = self.group_size(layer)
-        return [list(range(k * g, (k + 1) * g)) for k in range(self.n_kv_heads[layer])]
+        groups: list[list[int]] = [[] for _ in range(self.n_kv_heads[layer])]
+        for head in range(self.n_heads[layer]):
+            groups[self.kv_head_of(layer, head)].append(head)
+        return groups
 
     def parse(self, name: str) -> Component:
         match = _NAME.match(name.strip()) if isinstance(name, str) else None

@@ -7,13 +7,14 @@ separate projections (Llama/Qwen2/Mistral with GQA, BERT), GPT-2's fused Conv1D 
 output-projection columns zeroed (`mask_heads`), up to float rounding.
 
 Grouped-query attention. transformers maps query head h to key/value head h // (n_q / n_kv)
-(`repeat_kv`). A key/value head goes only when every query head reading it goes. When a group
-loses only some of its query heads the groups become uneven (say 3 and 1 left), which `repeat_kv`
-cannot express; by default (`partial_groups="duplicate"`) the shared key/value heads are
-duplicated so that every group has g = gcd(kept per group) query heads: with 3 and 1 left, g = 1
-and the first key/value head appears 3 times. Every kept query head reads exactly its original
-key/value projection, so the logits are exact; the price is extra key/value rows (the export still
-shrinks overall unless few query heads go). `partial_groups="error"` refuses instead.
+(`repeat_kv`, equal groups). A key/value head goes only when every query head reading it goes. When
+a group loses only some of its query heads the groups become uneven (say 3, 1 and 2 left), which
+`repeat_kv` cannot express. By default (`partial_groups="share"`) such a layer keeps every needed
+key/value head once and reads it through a gather map (`SharedKVProjection`, map in
+`config.surgery_kv_of_query`): exact, and the model only shrinks, at the price of a remote-code
+export. `partial_groups="duplicate"` instead copies shared key/value heads until the groups are
+equal again (g = gcd of the kept counts; stock attention, but the copies can make the model
+bigger than the original); `partial_groups="error"` refuses.
 
 Layers that lose every head. transformers' attention cannot run with zero heads (it reshapes with
 -1), so by default this is refused, pointing at `remove_layers`. `empty_layers="keep_zeroed_head"`
@@ -41,13 +42,14 @@ import torch.nn as nn
 from surgery.components import ComponentIndex
 from surgery.errors import SurgeryError
 from surgery.loading import LoadedModel, load
-from surgery.modeling.pruned_attention import layer_heads, set_attention_attributes
+from surgery.modeling.pruned_attention import (gather_map, layer_heads, set_attention_attributes,
+                                               shared_kv_projection)
 
-PARTIAL_GROUPS = ("duplicate", "error")
+PARTIAL_GROUPS = ("share", "duplicate", "error")
 EMPTY_LAYERS = ("error", "keep_zeroed_head")
 
 
-def remove_heads(loaded_or_model, heads, *, copy: bool = True, partial_groups: str = "duplicate",
+def remove_heads(loaded_or_model, heads, *, copy: bool = True, partial_groups: str = "share",
                  empty_layers: str = "error") -> LoadedModel:
     """Physically remove attention heads. `heads`: names ["L1.H3", ...] or {layer: [head, ...]}.
 
@@ -72,12 +74,16 @@ def remove_heads(loaded_or_model, heads, *, copy: bool = True, partial_groups: s
     adapter = loaded.adapter
     blocks = adapter.blocks(model)
     n_q, n_kv = list(comps.n_heads), list(comps.n_kv_heads)
+    kv_maps = dict(comps.kv_maps)
     with torch.no_grad():
-        for layer, (keep_q, kv_src, placeholder) in plans.items():
-            _cut_layer(blocks[layer], adapter, comps, layer, keep_q, kv_src, placeholder)
+        for layer, (keep_q, kv_src, kv_map, placeholder) in plans.items():
+            _cut_layer(blocks[layer], adapter, comps, layer, keep_q, kv_src, kv_map, placeholder)
             n_q[layer], n_kv[layer] = len(keep_q), len(kv_src)
-    _write_head_counts(model, n_q, n_kv, comps.head_dim)
-    return LoadedModel(model, loaded.tokenizer, adapter, ComponentIndex(n_q, n_kv, comps.head_dim),
+            kv_maps.pop(layer, None)
+            if kv_map is not None:
+                kv_maps[layer] = kv_map
+    _write_head_counts(model, n_q, n_kv, comps.head_dim, kv_maps)
+    return LoadedModel(model, loaded.tokenizer, adapter, ComponentIndex(n_q, n_kv, comps.head_dim, kv_maps),
                        f"{loaded.source} [heads removed: {sum(len(h) for h in drop.values())}]")
 
 
@@ -135,6 +141,7 @@ def remove_layers(loaded_or_model, layers: Iterable[int | str], *, copy: bool = 
         blocks.append(block)
     n_q = [comps.n_heads[i] for i in keep]
     n_kv = [comps.n_kv_heads[i] for i in keep]
+    kv_maps = {new: comps.kv_maps[old] for new, old in enumerate(keep) if old in comps.kv_maps}
     cfg = model.config
     layer_types = getattr(cfg, "layer_types", None)
     # per_layer_config is keyed by layer index: clear it before the count changes, rewrite after.
@@ -142,8 +149,8 @@ def remove_layers(loaded_or_model, layers: Iterable[int | str], *, copy: bool = 
     cfg.num_hidden_layers = len(keep)
     if isinstance(layer_types, (list, tuple)) and len(layer_types) == comps.n_layers:
         cfg.layer_types = [layer_types[i] for i in keep]
-    _write_head_counts(model, n_q, n_kv, comps.head_dim)
-    return LoadedModel(model, loaded.tokenizer, adapter, ComponentIndex(n_q, n_kv, comps.head_dim),
+    _write_head_counts(model, n_q, n_kv, comps.head_dim, kv_maps)
+    return LoadedModel(model, loaded.tokenizer, adapter, ComponentIndex(n_q, n_kv, comps.head_dim, kv_maps),
                        f"{loaded.source} [layers removed: {sorted(drop)}]")
 
 
@@ -178,7 +185,7 @@ def _heads_by_layer(comps: ComponentIndex, heads) -> dict[int, list[int]]:
 
 
 def _plan_layer(comps, layer, dropped, partial_groups, empty_layers):
-    """(kept query heads, source key/value head of each new kv slot, placeholder?) for one layer."""
+    """(kept query heads, source key/value head of each new kv slot, gather map or None, placeholder?)."""
     keep_q = [h for h in range(comps.n_heads[layer]) if h not in set(dropped)]
     placeholder = False
     if not keep_q:
@@ -190,18 +197,26 @@ def _plan_layer(comps, layer, dropped, partial_groups, empty_layers):
         keep_q, placeholder = [0], True
     groups = comps.kv_groups(layer)
     kept_per_group = [sum(1 for h in group if h in keep_q) for group in groups]
-    present = [c for c in kept_per_group if c]
-    g = math.gcd(*present)
     partial = any(c and c != len(groups[k]) for k, c in enumerate(kept_per_group))
-    if partial and len(groups[0]) > 1 and partial_groups == "error":
+    if partial and max(len(g) for g in groups) > 1 and partial_groups == "error":
         detail = ", ".join(f"kv head {k}: {c}/{len(groups[k])} query heads kept"
                            for k, c in enumerate(kept_per_group) if c and c != len(groups[k]))
         raise SurgeryError(
             f"layer {layer}: removing only some query heads of a key/value group ({detail}) breaks the uniform "
-            f"grouping transformers assumes. Use partial_groups='duplicate' (exact: shared key/value heads "
-            f"are duplicated), remove whole groups {groups}, or mask the heads with mask_heads().")
-    kv_src = [k for k, c in enumerate(kept_per_group) for _ in range(c // g)]
-    return keep_q, kv_src, placeholder
+            f"grouping transformers assumes. Use partial_groups='share' (exact: uneven groups read their "
+            f"key/value heads through a gather map) or 'duplicate', remove whole groups {groups}, or mask the "
+            f"heads with mask_heads().")
+    kv_of_kept = [comps.kv_head_of(layer, h) for h in keep_q]
+    if partial_groups == "duplicate":
+        # Copy shared key/value heads until every group has g query heads (kept heads are group-contiguous).
+        g = math.gcd(*[c for c in kept_per_group if c])
+        return keep_q, [k for k, c in enumerate(kept_per_group) for _ in range(c // g)], None, placeholder
+    kv_src = sorted(set(kv_of_kept))
+    kv_map = [kv_src.index(k) for k in kv_of_kept]
+    g = len(keep_q) // len(kv_src)
+    if kv_map == [i // g for i in range(len(keep_q))]:
+        kv_map = None  # equal contiguous groups: transformers' own repeat_kv layout
+    return keep_q, kv_src, kv_map, placeholder
 
 
 def _rows(heads: list[int], width: int, offset: int = 0) -> torch.Tensor:
@@ -221,7 +236,7 @@ def _shrink_out(linear: nn.Linear, rows: torch.Tensor) -> None:
     linear.out_features = len(rows)
 
 
-def _cut_layer(block, adapter, comps, layer, keep_q, kv_src, placeholder):
+def _cut_layer(block, adapter, comps, layer, keep_q, kv_src, kv_map, placeholder):
     D = comps.head_dim
     n_q_old, n_kv_old = comps.n_heads[layer], comps.n_kv_heads[layer]
     q_rows = _rows(keep_q, D)
@@ -231,6 +246,8 @@ def _cut_layer(block, adapter, comps, layer, keep_q, kv_src, placeholder):
         _shrink_out(q, q_rows)
         _shrink_out(k, kv_rows)
         _shrink_out(v, kv_rows)
+        for path, module in zip(adapter.qkv_paths[1:], (k, v)):
+            _set_kv_layout(block, path, module, kv_map, D)
     elif adapter.qkv_layout == "fused_conv1d":  # weight [in, q|k|v]
         (fused_path,) = adapter.qkv_paths
         fused = block.get_submodule(fused_path)
@@ -258,6 +275,20 @@ def _cut_layer(block, adapter, comps, layer, keep_q, kv_src, placeholder):
     set_attention_attributes(block, len(keep_q), len(kv_src), D)
 
 
+def _set_kv_layout(block, path, linear: nn.Linear, kv_map, head_dim: int) -> None:
+    """Make a shrunk key/value projection gather by `kv_map` (uneven groups) or be a plain Linear."""
+    if kv_map is None and gather_map(linear) is None:
+        return
+    if kv_map is None:
+        new = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                        device=linear.weight.device, dtype=linear.weight.dtype)
+    else:
+        new = shared_kv_projection(linear, head_dim, kv_map)
+    new.weight, new.bias = linear.weight, linear.bias
+    parent, _, name = path.rpartition(".")
+    setattr(block.get_submodule(parent) if parent else block, name, new)
+
+
 def _zero_out_columns(proj, adapter, head, D):
     cols = slice(head * D, (head + 1) * D)
     if adapter.out_proj_transposed:
@@ -276,14 +307,20 @@ def _global(config, name, default=None):
     return getter(name, default) if getter else getattr(config, name, default)
 
 
-def _write_head_counts(model: nn.Module, n_q: list[int], n_kv: list[int], head_dim: int) -> None:
-    """Record per-layer head counts in the config: plain fields when possible, else per_layer_config."""
+def _write_head_counts(model: nn.Module, n_q: list[int], n_kv: list[int], head_dim: int,
+                       kv_maps: dict[int, list[int]] | None = None) -> None:
+    """Record per-layer head counts in the config: plain fields when possible, else per_layer_config
+    (always when some layer gathers uneven key/value groups, whose maps go in surgery_kv_of_query)."""
     config = model.config
     _clear_per_layer(config)
     config.head_dim = head_dim
+    if hasattr(config, "surgery_kv_of_query"):
+        del config.surgery_kv_of_query
+    if kv_maps:
+        config.surgery_kv_of_query = {str(layer): list(m) for layer, m in sorted(kv_maps.items())}
     global_q = int(_global(config, "num_attention_heads"))
     global_kv = int(_global(config, "num_key_value_heads", None) or global_q)
-    uniform = len(set(n_q)) == 1 and len(set(n_kv)) == 1
+    uniform = len(set(n_q)) == 1 and len(set(n_kv)) == 1 and not kv_maps
     if uniform and (n_q[0], n_kv[0]) == (global_q, global_kv):
         return
     if uniform and hasattr(config, "num_key_value_heads") and _plain_config_ok(config, n_q[0], n_kv[0]):

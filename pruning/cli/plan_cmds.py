@@ -28,10 +28,30 @@ def _layer_list(text: str | None, n_layers: int) -> list[int]:
     return [int(p) for p in parts]
 
 
+# Flags of `plan` that only one or two kinds read; any other kind refuses them instead of ignoring them.
+KIND_FLAGS = {
+    "fraction": ("heads", "layers"), "k": ("heads", "layers"), "harmful": ("heads",),
+    "min_per_layer": ("heads",), "masked": ("heads",), "protect": ("layers",), "find_cornerstones": ("layers",),
+    "target": ("sparsity",), "allocation": ("sparsity",), "lam": ("sparsity",), "method": ("sparsity",),
+    "n_m": ("sparsity",),
+}
+KIND_HINT = {"heads": "--fraction, --k or --harmful", "layers": "--fraction or --k",
+             "sparsity": "--target for the mean fraction of weights zeroed"}
+
+
+def _refuse_foreign_flags(args, parser_defaults: dict) -> None:
+    for dest, kinds in KIND_FLAGS.items():
+        if args.kind not in kinds and getattr(args, dest) != parser_defaults[dest]:
+            flag = "--" + dest.replace("_", "-")
+            raise CLIError(f"{flag} does not apply to `plan {args.kind}` (only to plan {' / '.join(kinds)}); "
+                           f"plan {args.kind} takes {KIND_HINT[args.kind]}")
+
+
 def cmd_plan(args) -> int:
     import surgery
     from pruning.policies import find_cornerstones, head_plan, layer_plan, sparsity_plan
 
+    _refuse_foreign_flags(args, args.plan_defaults)
     out = check_output(args.out, args.force)
     if args.kind in ("heads", "layers") and not args.values:
         raise CLIError(f"plan {args.kind} needs --values FILE (from `surgery values {args.kind}`)")
@@ -105,4 +125,4 @@ def register(sub) -> None:
                    help="calibration text for OWL and cornerstones (default: built-in documentation text)")
     p.add_argument("--out", required=True, help="plan JSON to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.set_defaults(func=cmd_plan)
+    p.set_defaults(func=cmd_plan, plan_defaults={dest: p.get_default(dest) for dest in KIND_FLAGS})

@@ -9,12 +9,21 @@ transformers, so the export loads anywhere with
 
 (AutoModelForMaskedLM for BERT). The head counts live in the config's native `per_layer_config`
 ({"<layer>": {"num_attention_heads": .., "num_key_value_heads": ..}}), so once transformers builds
-heterogeneous attention itself this file can simply be dropped. `model-surgery` imports the same
+heterogeneous attention itself this file can simply be dropped.
+
+Uneven key/value groups (grouped-query attention where a group lost only some of its query heads,
+say 3, 1 and 2 query heads left over 3 key/value heads) cannot be written as transformers'
+`repeat_kv` (equal groups). Such a layer keeps each key/value head once and its key and value
+projections are `SharedKVProjection`s: they project the kept key/value heads and then gather one
+per query head (`config.surgery_kv_of_query = {"<layer>": [kv index of each query head]}`), so
+attention runs with one key/value head per query head and no weight is stored twice. Rotary
+embeddings and per-head norms act on every head alike, so gathering before them is exact. `model-surgery` imports the same
 functions to shrink models in memory, so the in-memory model and the reloaded one are built alike.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 import transformers
 from transformers.pytorch_utils import Conv1D
@@ -56,11 +65,54 @@ def layer_heads(config, layer: int) -> tuple[int, int, int]:
     return n_q, n_kv, head_dim
 
 
+class SharedKVProjection(nn.Linear):
+    """Key or value projection of the kept key/value heads, gathered to one head per query head.
+
+    weight: [n_kv * head_dim, in] (each kept key/value head once); output: [..., n_q * head_dim],
+    query head h reading key/value head kv_of_query[h].
+    """
+
+    def __init__(self, in_features: int, head_dim: int, kv_of_query: list[int], bias: bool = False,
+                 device=None, dtype=None):
+        super().__init__(in_features, (max(kv_of_query) + 1) * head_dim, bias=bias, device=device, dtype=dtype)
+        self.head_dim = head_dim
+        # A plain tuple, not a buffer: the map lives in the config, the checkpoint holds only weights,
+        # and transformers' meta-device loading would leave a non-persistent buffer without data.
+        self.kv_of_query = tuple(int(k) for k in kv_of_query)
+        self._index: dict[torch.device, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index = self._index.get(x.device)
+        if index is None:
+            index = self._index[x.device] = torch.tensor(self.kv_of_query, dtype=torch.long, device=x.device)
+        heads = super().forward(x).unflatten(-1, (-1, self.head_dim))
+        return heads.index_select(-2, index).flatten(-2)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, kv_of_query={list(self.kv_of_query)}"
+
+
+def gather_map(module: nn.Module) -> list[int] | None:
+    """The key/value head of each query head if `module` is a SharedKVProjection, else None.
+
+    By attribute, not class: an export's copy of this file (loaded by transformers as remote code)
+    defines its own SharedKVProjection class."""
+    mapping = getattr(module, "kv_of_query", None)
+    return list(mapping) if isinstance(mapping, tuple) else None
+
+
+def kv_maps(config) -> dict[int, list[int]]:
+    """{layer: key/value head of each query head} for layers with uneven key/value groups."""
+    return {int(k): [int(i) for i in v] for k, v in (getattr(config, "surgery_kv_of_query", None) or {}).items()}
+
+
 def set_attention_attributes(block: nn.Module, n_q: int, n_kv: int, head_dim: int) -> None:
     """Set what each family's attention forward reads besides the weight shapes (transformers 5.x)."""
     kind = attention_kind(block)
     if kind == "llama":
-        block.self_attn.num_key_value_groups = n_q // n_kv
+        # A SharedKVProjection already hands one key/value head per query head to the attention.
+        shared = gather_map(block.self_attn.k_proj) is not None
+        block.self_attn.num_key_value_groups = 1 if shared else n_q // n_kv
         block.self_attn.head_dim = head_dim
     elif kind == "gpt2":
         block.attn.num_heads = n_q
@@ -78,16 +130,29 @@ def _linear(old: nn.Linear, n_in: int, n_out: int) -> nn.Linear:
     return nn.Linear(n_in, n_out, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
 
 
-def build_attention(block: nn.Module, n_q: int, n_kv: int, head_dim: int) -> None:
-    """Replace a block's attention projections by empty ones sized for n_q query / n_kv key-value heads."""
+def shared_kv_projection(old: nn.Linear, head_dim: int, kv_of_query: list[int]) -> SharedKVProjection:
+    return SharedKVProjection(old.in_features, head_dim, kv_of_query, bias=old.bias is not None,
+                              device=old.weight.device, dtype=old.weight.dtype)
+
+
+def build_attention(block: nn.Module, n_q: int, n_kv: int, head_dim: int, kv_of_query: list[int] | None = None) -> None:
+    """Replace a block's attention projections by empty ones sized for n_q query / n_kv key-value heads
+    (key/value heads gathered by `kv_of_query` when the groups are uneven)."""
     kind = attention_kind(block)
     q_width, kv_width = n_q * head_dim, n_kv * head_dim
+    if kv_of_query is not None and (kind != "llama" or len(kv_of_query) != n_q or max(kv_of_query) + 1 != n_kv):
+        raise ValueError(f"kv_of_query {kv_of_query} does not fit a {kind} layer with {n_q} query and {n_kv} "
+                         f"key/value heads")
     if kind == "llama":
         attn = block.self_attn
         hidden = attn.q_proj.in_features
         attn.q_proj = _linear(attn.q_proj, hidden, q_width)
-        attn.k_proj = _linear(attn.k_proj, hidden, kv_width)
-        attn.v_proj = _linear(attn.v_proj, hidden, kv_width)
+        if kv_of_query is None:
+            attn.k_proj = _linear(attn.k_proj, hidden, kv_width)
+            attn.v_proj = _linear(attn.v_proj, hidden, kv_width)
+        else:
+            attn.k_proj = shared_kv_projection(attn.k_proj, head_dim, kv_of_query)
+            attn.v_proj = shared_kv_projection(attn.v_proj, head_dim, kv_of_query)
         attn.o_proj = _linear(attn.o_proj, q_width, attn.o_proj.out_features)
     elif kind == "gpt2":
         attn = block.attn
@@ -111,8 +176,9 @@ def build_attention(block: nn.Module, n_q: int, n_kv: int, head_dim: int) -> Non
 
 def apply_per_layer_heads(model: nn.Module) -> None:
     """Resize every layer's attention to the head counts its config gives."""
+    maps = kv_maps(model.config)
     for i, block in enumerate(layer_list(model)):
-        build_attention(block, *layer_heads(model.config, i))
+        build_attention(block, *layer_heads(model.config, i), kv_of_query=maps.get(i))
 
 
 def _pruned_class(base: type) -> type:

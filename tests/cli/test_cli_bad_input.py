@@ -86,6 +86,20 @@ def test_plans_without_values_and_bad_protected_layers(tiny_dir, made, tmp_path,
     assert "--protect" in line
 
 
+@pytest.mark.parametrize("kind, flags, message", [
+    ("sparsity", ["--k", "2"], "--k does not apply to `plan sparsity`"),
+    ("sparsity", ["--fraction", "0.3"], "--target"),
+    ("sparsity", ["--protect", "0"], "--protect does not apply"),
+    ("heads", ["--k", "2", "--target", "0.3"], "--target does not apply to `plan heads`"),
+    ("layers", ["--k", "1", "--harmful", "0.9"], "--harmful does not apply to `plan layers`"),
+])
+def test_flags_of_another_plan_kind_are_refused_not_ignored(tiny_dir, made, tmp_path, capsys, kind, flags, message):
+    code, _, err = run_cli(capsys, "plan", kind, "--model", tiny_dir, "--values", made / "values.json", *flags,
+                           "--out", tmp_path / "p.json")
+    assert message in one_line_error(code, err)
+    assert not (tmp_path / "p.json").exists()
+
+
 def test_unknown_model_and_task(tmp_path, capsys, tiny_dir):
     line = one_line_error(*run_cli(capsys, "eval", "--model", tmp_path / "nowhere")[::2])
     assert "nowhere" in line

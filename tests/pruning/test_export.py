@@ -64,3 +64,25 @@ def test_a_corrupted_export_is_detected_on_load(tiny_llama, tmp_path):
     weights.write_bytes(data[: len(data) // 2])
     with pytest.raises(surgery.CorruptExportError, match="model.safetensors.*truncated"):
         surgery.load(str(tmp_path / "out"))
+
+
+def test_uneven_gqa_groups_export_without_copies_and_generate_with_a_cache(tiny_llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from surgery.cut import mask_heads, parameter_count
+    # L0 keeps 1 + 2 query heads over its 2 key/value heads, L1 keeps 3 + 2: uneven, nothing duplicated.
+    plan = PruningPlan(model_identity(tiny_llama), heads=["L0.H0", "L0.H1", "L0.H3", "L1.H5"])
+    manifest = export_pruned(tiny_llama, plan, tmp_path / "out")
+    assert manifest["remote_code"] and manifest["after"]["parameters"] < manifest["before"]["parameters"]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True)
+    assert model.config.surgery_kv_of_query == {"0": [0, 1, 1], "1": [0, 0, 0, 1, 1]}
+    attn = model.model.layers[0].self_attn
+    assert attn.k_proj.weight.shape == (2 * 8, 48) and attn.num_key_value_groups == 1
+    k_cut = tiny_llama.model.model.layers[0].self_attn.k_proj.weight
+    torch.testing.assert_close(attn.k_proj.weight, k_cut, rtol=0, atol=0)  # both key/value heads, once
+    masked = mask_heads(tiny_llama, plan.heads).model
+    assert parameter_count(model) < parameter_count(masked)
+    prompt = token_batch(tiny_llama).input_ids[:1, :6]
+    kwargs = dict(max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
+    with torch.no_grad():
+        assert torch.equal(model.generate(prompt, **kwargs), masked.generate(prompt, **kwargs))

@@ -44,8 +44,10 @@ def test_uneven_head_removal_exports_with_remote_code_and_matches_masking(smollm
     reloaded = surgery.load(str(tmp_path / "heads"))
     comps = reloaded.components
     assert (comps.n_heads[0], comps.n_kv_heads[0]) == (6, 2) and (comps.n_heads[4], comps.n_kv_heads[4]) == (6, 2)
-    # L11 lost one head of a group: its key/value head is duplicated so the other two stay exact.
-    assert (comps.n_heads[11], comps.n_kv_heads[11]) == (8, 8)
+    # L11 lost one head of a group: its 3 key/value heads stay, read through a gather map (2 + 3 + 3).
+    assert (comps.n_heads[11], comps.n_kv_heads[11]) == (8, 3)
+    assert comps.kv_groups(11) == [[0, 1], [2, 3, 4], [5, 6, 7]]
+    assert manifest["after"]["parameters"] < manifest["before"]["parameters"]
     batch = probes.get_task("factual", n=2).batch(smollm, seed=1).tokens
     got = AblationEngine(reloaded, "layers").logits(torch.ones(1, 30, dtype=torch.bool), batch)[0]
     expected = AblationEngine(smollm, plan.heads).logits(torch.zeros(1, len(plan.heads), dtype=torch.bool), batch)[0]

@@ -6,6 +6,7 @@ from conftest import token_batch
 
 from surgery.cut import head_counts, mask_heads, parameter_count, remove_heads, remove_layers
 from surgery.errors import SurgeryError
+from surgery.modeling.pruned_attention import SharedKVProjection
 
 
 def logits(model, batch):
@@ -56,9 +57,46 @@ def test_gqa_full_groups_drop_key_value_heads_plain_config(tiny_llama):
     assert cut.model.model.layers[0].self_attn.k_proj.out_features == 8
 
 
+def test_gqa_partial_groups_share_key_value_heads_exactly_and_only_shrink(tiny_llama):
+    # Layer 0 keeps 1 of group 0 and 3 of group 1: both key/value heads stay once, gathered 1 + 3.
+    cut = assert_cut_equals_masked(tiny_llama, {0: [0, 1], 1: [0, 3], 2: [5]})
+    comps = cut.components
+    assert comps.n_heads == [4, 4, 5] and comps.n_kv_heads == [2, 2, 2]
+    assert comps.kv_groups(0) == [[0], [1, 2, 3]] and comps.kv_groups(2) == [[0, 1, 2], [3, 4]]
+    attn = cut.model.model.layers[0].self_attn
+    assert isinstance(attn.k_proj, SharedKVProjection) and attn.num_key_value_groups == 1
+    assert attn.k_proj.weight.shape == (2 * 8, 48) and attn.k_proj.kv_of_query == (0, 1, 1, 1)
+    torch.testing.assert_close(attn.v_proj.weight, tiny_llama.model.model.layers[0].self_attn.v_proj.weight)
+    # Layer 1 keeps 2 per group: transformers' own layout, no map.
+    layer1 = cut.model.model.layers[1].self_attn
+    assert type(layer1.k_proj) is torch.nn.Linear and layer1.num_key_value_groups == 2
+    assert cut.config.surgery_kv_of_query == {"0": [0, 1, 1, 1], "2": [0, 0, 0, 1, 1]}
+    # Removing query heads never adds parameters, however unevenly the groups are left.
+    one_per_layer = assert_cut_equals_masked(tiny_llama, {0: [0], 1: [0], 2: [0]})
+    assert one_per_layer.components.n_kv_heads == [2, 2, 2]
+    assert parameter_count(one_per_layer.model) < parameter_count(tiny_llama.model)
+
+
+def test_gqa_cutting_an_uneven_layer_again_and_removing_layers_keeps_the_maps(tiny_llama):
+    batch = token_batch(tiny_llama)
+    first = remove_heads(tiny_llama, {0: [0], 1: [4]})
+    # Second cut on the pruned model: L0's map [0, 0, 1, 1, 1] loses its heads 1 and 4 (old H2, H5).
+    second = remove_heads(first, {0: [1, 4]})
+    assert second.components.kv_groups(0) == [[0], [1, 2]]
+    masked = mask_heads(tiny_llama, ["L0.H0", "L0.H2", "L0.H5", "L1.H4"])
+    torch.testing.assert_close(logits(second.model, batch), logits(masked.model, batch), rtol=0, atol=1e-5)
+    # Both query heads of old group 0 gone: only key/value head 1 is left, in the plain layout.
+    whole = remove_heads(first, {0: [0, 1]})
+    assert whole.components.n_kv_heads[0] == 1 and 0 not in whole.components.kv_maps
+    assert type(whole.model.model.layers[0].self_attn.k_proj) is torch.nn.Linear
+    dropped = remove_layers(first, [0])  # old L1 (lost H4: map [0, 0, 0, 1, 1]) becomes L0
+    assert dropped.components.kv_maps == {0: [0, 0, 0, 1, 1]}
+    assert dropped.config.surgery_kv_of_query == {"0": [0, 0, 0, 1, 1]}
+
+
 def test_gqa_partial_groups_duplicate_shared_kv_heads_exactly(tiny_llama):
     # Layer 0 keeps 1 of group 0 and 3 of group 1: kv head 1 is duplicated 3 times (gcd 1).
-    cut = assert_cut_equals_masked(tiny_llama, {0: [0, 1], 1: [0, 3], 2: [5]})
+    cut = assert_cut_equals_masked(tiny_llama, {0: [0, 1], 1: [0, 3], 2: [5]}, partial_groups="duplicate")
     assert cut.components.n_heads == [4, 4, 5]
     assert cut.components.n_kv_heads == [4, 2, 5]
     attn = cut.model.model.layers[0].self_attn
@@ -67,8 +105,8 @@ def test_gqa_partial_groups_duplicate_shared_kv_heads_exactly(tiny_llama):
     torch.testing.assert_close(attn.k_proj.weight[8:16], k0[8:16], rtol=0, atol=0)
     # Layer 1 keeps 2 per group: no duplication, uniform groups of 2.
     assert cut.model.model.layers[1].self_attn.num_key_value_groups == 2
-    # The price of exactness: duplicated key/value rows can outweigh the removed query rows.
-    one_per_layer = remove_heads(tiny_llama, {0: [0], 1: [0], 2: [0]})
+    # The price of the stock layout: duplicated key/value rows can outweigh the removed query rows.
+    one_per_layer = remove_heads(tiny_llama, {0: [0], 1: [0], 2: [0]}, partial_groups="duplicate")
     assert one_per_layer.components.n_kv_heads == [5, 5, 5]
     assert parameter_count(one_per_layer.model) > parameter_count(tiny_llama.model)
 
@@ -116,8 +154,9 @@ def test_layer_removal_equals_skipping_the_block(tiny):
 def test_layer_removal_after_uneven_head_removal_keeps_per_layer_counts(tiny_llama):
     cut = remove_heads(tiny_llama, {0: [0], 2: [0, 1, 2]})
     cut2 = remove_layers(cut, [1])
-    assert cut2.components.n_heads == [5, 3] and cut2.components.n_kv_heads == [5, 1]
-    assert head_counts(cut2.config, 2) == ([5, 3], [5, 1])
+    assert cut2.components.n_heads == [5, 3] and cut2.components.n_kv_heads == [2, 1]
+    assert head_counts(cut2.config, 2) == ([5, 3], [2, 1])
+    assert cut2.components.kv_groups(0) == [[0, 1], [2, 3, 4]]
     batch = token_batch(tiny_llama)
     ref = remove_layers(mask_heads(tiny_llama, {0: [0], 2: [0, 1, 2]}), [1])
     torch.testing.assert_close(logits(cut2.model, batch), logits(ref.model, batch), rtol=0, atol=1e-5)
