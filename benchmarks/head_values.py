@@ -7,6 +7,10 @@ evaluations (the default estimator's design is evaluated in rounds and every pre
 valid design), so a long run can be taken further later: rerun with a larger --stop-at and the same
 --budget and the store supplies everything already evaluated.
 
+--curve-only: read the stores of a finished run and add `seed_spearman_by_evaluations` to --out
+(the two seeds' agreement after each prefix of rounds; no model evaluation, every coalition is in
+the store), to see how agreement grows with the budget.
+
 Writes benchmarks/results/head_values.json. Each seed streams its evaluations to its own store
 directory, so an interrupted run resumes (the JSON then says which seeds were resumed, and their
 wall time covers only the part computed in this run).
@@ -54,6 +58,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--store-dir", default=os.environ.get("HEAD_VALUES_STORE", "/tmp/model-surgery-stores/head_values"))
     parser.add_argument("--out", default=str(RESULTS / "head_values.json"))
+    parser.add_argument("--curve-only", action="store_true",
+                        help="add the seed agreement per prefix of rounds to --out, from the stores only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -62,9 +68,12 @@ def main() -> None:
 
     loaded = surgery.load(args.model)
     task = get_task("induction", n=args.n, length=args.length)
+    if args.curve_only:
+        add_agreement_curve(args, loaded, task)
+        return
     runs, values = [], []
     for seed in args.seeds:
-        store = Path(args.store_dir) / f"induction-n{args.n}-L{args.length}-b{args.budget}-seed{seed}"
+        store = store_path(args, seed)
         resumed = (store / "values.jsonl").exists()
         start = time.perf_counter()
         done = [0]
@@ -137,6 +146,36 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
+
+
+def store_path(args, seed: int) -> Path:
+    return Path(args.store_dir) / f"induction-n{args.n}-L{args.length}-b{args.budget}-seed{seed}"
+
+
+def add_agreement_curve(args, loaded, task) -> None:
+    """Spearman of the two seeds after every prefix of rounds, all from the stores (no evaluation)."""
+    from scipy.stats import spearmanr
+
+    out = Path(args.out)
+    result = json.loads(out.read_text())
+    if args.stop_at is None:
+        raise SystemExit("--curve-only needs the run's --stop-at (and --budget, --rounds) to replay its rounds")
+    unit = 2 * (args.budget // 2 // args.rounds)  # evaluations per round, roughly
+    curve = []
+    for stop_at in range(unit, args.stop_at + 1, unit):
+        per_seed = []
+        for seed in args.seeds:
+            hv = head_values(loaded, task, budget=args.budget, seed=seed, store=store_path(args, seed),
+                             max_rows=args.max_rows, stop=MaxEvaluations(stop_at), n_rounds=args.rounds)
+            if hv.details["wall_evaluations_this_run"]:
+                raise SystemExit(f"seed {seed}: the store lacks evaluations below {stop_at}; finish the run first")
+            per_seed.append(hv)
+        rho = float(spearmanr(per_seed[0].means, per_seed[1].means).statistic)
+        curve.append({"evaluations": int(np.mean([v.n_evaluations for v in per_seed])), "seed_spearman": round(rho, 4),
+                      "median_stderr": round(float(np.nanmedian(per_seed[0].stderrs)), 4)})
+        print(curve[-1], flush=True)
+    result["seed_spearman_by_evaluations"] = curve
+    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
