@@ -17,8 +17,10 @@ say 3, 1 and 2 query heads left over 3 key/value heads) cannot be written as tra
 projections are `SharedKVProjection`s: they project the kept key/value heads and then gather one
 per query head (`config.surgery_kv_of_query = {"<layer>": [kv index of each query head]}`), so
 attention runs with one key/value head per query head and no weight is stored twice. Rotary
-embeddings and per-head norms act on every head alike, so gathering before them is exact. `model-surgery` imports the same
-functions to shrink models in memory, so the in-memory model and the reloaded one are built alike.
+embeddings and per-head norms act on every head alike, so gathering before them is exact.
+
+`model-surgery` imports the same functions to shrink models in memory, so the in-memory model and
+the reloaded one are built alike.
 """
 
 from __future__ import annotations
