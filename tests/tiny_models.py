@@ -17,6 +17,10 @@ def build(family: str, seed: int = 0):
         model = tf.LlamaForCausalLM(tf.LlamaConfig(
             hidden_size=48, num_attention_heads=6, num_key_value_heads=2, head_dim=8, num_hidden_layers=3,
             intermediate_size=64, max_position_embeddings=64, **common))
+    elif family == "qwen3":  # grouped-query attention with per-head query/key norms
+        model = tf.Qwen3ForCausalLM(tf.Qwen3Config(
+            hidden_size=48, num_attention_heads=6, num_key_value_heads=2, head_dim=8, num_hidden_layers=3,
+            intermediate_size=64, max_position_embeddings=64, **common))
     elif family == "gpt_neox":
         model = tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(
             hidden_size=32, num_attention_heads=4, num_hidden_layers=3, intermediate_size=64,

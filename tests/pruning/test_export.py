@@ -86,3 +86,17 @@ def test_uneven_gqa_groups_export_without_copies_and_generate_with_a_cache(tiny_
     kwargs = dict(max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
     with torch.no_grad():
         assert torch.equal(model.generate(prompt, **kwargs), masked.generate(prompt, **kwargs))
+
+
+def test_uneven_gqa_groups_with_per_head_key_norms_export_exactly(tmp_path):
+    # Qwen3 normalises every key head (k_norm over head_dim) after k_proj: the gather must sit before it.
+    from tiny_models import build
+    qwen = surgery.load(build("qwen3", seed=2))
+    plan = PruningPlan(model_identity(qwen), heads=["L0.H0", "L1.H4", "L1.H5", "L2.H1"])
+    export_pruned(qwen, plan, tmp_path / "out")
+    reloaded = surgery.load(str(tmp_path / "out"))
+    assert reloaded.components.kv_maps == {0: [0, 0, 1, 1, 1], 1: [0, 0, 0, 1], 2: [0, 0, 1, 1, 1]}
+    batch = token_batch(qwen)
+    engine = AblationEngine(qwen, plan.heads)
+    masked = engine.logits(torch.zeros(1, len(plan.heads), dtype=torch.bool), batch)[0]
+    torch.testing.assert_close(logits_at(reloaded, batch), masked, rtol=0, atol=1e-5)
