@@ -1,10 +1,12 @@
 """Head specialization on the embedded SmolLM2-135M over the built-in tasks: values, clusters, specificity.
 
-    python benchmarks/specialization.py [--budget 600] [--n 4] [--validation-n 8] [--store-dir DIR]
+    python benchmarks/specialization.py [--budget 600] [--stop-at N] [--dtype bfloat16] [--n 4]
+        [--validation-n 8] [--store-dir DIR]
 
 For each built-in prompt task (the `text` task needs a user's file and is left out), head values
 with the default estimator (streamed to a store per task; a rerun resumes, and the induction game
-is the one benchmarks/head_values.py plays, so its store is reused when the settings agree).
+is the one benchmarks/head_values.py plays, so its store is reused when the settings agree; --budget
+sizes the design, --stop-at stops after the round that reaches N evaluations, as there).
 Heads are clustered with probes.clustering.cluster_heads (k by silhouette), and each cluster is
 validated by ablation on *held-out* examples (another task seed), see probes.clustering for the
 definition of the specificity ratio. Writes benchmarks/results/specialization.json and .png.
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from probes.clustering import cluster_heads, plot_clusters, specificity  # noqa: E402
 from probes.estimators import DEFAULT_ESTIMATOR  # noqa: E402
+from probes.stopping import MaxEvaluations  # noqa: E402
 from probes.head_values import head_values  # noqa: E402
 from probes.tasks import get_task  # noqa: E402
 
@@ -39,7 +42,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
-    parser.add_argument("--budget", type=int, default=600, help="coalition evaluations per task")
+    parser.add_argument("--budget", type=int, default=600, help="coalition evaluations per task (the design size)")
+    parser.add_argument("--stop-at", type=int, default=None,
+                        help="stop each task after the round that reaches this many evaluations")
+    parser.add_argument("--rounds", type=int, default=40, help="rounds the design is evaluated in (with --stop-at)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="weights and compute (bfloat16: ~2x faster on CPUs with AMX)")
     parser.add_argument("--n", type=int, default=4, help="examples per task for the values")
     parser.add_argument("--length", type=int, default=8, help="induction: random tokens per half")
     parser.add_argument("--validation-n", type=int, default=8, help="held-out examples per task for specificity")
@@ -54,15 +62,17 @@ def main() -> None:
 
     import surgery
 
-    loaded = surgery.load(args.model)
+    loaded = surgery.load(args.model, dtype=getattr(torch, args.dtype))
+    dtype_tag = "" if args.dtype == "float32" else f"-{args.dtype}"
+    stop = {} if args.stop_at is None else {"stop": MaxEvaluations(args.stop_at), "n_rounds": args.rounds}
     values, runs = {}, {}
     for name in args.tasks:
         task = get_task(name, n=args.n, length=args.length) if name == "induction" else get_task(name, n=args.n)
         tag = f"induction-n{args.n}-L{args.length}" if name == "induction" else f"{name}-n{args.n}"
-        store = Path(args.store_dir) / f"{tag}-b{args.budget}-seed{args.seed}"
+        store = Path(args.store_dir) / f"{tag}-b{args.budget}{dtype_tag}-seed{args.seed}"
         resumed = (store / "values.jsonl").exists()
         start = time.perf_counter()
-        hv = head_values(loaded, task, budget=args.budget, seed=args.seed, store=store, max_rows=args.max_rows)
+        hv = head_values(loaded, task, budget=args.budget, seed=args.seed, store=store, max_rows=args.max_rows, **stop)
         wall = time.perf_counter() - start
         values[name] = hv
         runs[name] = {"wall_seconds": round(wall, 1), "evaluations": hv.n_evaluations,
@@ -72,7 +82,10 @@ def main() -> None:
                       "harmful_95": [h.as_dict() for h in hv.harmful(0.95)][:10],
                       "median_stderr": float(np.nanmedian(hv.stderrs))}
         print(f"{name}: {wall:.0f} s, {hv.n_evaluations} evaluations, top {hv.top_k(3)}", flush=True)
-        hv.save(Path(args.store_dir) / f"values-{tag}-b{args.budget}-seed{args.seed}.json")
+        hv.save(store.parent / f"values-{store.name}.json")
+    if len(values) < 2:
+        print("one task: its store is filled; run again with every task to cluster them", flush=True)
+        return
 
     clusters = cluster_heads(values, k=args.k, seed=args.seed)
     start = time.perf_counter()
@@ -97,9 +110,11 @@ def main() -> None:
                                      "ablated)), measured on held-out examples (task seed 1)",
         },
         "settings": {"model": args.model, "tasks": args.tasks, "left_out": {"text": "needs a user's text file"},
-                     "estimator": DEFAULT_ESTIMATOR, "budget_per_task": args.budget,
-                     "budget_per_head": round(args.budget / len(clusters.names), 2),
-                     "reduced_budget": args.budget < 10 * len(clusters.names),
+                     "estimator": DEFAULT_ESTIMATOR, "budget_per_task": args.budget, "stop_at": args.stop_at,
+                     "evaluations_per_task": {name: v.n_evaluations for name, v in values.items()},
+                     "budget_per_head": round(min(v.n_evaluations for v in values.values()) / len(clusters.names), 2),
+                     "reduced_budget": min(v.n_evaluations for v in values.values()) < 10 * len(clusters.names),
+                     "dtype": args.dtype,
                      "n_examples_values": args.n, "induction_length": args.length,
                      "n_examples_validation": args.validation_n, "ablation": "zero", "k": args.k or "silhouette",
                      "seed": args.seed, "threads": args.threads,
@@ -116,8 +131,9 @@ def main() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    per_task = min(v.n_evaluations for v in values.values())
     ax = plot_clusters(clusters, title=f"SmolLM2-135M head values / task RMS ({DEFAULT_ESTIMATOR}, "
-                                       f"{args.budget} evaluations per task), k={clusters.k}")
+                                       f">= {per_task} evaluations per task, {args.dtype}), k={clusters.k}")
     ax.figure.tight_layout()
     ax.figure.savefig(out.with_suffix(".png"), dpi=110)
     print(json.dumps(summary, indent=2))
