@@ -9,6 +9,15 @@ task t's head values. Dividing by the RMS (not z-scoring) keeps 0 meaning "does 
 task" and the sign meaning help/harm, while a task measured in larger units (log-probs vs.
 probabilities) no longer dominates the distances.
 
+What is clustered. Specialisation is *which* tasks a head serves, not how much: a head that matters
+a lot for everything and one that matters a little for everything are alike. So k-means runs on the
+direction of each head's vector (unit length, i.e. cosine k-means), for the *active* heads: those
+that on some task are at least `active_value` (default 2) times that task's RMS head value. The
+others form the background cluster, which is not clustered further. On real models most heads do
+little for any task; clustering magnitudes instead splits "the few large heads" from "the rest"
+and finds no specialisation. (The criterion is per task, not the vector's length, so a head that
+serves one task is not held to a higher bar than one that serves all of them.)
+
 Tasks a cluster serves. The tasks on which the cluster's mean normalised value is positive and at
 least `serve_fraction` (default 1/2) of its largest mean over tasks, and at least `min_value`
 (default 0.5 RMS units, so a cluster of near-zero heads serves nothing: it is the background).
@@ -86,11 +95,13 @@ def _matrix(values: Mapping[str, Values]) -> tuple[list[str], list[str], np.ndar
 
 
 def cluster_heads(values: Mapping[str, Values], k: int | None = None, seed: int = 0, *,
-                  k_range: tuple[int, int] = (2, 8), serve_fraction: float = 0.5,
-                  min_value: float = 0.5) -> HeadClusters:
-    """Cluster heads by their (per-task RMS-normalised) value vectors with k-means.
+                  k_range: tuple[int, int] = (2, 12), serve_fraction: float = 0.5,
+                  min_value: float = 0.5, active_value: float = 2.0) -> HeadClusters:
+    """Cluster heads by the direction of their (per-task RMS-normalised) value vectors, k-means.
 
-    k: number of clusters; None picks the k in k_range with the highest silhouette score.
+    k: number of clusters, the background included; None picks the k in k_range with the highest
+    silhouette score. active_value: heads below this many RMS units on every task are background;
+    0 clusters every head by direction.
     """
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
@@ -100,9 +111,23 @@ def cluster_heads(values: Mapping[str, Values], k: int | None = None, seed: int 
     scales[scales == 0] = 1.0
     features = raw / scales
     n = len(names)
+    threshold = float(active_value)
+    length = np.linalg.norm(features, axis=1)
+    active = (np.abs(features).max(axis=1) >= threshold) & (length > 0)
+    if active.sum() < 2:
+        raise ProbeError(f"only {int(active.sum())} head(s) reach active_value={threshold:.3g} RMS units on some "
+                         f"task; lower it (active_value=0 clusters every head)")
+    background = ~active
+    directions = features[active] / length[active, None]  # cosine k-means: k-means on unit vectors
 
-    def fit(kk: int) -> np.ndarray:
-        return KMeans(n_clusters=kk, n_init=10, random_state=seed).fit_predict(features)
+    def fit(kk: int) -> np.ndarray | None:
+        """Labels with kk clusters in all: kk - 1 of directions plus the background (when there is one)."""
+        n_directions = kk - 1 if background.any() else kk
+        if not 1 <= n_directions <= active.sum():
+            return None
+        labels = np.full(n, n_directions)
+        labels[active] = KMeans(n_clusters=n_directions, n_init=10, random_state=seed).fit_predict(directions)
+        return labels
 
     silhouettes: dict[int, float] = {}
     if k is None:
@@ -113,20 +138,26 @@ def cluster_heads(values: Mapping[str, Values], k: int | None = None, seed: int 
         best, best_labels = None, None
         for kk in range(lo, hi + 1):
             labels = fit(kk)
-            if len(set(labels)) < 2:
+            # Scored on the active heads only (the background is not clustered), so it needs two
+            # direction clusters and a head more than clusters.
+            if labels is None or not 2 <= len(set(labels[active])) < active.sum():
                 continue
-            score = float(silhouette_score(features, labels))
+            score = float(silhouette_score(directions, labels[active]))
             silhouettes[kk] = score
             if best is None or score > silhouettes[best]:
                 best, best_labels = kk, labels
         if best is None:
-            raise ProbeError("every k gave a single cluster (all heads have the same values)")
+            raise ProbeError(f"no k in {k_range} gives two clusters of the {int(active.sum())} active heads; "
+                             f"set k, or lower active_value")
         k, labels = best, best_labels
     else:
         if not 1 <= int(k) <= n:
             raise ProbeError(f"k must be between 1 and the number of heads ({n}), got {k}")
         k = int(k)
         labels = fit(k)
+        if labels is None:
+            raise ProbeError(f"k={k} needs {k - int(background.any())} clusters of the {int(active.sum())} heads "
+                             f"reaching active_value={threshold:.3g}; choose a smaller k or lower active_value")
     # Number clusters by decreasing importance (largest mean normalised value first), for stable reports.
     strength = [features[labels == c].mean(axis=0).max() if (labels == c).any() else -np.inf for c in range(k)]
     order = np.argsort(-np.asarray(strength), kind="stable")
@@ -146,7 +177,8 @@ def cluster_heads(values: Mapping[str, Values], k: int | None = None, seed: int 
     return HeadClusters(names, tasks, features, labels, clusters, k, silhouettes,
                         {t: float(s) for t, s in zip(tasks, scales)}, seed,
                         {"serve_fraction": serve_fraction, "min_value": min_value, "k_range": list(k_range),
-                         "normalisation": "per-task RMS", "method": "kmeans"})
+                         "normalisation": "per-task RMS", "method": "kmeans on directions (cosine)",
+                         "active_value": threshold, "n_active": int(active.sum())})
 
 
 # ----------------------------------------------------------------------------------- validation

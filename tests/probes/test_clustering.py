@@ -97,3 +97,28 @@ def test_cluster_plot_marks_clusters(tmp_path):
     ax.figure.savefig(tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 0
     assert any("background" in t.get_text() for t in ax.texts)
+
+
+def test_specialists_are_grouped_by_which_tasks_they_serve_not_by_how_much():
+    # Two specialist groups whose sizes span a factor 10, plus a few heads that matter a lot for
+    # every task: clustering magnitudes would split large from small; directions recover the roles.
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(3)
+    names = [f"L{l}.H{h}" for l in range(10) for h in range(20)]
+    roles = np.repeat([0, 1, 2, 3], [10, 10, 4, 176])  # induction, ioi, everything, background
+    rng.shuffle(roles)
+    profile = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]], dtype=float)
+    size = np.where(roles < 2, rng.uniform(8, 20, len(roles)), 10.0)
+    values = profile[roles] * size[:, None] + 0.02 * rng.standard_normal((len(roles), 4))
+    hvs = {t: HeadValues.from_values(values_from_arrays(names, values[:, j], estimator="synthetic"))
+           for j, t in enumerate(TASKS)}
+    clusters = cluster_heads(hvs, seed=0)
+    assert clusters.k == 4
+    assert adjusted_rand_score(roles, clusters.labels) == 1.0
+    served = {tuple(c.tasks): len(c.heads) for c in clusters.clusters}
+    assert served[("induction",)] == 10 and served[("ioi",)] == 10 and served[()] == 176
+    # The generalists serve (at least) the tasks only they serve; on induction and ioi the
+    # specialists set the scale, so there they count less after normalisation.
+    generalists = next(c for c in clusters.clusters if len(c.heads) == 4)
+    assert {"factual", "greater_than"} <= set(generalists.tasks)
