@@ -47,19 +47,22 @@ def main() -> None:
     import surgery
 
     rng = np.random.default_rng(args.seed)
-    games, rates, values = {}, {}, {}
+    make_game, rates, values = {}, {}, {}
     for name in ("float32", "bfloat16"):
         loaded = surgery.load(args.model, dtype=getattr(torch, name))
         batch, metric, task_name = _task_batch(loaded, get_task("induction", n=4, length=8), None, None, 0, None)
-        games[name] = model_game(loaded, batch, metric, "heads", task_name=task_name, max_rows=args.max_rows)
+        # A fresh game for every timed call: a game remembers the coalitions it has evaluated.
+        make_game[name] = (lambda loaded=loaded, batch=batch, metric=metric, task_name=task_name:
+                           model_game(loaded, batch, metric, "heads", task_name=task_name, max_rows=args.max_rows))
         rates[name] = []
-    n = games["float32"].n_players
+    n = make_game["float32"]().n_players
     # Coalition sizes spread over 0..n like the estimators' designs.
     coalitions = rng.random((args.coalitions, n)) < rng.random((args.coalitions, 1))
-    for name, game in games.items():
-        game(coalitions[:4])  # warm-up: first-call allocations and oneDNN kernel selection
+    for name, make in make_game.items():
+        make()(~coalitions[:4])  # warm-up: first-call allocations and oneDNN kernel selection
     for _ in range(args.repeats):
-        for name, game in games.items():
+        for name, make in make_game.items():
+            game = make()
             start = time.perf_counter()
             values[name] = game(coalitions)
             rates[name].append(len(coalitions) / (time.perf_counter() - start))

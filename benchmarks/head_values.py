@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--max-rows", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="weights and compute; bfloat16 is ~2x faster on CPUs with AMX (measured side by side), "
+                        help="weights and compute; bfloat16 is 2.4x faster on CPUs with AMX (benchmarks/dtype_speed.py), "
                              "and the values are then those of the bfloat16 model")
     parser.add_argument("--store-dir", default=os.environ.get("HEAD_VALUES_STORE", "/tmp/model-surgery-stores/head_values"))
     parser.add_argument("--out", default=str(RESULTS / "head_values.json"))

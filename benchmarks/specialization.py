@@ -47,7 +47,7 @@ def main() -> None:
                         help="stop each task after the round that reaches this many evaluations")
     parser.add_argument("--rounds", type=int, default=40, help="rounds the design is evaluated in (with --stop-at)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="weights and compute (bfloat16: ~2x faster on CPUs with AMX)")
+                        help="weights and compute (bfloat16: 2.4x faster on CPUs with AMX, benchmarks/dtype_speed.py)")
     parser.add_argument("--n", type=int, default=4, help="examples per task for the values")
     parser.add_argument("--length", type=int, default=8, help="induction: random tokens per half")
     parser.add_argument("--validation-n", type=int, default=8, help="held-out examples per task for specificity")
