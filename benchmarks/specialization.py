@@ -132,8 +132,8 @@ def main() -> None:
 
     matplotlib.use("Agg")
     per_task = min(v.n_evaluations for v in values.values())
-    ax = plot_clusters(clusters, title=f"SmolLM2-135M head values / task RMS ({DEFAULT_ESTIMATOR}, "
-                                       f">= {per_task} evaluations per task, {args.dtype}), k={clusters.k}")
+    ax = plot_clusters(clusters, title=f"SmolLM2-135M head values / task RMS, k={clusters.k}\n"
+                                       f"({DEFAULT_ESTIMATOR}, {per_task} evals/task, {args.dtype})")
     ax.figure.tight_layout()
     ax.figure.savefig(out.with_suffix(".png"), dpi=110)
     print(json.dumps(summary, indent=2))
