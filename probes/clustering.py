@@ -122,6 +122,8 @@ def cluster_heads(values: Mapping[str, Values], k: int | None = None, seed: int 
 
     def fit(kk: int) -> np.ndarray | None:
         """Labels with kk clusters in all: kk - 1 of directions plus the background (when there is one)."""
+        if kk == 1:
+            return np.zeros(n, dtype=int)
         n_directions = kk - 1 if background.any() else kk
         if not 1 <= n_directions <= active.sum():
             return None

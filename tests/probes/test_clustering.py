@@ -49,6 +49,9 @@ def test_planted_clusters_are_recovered_with_k_chosen_by_silhouette():
 def test_k_can_be_set_and_bad_input_is_refused():
     hvs, _, _ = planted()
     assert cluster_heads(hvs, k=2).k == 2 and cluster_heads(hvs, k=2).silhouettes == {}
+    assert cluster_heads(hvs, k=1).labels.tolist() == [0] * 48
+    with pytest.raises(ProbeError, match="active_value"):
+        cluster_heads(hvs, k=40)  # 24 active heads cannot fill 39 clusters
     with pytest.raises(ProbeError, match="at least two tasks"):
         cluster_heads({"induction": hvs["induction"]})
     other = HeadValues.from_values(values_from_arrays(["L0.H0", "L0.H1"], [1.0, 2.0]))
