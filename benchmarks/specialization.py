@@ -88,6 +88,7 @@ def main() -> None:
         return
 
     clusters = cluster_heads(values, k=args.k, seed=args.seed)
+    per_task = min(v.n_evaluations for v in values.values())
     start = time.perf_counter()
     held_out = {name: get_task(name, n=args.validation_n, length=args.length) if name == "induction"
                 else get_task(name, n=args.validation_n) for name in args.tasks}
@@ -112,8 +113,8 @@ def main() -> None:
         "settings": {"model": args.model, "tasks": args.tasks, "left_out": {"text": "needs a user's text file"},
                      "estimator": DEFAULT_ESTIMATOR, "budget_per_task": args.budget, "stop_at": args.stop_at,
                      "evaluations_per_task": {name: v.n_evaluations for name, v in values.items()},
-                     "budget_per_head": round(min(v.n_evaluations for v in values.values()) / len(clusters.names), 2),
-                     "reduced_budget": min(v.n_evaluations for v in values.values()) < 10 * len(clusters.names),
+                     "budget_per_head": round(per_task / len(clusters.names), 2),
+                     "reduced_budget": per_task < 10 * len(clusters.names),
                      "dtype": args.dtype,
                      "n_examples_values": args.n, "induction_length": args.length,
                      "n_examples_validation": args.validation_n, "ablation": "zero", "k": args.k or "silhouette",
@@ -131,7 +132,6 @@ def main() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    per_task = min(v.n_evaluations for v in values.values())
     ax = plot_clusters(clusters, title=f"SmolLM2-135M head values / task RMS, k={clusters.k}\n"
                                        f"({DEFAULT_ESTIMATOR}, {per_task} evals/task, {args.dtype})")
     ax.figure.tight_layout()

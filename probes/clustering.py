@@ -116,7 +116,7 @@ def cluster_heads(values: Mapping[str, Values], k: int | None = None, seed: int 
     active = (np.abs(features).max(axis=1) >= threshold) & (length > 0)
     if active.sum() < 2:
         raise ProbeError(f"only {int(active.sum())} head(s) reach active_value={threshold:.3g} RMS units on some "
-                         f"task; lower it (active_value=0 clusters every head)")
+                         f"task; lower it (active_value=0, --active-value 0, clusters every head)")
     background = ~active
     directions = features[active] / length[active, None]  # cosine k-means: k-means on unit vectors
 
@@ -150,7 +150,7 @@ def cluster_heads(values: Mapping[str, Values], k: int | None = None, seed: int 
                 best, best_labels = kk, labels
         if best is None:
             raise ProbeError(f"no k in {k_range} gives two clusters of the {int(active.sum())} active heads; "
-                             f"set k, or lower active_value")
+                             f"set k, or lower active_value (--active-value)")
         k, labels = best, best_labels
     else:
         if not 1 <= int(k) <= n:
@@ -159,7 +159,7 @@ def cluster_heads(values: Mapping[str, Values], k: int | None = None, seed: int 
         labels = fit(k)
         if labels is None:
             raise ProbeError(f"k={k} needs {k - int(background.any())} clusters of the {int(active.sum())} heads "
-                             f"reaching active_value={threshold:.3g}; choose a smaller k or lower active_value")
+                             f"reaching active_value={threshold:.3g}; choose a smaller k or lower active_value (--active-value)")
     # Number clusters by decreasing importance (largest mean normalised value first), for stable reports.
     strength = [features[labels == c].mean(axis=0).max() if (labels == c).any() else -np.inf for c in range(k)]
     order = np.argsort(-np.asarray(strength), kind="stable")

@@ -206,11 +206,11 @@ def _plan_layer(comps, layer, dropped, partial_groups, empty_layers):
             f"grouping transformers assumes. Use partial_groups='share' (exact: uneven groups read their "
             f"key/value heads through a gather map) or 'duplicate', remove whole groups {groups}, or mask the "
             f"heads with mask_heads().")
-    kv_of_kept = [comps.kv_head_of(layer, h) for h in keep_q]
     if partial_groups == "duplicate":
         # Copy shared key/value heads until every group has g query heads (kept heads are group-contiguous).
         g = math.gcd(*[c for c in kept_per_group if c])
         return keep_q, [k for k, c in enumerate(kept_per_group) for _ in range(c // g)], None, placeholder
+    kv_of_kept = [comps.kv_head_of(layer, h) for h in keep_q]
     kv_src = sorted(set(kv_of_kept))
     kv_map = [kv_src.index(k) for k in kv_of_kept]
     g = len(keep_q) // len(kv_src)

@@ -89,7 +89,7 @@ def cmd_cluster(args) -> int:
         raise CLIError(f"values files come from different models: {listing}; cluster values of one model")
     if len(by_task) < 2:
         raise CLIError("clustering needs head values of at least two tasks (one values file per task)")
-    clusters = cluster_heads(by_task, k=args.k, seed=args.seed)
+    clusters = cluster_heads(by_task, k=args.k, seed=args.seed, active_value=args.active_value)
     write_json(out, clusters.as_dict())
     print(f"{len(clusters.names)} heads, {len(by_task)} tasks -> {clusters.k} clusters"
           + (f" (k by silhouette: {', '.join(f'{k}: {s:.2f}' for k, s in clusters.silhouettes.items())})"
@@ -138,6 +138,9 @@ def register(sub) -> None:
                                    "task, all of one model); k by silhouette unless --k.")
     p.add_argument("values", nargs="+", help="head-values JSON files, one per task")
     p.add_argument("--k", type=int, default=None, help="number of clusters (default: best silhouette)")
+    p.add_argument("--active-value", type=float, default=2.0,
+                   help="heads below this many task-RMS units on every task are background, not clustered "
+                        "(0: cluster every head)")
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
     p.add_argument("--figure", default=None, help="also save a heads x tasks heatmap (PNG)")
     p.add_argument("--out", required=True, help="clusters JSON to write")
