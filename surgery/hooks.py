@@ -53,6 +53,9 @@ def keep_tensors(layout: PlayerLayout, masks: torch.Tensor) -> dict[int, dict[st
 def _mix(keep: torch.Tensor, clean: torch.Tensor, replacement) -> torch.Tensor:
     if keep.dtype == torch.bool:
         return torch.where(keep, clean, replacement if replacement is not None else clean.new_zeros(()))
+    # Float gates follow the activations' dtype: float32 gates on a bfloat16 model would otherwise
+    # promote the stream to float32 and the next layer's bfloat16 weights would refuse it.
+    keep = keep.to(clean.dtype)
     if replacement is None:
         return clean * keep
     return clean * keep + (1 - keep) * replacement
@@ -111,7 +114,7 @@ def install(stack: ExitStack, loaded: LoadedModel, keeps: dict[int, dict[str, to
                 if keep4.dtype == torch.bool:
                     new = torch.where(keep4, res.view(c, R // c, T, d), skipped)
                 else:
-                    new = skipped + keep4 * (res.view(c, R // c, T, d) - skipped)
+                    new = skipped + keep4.to(res.dtype) * (res.view(c, R // c, T, d) - skipped)
                 new = new.view(R, T, d)
                 return new if torch.is_tensor(output) else (new,) + tuple(output[1:])
             stack.enter_context(block.register_forward_hook(block_hook, with_kwargs=True))

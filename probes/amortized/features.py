@@ -1,8 +1,9 @@
-"""Cheap per-head features of one batch, from one forward and one backward pass.
+"""Cheap per-head features of one batch: one forward and one backward pass, plus integrated gradients.
 
     feats = head_features("smollm2-135m", task_batch)      # or (TokenBatch, metric)
     feats.matrix            # [n_heads, n_features], batch-normalised, what the predictor reads
     feats.raw["ap_zero"]    # attribution patching for zero ablation, in metric units
+    feats.raw["ig"]         # integrated gradients along the gate diagonal (ig_steps gate settings)
 
 Attribution patching: the engine's float masks are gates x * g + (1 - g) * replacement, so at g = 1
 d metric / d g_h = sum over tokens of <dM/dz_h, z_h - replacement_h>, the first-order estimate of
@@ -10,6 +11,14 @@ ablating head h. With zero ablation that is the gate gradient itself. For mean a
 replacement is the head's mean over the batch's real tokens, so
     ap_mean_h = ap_zero_h - <sum_t dM/dz_h(t), mean_h>
 and both come out of the same pass: we record z_h and dM/dz_h at the output projection's input.
+
+Integrated gradients (gate_integrated_gradients): by Owen's formula the Shapley value of a player is
+the integral over t in [0, 1] of the gradient of the game's multilinear extension at (t, ..., t).
+Putting every head's gate at t (a fractional model, not a random coalition) and averaging the gate
+gradients over ig_steps midpoints is the cheap stand-in: all heads from one batched forward/backward
+over ig_steps copies of the batch, and the sum over heads tends to v(all) - v(none), like the values.
+On SmolLM2 it tracks the 12k-evaluation head values better than attribution patching or
+leave-one-out (Spearman 0.52 vs 0.31 and 0.49 on induction; benchmarks/amortized.py has the rest).
 
 The same forward runs with eager attention so the attention patterns can be read (entropy, sink,
 previous-token and self attention); the backward pass gives the gradients. The metric is used with
@@ -24,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from probes.errors import ProbeError
 from surgery.batch import TokenBatch
 from surgery.engine import AblationEngine
 from surgery.loading import LoadedModel, load
@@ -34,13 +44,15 @@ HEAD_FEATURES = (
     "ap_zero", "ap_mean", "abs_ap_zero", "abs_ap_mean", "rank_ap_zero", "rank_ap_mean",
     "log_out_norm", "log_dev_norm", "log_grad_norm",
     "entropy", "entropy_scored", "max_attention", "first_token_attention", "previous_token_attention",
-    "self_attention", "layer_position",
+    "self_attention", "layer_position", "ig", "abs_ig", "rank_ig",
 )
 # Per-layer aggregates of the head features, for layer-value prediction.
 LAYER_FEATURES = (
     "sum_ap_zero", "sum_ap_mean", "max_abs_ap_zero", "rank_sum_ap_zero", "rank_sum_ap_mean",
-    "log_sum_out_norm", "mean_entropy", "mean_first_token_attention", "layer_position",
+    "log_sum_out_norm", "mean_entropy", "mean_first_token_attention", "layer_position", "sum_ig", "rank_sum_ig",
 )
+# Gate settings integrated gradients average over, unless head_features is told otherwise.
+IG_STEPS = 16
 # Differentiable metric used for features when a task's natural metric is a step function.
 SMOOTH_METRIC = {"pair_accuracy": "logit_diff", "accuracy": "logprob"}
 
@@ -56,7 +68,14 @@ class HeadFeatures:
     raw: dict[str, np.ndarray] = field(default_factory=dict)
     full_value: float = float("nan")  # signed metric of the unablated model on this batch
     feature_names: tuple[str, ...] = HEAD_FEATURES
-    seconds: float = 0.0          # wall time of the forward/backward pass
+    seconds: float = 0.0          # wall time of the forward/backward passes (attribution and ig)
+    ig_steps: int = IG_STEPS
+
+    @property
+    def value_scale(self) -> float:
+        """RMS of the integrated gradients over heads: the batch's unit of value (their sum tends to
+        v(all) - v(none), as the Shapley values' does, so the two share a scale across metrics)."""
+        return _rms(self.raw["ig"])
 
     @property
     def attribution_scale(self) -> float:
@@ -77,9 +96,11 @@ class HeadFeatures:
                 np.abs(self.raw["ap_zero"][sel]).max() / scale, 0.0, 0.0,
                 np.log(self.raw["out_norm"][sel].sum() + 1e-12), self.column("entropy")[sel].mean(),
                 self.column("first_token_attention")[sel].mean(), layer / max(self.n_layers - 1, 1),
+                # The diagonal path is shared, so a layer's IG is exactly the sum of its heads'.
+                self.raw["ig"][sel].sum() / self.value_scale, 0.0,
             ])
         out = np.asarray(rows, dtype=float)
-        out[:, 3], out[:, 4] = _percentile(out[:, 0]), _percentile(out[:, 1])
+        out[:, 3], out[:, 4], out[:, 10] = _percentile(out[:, 0]), _percentile(out[:, 1]), _percentile(out[:, 9])
         return out
 
     def layer_attribution(self, kind: str = "ap_zero") -> np.ndarray:
@@ -90,13 +111,14 @@ class HeadFeatures:
         return {"names": self.names, "layers": self.layers.tolist(), "n_layers": self.n_layers,
                 "feature_names": list(self.feature_names), "matrix": self.matrix.tolist(),
                 "raw": {k: v.tolist() for k, v in self.raw.items()}, "full_value": self.full_value,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "ig_steps": self.ig_steps}
 
     @classmethod
     def from_dict(cls, data: dict) -> HeadFeatures:
         return cls(list(data["names"]), np.asarray(data["layers"], dtype=int), int(data["n_layers"]),
                    np.asarray(data["matrix"], dtype=float), {k: np.asarray(v, dtype=float) for k, v in data["raw"].items()},
-                   float(data["full_value"]), tuple(data["feature_names"]), float(data.get("seconds", 0.0)))
+                   float(data["full_value"]), tuple(data["feature_names"]), float(data.get("seconds", 0.0)),
+                   int(data.get("ig_steps", IG_STEPS)))
 
 
 def resolve_batch(task, metric=None) -> tuple[TokenBatch, object]:
@@ -115,25 +137,31 @@ def resolve_batch(task, metric=None) -> tuple[TokenBatch, object]:
     raise TypeError(f"expected a TaskBatch or (TokenBatch, metric), got {type(task).__name__}")
 
 
-def head_features(model, task, metric=None) -> HeadFeatures:
-    """Features of every head of `model` on one batch (`task`: TaskBatch or (TokenBatch, metric))."""
+def head_features(model, task, metric=None, *, ig_steps: int = IG_STEPS, max_rows: int = 64) -> HeadFeatures:
+    """Features of every head of `model` on one batch (`task`: TaskBatch or (TokenBatch, metric)).
+
+    ig_steps: gate settings the integrated gradients average over (>= 1); max_rows: sequences per
+    forward of the integrated-gradients pass (bounds its memory)."""
     import time
 
+    if int(ig_steps) < 1:
+        raise ProbeError(f"ig_steps must be >= 1 (gate settings integrated gradients average over), got {ig_steps}")
     loaded = load(model)
     batch, metric = resolve_batch(task, metric)
     start = time.perf_counter()
     comps, adapter = loaded.components, loaded.adapter
     engine = AblationEngine(loaded, "heads", mode="zero")
     batch = batch.to(loaded.device)
-    gates = torch.ones(1, engine.n_players, requires_grad=True, device=loaded.device)
+    gates = torch.ones(1, engine.n_players, requires_grad=True, device=loaded.device, dtype=torch.float32)
     z, grad, attention = {}, {}, {}
     sign = 1.0 if getattr(metric, "higher_is_better", True) else -1.0
+    dtype = next(loaded.model.parameters()).dtype
     with ExitStack() as stack, _eager_attention(loaded):
         for layer, block in enumerate(adapter.blocks(loaded.model)):
             H, D = comps.n_heads[layer], comps.head_dim
             # A zero bias keeps the tensor in the graph (so its gradient exists) even for layer 0,
             # whose input depends on no gate; it changes no value.
-            bias = torch.zeros(H * D, requires_grad=True, device=loaded.device)
+            bias = torch.zeros(H * D, requires_grad=True, device=loaded.device, dtype=dtype)
 
             def head_input(module, args, layer=layer, H=H, D=D, bias=bias):
                 x = args[0] + bias
@@ -149,8 +177,39 @@ def head_features(model, task, metric=None) -> HeadFeatures:
         value.sum().backward()
     features = _assemble(loaded, batch, gates.grad[0].detach().cpu().double().numpy(), z, grad, attention)
     features.full_value = float(value.detach().sum())
+    ig = gate_integrated_gradients(engine, batch, metric, steps=ig_steps, sign=sign, max_rows=max_rows)
+    _add_ig(features, ig, int(ig_steps))
     features.seconds = time.perf_counter() - start
     return features
+
+
+def gate_integrated_gradients(engine: AblationEngine, batch: TokenBatch, metric, *, steps: int = IG_STEPS,
+                              sign: float = 1.0, max_rows: int = 64) -> np.ndarray:
+    """sign * (1/steps) * sum_k d metric / d gates at gates = t_k for every player, t_k = (k + 1/2) / steps.
+
+    The midpoint rule for the integral of the gate gradient along the diagonal from "all ablated"
+    to "all kept" (with the engine's ablation mode). Steps are stacked as coalitions, so a chunk of
+    them is one forward and one backward; chunks keep at most max_rows sequences in memory."""
+    t = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
+    per_chunk = max(1, max_rows // max(batch.size, 1))
+    total = torch.zeros(engine.n_players, dtype=torch.float64)
+    for chunk in t.split(per_chunk):
+        gates = chunk[:, None].repeat(1, engine.n_players).to(engine.loaded.device).requires_grad_(True)
+        value = metric(engine.logits(gates, batch), batch)
+        (sign * value).sum().backward()
+        total += gates.grad.detach().double().sum(0).cpu()
+    return (total / steps).numpy()
+
+
+def _add_ig(features: HeadFeatures, ig: np.ndarray, steps: int) -> None:
+    """Append the integrated-gradients columns (in HEAD_FEATURES order) to features.matrix."""
+    features.raw["ig"] = np.asarray(ig, dtype=float)
+    features.ig_steps = steps
+    scale = features.value_scale
+    extra = {"ig": features.raw["ig"] / scale, "abs_ig": np.abs(features.raw["ig"]) / scale,
+             "rank_ig": _percentile(features.raw["ig"])}
+    names = [name for name in HEAD_FEATURES if name in extra]
+    features.matrix = np.concatenate([features.matrix, np.stack([extra[n] for n in names], axis=1)], axis=1)
 
 
 def _attention_catcher(store: dict, layer: int, n_heads: int):
@@ -233,7 +292,8 @@ def _assemble(loaded, batch: TokenBatch, ap_zero, z, grad, attention) -> HeadFea
         **{k: np.asarray(v, dtype=float) for k, v in attn_cols.items()},
         "layer_position": layers / max(comps.n_layers - 1, 1),
     }
-    matrix = np.stack([columns[name] for name in HEAD_FEATURES], axis=1)
+    # The integrated-gradients columns come last; _add_ig appends them.
+    matrix = np.stack([columns[name] for name in HEAD_FEATURES if name in columns], axis=1)
     return HeadFeatures(names, layers, comps.n_layers, matrix, raw)
 
 

@@ -12,8 +12,9 @@ predicted head values of each layer.
 
 Scale: metrics differ between tasks (log-prob, logit difference, probability mass), so each
 batch's targets are divided by their own RMS before training and the model learns the shape of
-the value profile. To return metric units, a prediction is multiplied by the batch's attribution
-RMS times the geometric mean over training batches of (RMS of values / RMS of attribution).
+the value profile. To return metric units, a prediction is multiplied by the batch's value scale
+(RMS of its integrated gradients, HeadFeatures.value_scale) times the geometric mean over training
+batches of (RMS of values / value scale).
 
 On disk: config.json (settings, feature names, scale ratios) + weights.safetensors.
 """
@@ -34,7 +35,7 @@ from probes.head_values import HeadValues
 from probes.values import Values
 
 FORMAT = "model-surgery.value-predictor"
-VERSION = 1
+VERSION = 2  # 2: integrated-gradients features; scale from them
 
 
 class _MLP(torch.nn.Module):
@@ -76,7 +77,7 @@ class ValuePredictor:
         self.epochs, self.lr, self.weight_decay, self.loss, self.seed = int(epochs), float(lr), float(weight_decay), loss, seed
         self.head_model: _MLP | None = None
         self.layer_model: _MLP | None = None
-        self.head_ratio = 1.0   # values RMS / attribution RMS (geometric mean over training batches)
+        self.head_ratio = 1.0   # values RMS / value scale (geometric mean over training batches)
         self.layer_ratio = 1.0
         self.trained_on: list[str] = []
 
@@ -95,14 +96,14 @@ class ValuePredictor:
 
     def fit_heads(self, features: Sequence[HeadFeatures], values: Sequence[np.ndarray]) -> ValuePredictor:
         x = np.concatenate([f.matrix for f in features])
-        y, ratios = _normalised_targets(values, [f.attribution_scale for f in features])
+        y, ratios = _normalised_targets(values, [f.value_scale for f in features])
         self.head_model = self._train(x, y, salt=0)
         self.head_ratio = float(np.exp(np.mean(np.log(ratios))))
         return self
 
     def fit_layers(self, features: Sequence[HeadFeatures], values: Sequence[np.ndarray]) -> ValuePredictor:
         x = np.concatenate([f.layer_matrix() for f in features])
-        y, ratios = _normalised_targets(values, [f.attribution_scale for f in features])
+        y, ratios = _normalised_targets(values, [f.value_scale for f in features])
         self.layer_model = self._train(x, y, salt=1)
         self.layer_ratio = float(np.exp(np.mean(np.log(ratios))))
         return self
@@ -128,7 +129,7 @@ class ValuePredictor:
         self._check(self.head_model, "head", features.feature_names, HEAD_FEATURES)
         with torch.no_grad():
             shape = self.head_model(torch.as_tensor(features.matrix, dtype=torch.float64)).numpy()
-        return shape * features.attribution_scale * self.head_ratio
+        return shape * features.value_scale * self.head_ratio
 
     def predict(self, features: HeadFeatures) -> HeadValues:
         means = self.predict_array(features)
@@ -147,7 +148,7 @@ class ValuePredictor:
             self._check(self.layer_model, "layer", LAYER_FEATURES, LAYER_FEATURES)
             with torch.no_grad():
                 shape = self.layer_model(torch.as_tensor(features.layer_matrix(), dtype=torch.float64)).numpy()
-            means = shape * features.attribution_scale * self.layer_ratio
+            means = shape * features.value_scale * self.layer_ratio
         return Values(names=[f"L{layer}.attn" for layer in range(features.n_layers)], means=means,
                       stderrs=np.full(len(means), np.nan), n_evaluations=0, estimator="amortized",
                       settings=self.config(), full_value=features.full_value)

@@ -8,6 +8,8 @@ from scipy.stats import spearmanr
 from conftest import token_batch
 from probes.amortized import (HEAD_FEATURES, ValueDataset, ValuePredictor, build_example, head_features,
                               leave_one_out)
+from probes.amortized.features import gate_integrated_gradients
+from probes.errors import ProbeError
 from probes.metrics import LogProb
 from surgery.engine import AblationEngine
 from surgery.reference import record_sites
@@ -56,6 +58,58 @@ def test_attention_statistics_are_patterns_and_implementation_is_restored(tiny_l
         values = feats.column(column)
         assert (values > 0).all() and (values <= 1 + 1e-9).all(), column
     assert np.isfinite(feats.matrix).all() and feats.matrix.shape == (18, len(HEAD_FEATURES))
+
+
+def test_integrated_gradients_batched_equal_one_step_at_a_time(tiny_llama):
+    batch = token_batch(tiny_llama, seed=3)
+    engine = AblationEngine(tiny_llama, "heads")
+    steps = 5
+    per_step = []
+    for k in range(steps):  # the definition: gradient of the metric at every gate = t_k, one setting at a time
+        gates = torch.full((1, engine.n_players), (k + 0.5) / steps, requires_grad=True)
+        LogProb()(engine.logits(gates, batch), batch).sum().backward()
+        per_step.append(gates.grad[0].double().numpy())
+    expected = np.mean(per_step, axis=0)
+    # max_rows=4 with 3 sequences per batch: one step per chunk; 64: all five steps in one pass.
+    for max_rows in (4, 64):
+        got = gate_integrated_gradients(engine, batch, LogProb(), steps=steps, max_rows=max_rows)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+    feats = head_features(tiny_llama, (batch, LogProb()), ig_steps=steps)
+    np.testing.assert_allclose(feats.raw["ig"], expected, rtol=1e-4, atol=1e-7)
+    assert feats.column("rank_ig").argmax() == expected.argmax()
+
+
+def test_integrated_gradients_sum_to_the_full_minus_empty_value(tiny_llama):
+    """Completeness (the efficiency of the values it stands in for): the midpoint rule converges as
+    1 / steps^2 to v(all heads) - v(no heads)."""
+    batch = token_batch(tiny_llama, seed=4)
+    engine = AblationEngine(tiny_llama, "heads")
+    ends = engine.evaluate(torch.stack([torch.ones(engine.n_players), torch.zeros(engine.n_players)]).bool(),
+                           batch, LogProb()).numpy()
+    gap = ends[0] - ends[1]
+    errors = [abs(gate_integrated_gradients(engine, batch, LogProb(), steps=k).sum() - gap) for k in (2, 8, 32)]
+    assert abs(gap) > 1e-3 and errors[2] < errors[0] and errors[2] < 0.02 * abs(gap), (gap, errors)
+
+
+def test_features_on_a_bfloat16_model_match_float32(tiny_llama):
+    """Float gates on a bfloat16 model stay in bfloat16 (they used to promote the stream and fail)."""
+    import copy
+
+    from surgery.loading import load
+
+    half = load(copy.deepcopy(tiny_llama.model).to(torch.bfloat16), tokenizer=tiny_llama.tokenizer)
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    batch = token_batch(tiny_llama, seed=5)
+    feats = head_features(half, (batch, LogProb()), ig_steps=4)
+    reference = head_features(tiny_llama, (batch, LogProb()), ig_steps=4)
+    assert np.isfinite(feats.matrix).all()
+    assert spearmanr(feats.raw["ig"], reference.raw["ig"])[0] > 0.9
+    assert spearmanr(feats.raw["ap_zero"], reference.raw["ap_zero"])[0] > 0.9
+
+
+def test_ig_steps_below_one_are_refused(tiny_llama):
+    with pytest.raises(ProbeError, match="ig_steps must be >= 1"):
+        head_features(tiny_llama, (token_batch(tiny_llama), LogProb()), ig_steps=0)
 
 
 def _features(loaded, n, seed0=0):
