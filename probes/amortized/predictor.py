@@ -69,8 +69,11 @@ class ValuePredictor:
     (robust to the estimator's noisy targets) or "mse"; seed: weight initialisation.
     """
 
-    def __init__(self, hidden: Sequence[int] = (32, 32), epochs: int = 600, lr: float = 1e-2,
-                 weight_decay: float = 1e-3, loss: str = "huber", seed: int = 0):
+    # epochs and weight_decay: the best of a small grid on held-out tasks of SmolLM2 (5 tasks, each
+    # predicted by a predictor trained on the other four): longer or less regularised training fits
+    # the training tasks' idiosyncrasies (held-out Spearman 0.37 at 600 epochs, 1e-3; 0.53 here).
+    def __init__(self, hidden: Sequence[int] = (32, 32), epochs: int = 200, lr: float = 1e-2,
+                 weight_decay: float = 0.1, loss: str = "huber", seed: int = 0):
         if loss not in ("huber", "mse"):
             raise ProbeError(f"loss must be 'huber' or 'mse', got {loss!r}")
         self.hidden = tuple(int(h) for h in hidden)
