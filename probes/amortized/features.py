@@ -18,7 +18,7 @@ Putting every head's gate at t (a fractional model, not a random coalition) and 
 gradients over ig_steps midpoints is the cheap stand-in: all heads from one batched forward/backward
 over ig_steps copies of the batch, and the sum over heads tends to v(all) - v(none), like the values.
 On SmolLM2 it tracks the 12k-evaluation head values better than attribution patching or
-leave-one-out (Spearman 0.52 vs 0.31 and 0.49 on induction; benchmarks/amortized.py has the rest).
+leave-one-out (Spearman 0.49 vs 0.30 and 0.47 on induction; benchmarks/amortized.py has the rest).
 
 The same forward runs with eager attention so the attention patterns can be read (entropy, sink,
 previous-token and self attention); the backward pass gives the gradients. The metric is used with
