@@ -4,8 +4,8 @@
         [--heldout-inputs induction ioi] [--design 40000] [--evaluations 12000] [--layer-budget 900]
         [--values-store DIR] [--store-dir DIR] [--skip-surrogate]
 
-Writes benchmarks/results/amortized.json, and each batch's target head values (Values JSON) to
-benchmarks/results/amortized/values-<task>-task<task_seed>.json.
+Writes benchmarks/results/amortized.json (--out), and each batch's target head values (Values JSON)
+beside it: benchmarks/results/amortized/values-<task>-task<task_seed>.json.
 
 Part 1, the targets: head values of each batch from the default estimator at the budget where it
 agrees with itself (design --design, stopped after the round that reaches --evaluations: 12,310
@@ -123,10 +123,11 @@ class Batch:
                                            stop=MaxEvaluations(args.evaluations), n_rounds=args.rounds)
             self.head_seconds[seed] = time.perf_counter() - start
         self.target = self.heads[0].means
-        # The targets ship with the results (a few KB each): notebooks/05 and anyone retraining the
-        # predictor start from them instead of from hours of evaluations.
-        (RESULTS / "amortized").mkdir(parents=True, exist_ok=True)
-        self.heads[0].save(RESULTS / "amortized" / f"values-{self.label}.json")
+        # The targets ship with the results (a few KB each, beside --out): notebooks/05 and anyone
+        # retraining the predictor start from them instead of from hours of evaluations.
+        targets_dir = Path(args.out).with_suffix("")
+        targets_dir.mkdir(parents=True, exist_ok=True)
+        self.heads[0].save(targets_dir / f"values-{self.label}.json")
         pair = (self.tb.tokens, self.tb.metric())  # the natural metric, as the head values use
         store = Path(args.store_dir)
         self.loo, self.loo_info = leave_one_out(models.values, f"{tag}{dtype_tag}", pair, "heads", store_dir=store,
