@@ -117,6 +117,10 @@ class HeadFeatures:
 
     @classmethod
     def from_dict(cls, data: dict) -> HeadFeatures:
+        if tuple(data.get("feature_names", ())) != HEAD_FEATURES or "ig" not in data.get("raw", {}):
+            raise ProbeError(f"these features have columns {data.get('feature_names')}, not this version's "
+                             f"{list(HEAD_FEATURES)} (saved before integrated gradients?): recompute them with "
+                             "head_features(model, batch)")
         return cls(list(data["names"]), np.asarray(data["layers"], dtype=int), int(data["n_layers"]),
                    np.asarray(data["matrix"], dtype=float), {k: np.asarray(v, dtype=float) for k, v in data["raw"].items()},
                    float(data["full_value"]), tuple(data["feature_names"]), float(data.get("seconds", 0.0)),

@@ -8,7 +8,7 @@ from scipy.stats import spearmanr
 from conftest import token_batch
 from probes.amortized import (HEAD_FEATURES, ValueDataset, ValuePredictor, build_example, head_features,
                               leave_one_out)
-from probes.amortized.features import gate_integrated_gradients
+from probes.amortized.features import HeadFeatures, gate_integrated_gradients
 from probes.errors import ProbeError
 from probes.metrics import LogProb
 from surgery.engine import AblationEngine
@@ -105,6 +105,14 @@ def test_features_on_a_bfloat16_model_match_float32(tiny_llama):
     assert np.isfinite(feats.matrix).all()
     assert spearmanr(feats.raw["ig"], reference.raw["ig"])[0] > 0.9
     assert spearmanr(feats.raw["ap_zero"], reference.raw["ap_zero"])[0] > 0.9
+
+
+def test_features_saved_by_an_older_version_are_refused_by_name(tiny_llama):
+    data = head_features(tiny_llama, (token_batch(tiny_llama), LogProb()), ig_steps=2).as_dict()
+    old = {**data, "feature_names": data["feature_names"][:-3], "raw": {k: v for k, v in data["raw"].items() if k != "ig"}}
+    with pytest.raises(ProbeError, match="recompute them with head_features"):
+        HeadFeatures.from_dict(old)
+    assert HeadFeatures.from_dict(data).feature_names == HEAD_FEATURES
 
 
 def test_ig_steps_below_one_are_refused(tiny_llama):
