@@ -62,7 +62,7 @@ from probes.estimators import DEFAULT_ESTIMATOR  # noqa: E402
 from probes.head_values import head_values  # noqa: E402
 from probes.model_game import model_game  # noqa: E402
 from probes.stopping import MaxEvaluations  # noqa: E402
-from probes.tasks import get_task  # noqa: E402
+from task_stores import batch_tag, dtype_tag, make_task, store_name  # noqa: E402  (benchmarks/ is on the path)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = ("induction", "ioi", "factual", "agreement", "greater_than", "text")
@@ -83,18 +83,10 @@ def compare(pred, target) -> dict:
     return {"spearman": spearman(pred, target), "top10_overlap": top_overlap(pred, target)}
 
 
-def make_task(name: str, n: int):
-    if name == "induction":
-        return get_task("induction", n=n, length=8)
-    if name == "text":  # the built-in corpus (Python standard-library documentation)
-        return get_task("text", n=n, seq_len=16)
-    return get_task(name, n=n)
-
-
-def batch_tag(name: str, n: int, task_seed: int) -> str:
-    """Store names of benchmarks/head_values.py and specialization.py (task_seed 0), so stores are shared."""
-    tag = {"induction": f"induction-n{n}-L8", "text": f"text-n{n}-L16"}.get(name, f"{name}-n{n}")
-    return tag + (f"-task{task_seed}" if task_seed else "")
+def target_seeds(name: str, task_seed: int) -> tuple[int, ...]:
+    """Estimator seeds of a batch's targets: seed 1 too where benchmarks/head_values.py has it (induction),
+    for the estimator's seed-to-seed agreement."""
+    return (0, 1) if (name, task_seed) == ("induction", 0) else (0,)
 
 
 # ---------------------------------------------------------------------------------------- part 1
@@ -104,16 +96,15 @@ class Batch:
     def __init__(self, name: str, task_seed: int, args, models):
         self.name, self.task_seed = name, task_seed
         self.label = f"{name}-task{task_seed}"
-        tag = batch_tag(name, args.n, task_seed)
-        dtype_tag = "" if args.dtype == "float32" else f"-{args.dtype}"
+        game_tag = batch_tag(name, args.n, task_seed) + dtype_tag(args.dtype)
         task = make_task(name, args.n)
         self.tb = task.batch(models.values.tokenizer, seed=task_seed)
         start = time.perf_counter()
         self.features = head_features(models.features, self.tb)
         self.features_seconds = time.perf_counter() - start
         self.heads, self.head_seconds = {}, {}
-        for seed in args.target_seeds(name, task_seed):
-            store = Path(args.values_store) / f"{tag}-b{args.design}{dtype_tag}-seed{seed}"
+        for seed in target_seeds(name, task_seed):
+            store = Path(args.values_store) / store_name(name, args.n, args.design, args.dtype, seed, task_seed)
             if not (store / "values.jsonl").exists():
                 print(f"  {self.label}: computing {args.evaluations}+ evaluations of head values (seed {seed}) "
                       f"into {store}", flush=True)
@@ -130,9 +121,8 @@ class Batch:
         self.heads[0].save(targets_dir / f"values-{self.label}.json")
         pair = (self.tb.tokens, self.tb.metric())  # the natural metric, as the head values use
         store = Path(args.store_dir)
-        self.loo, self.loo_info = leave_one_out(models.values, f"{tag}{dtype_tag}", pair, "heads", store_dir=store,
-                                                max_rows=args.max_rows)
-        self.layers = {seed: estimate_layer_values(models.values, f"{tag}{dtype_tag}", pair, budget=args.layer_budget,
+        self.loo = leave_one_out(models.values, game_tag, pair, "heads", store_dir=store, max_rows=args.max_rows)[0]
+        self.layers = {seed: estimate_layer_values(models.values, game_tag, pair, budget=args.layer_budget,
                                                    seed=seed, store_dir=store, max_rows=args.max_rows)[0].means
                        for seed in (0, 1)}
         self.seconds_per_evaluation = _seconds_per_evaluation(models.values, self.tb, args)
@@ -153,11 +143,6 @@ def _seconds_per_evaluation(loaded, tb, args, n: int = 128) -> float:
     start = time.perf_counter()
     game(masks)
     return (time.perf_counter() - start) / n
-
-
-def _predictor(args) -> ValuePredictor:
-    return ValuePredictor(hidden=tuple(args.hidden), epochs=args.epochs, weight_decay=args.weight_decay,
-                          seed=args.seed)
 
 
 def evaluate(predictor: ValuePredictor, batch: Batch, known: Batch | None = None) -> dict:
@@ -192,7 +177,8 @@ def evaluate(predictor: ValuePredictor, batch: Batch, known: Batch | None = None
 
 
 def fit(args, batches: list[Batch]) -> ValuePredictor:
-    predictor = _predictor(args)
+    predictor = ValuePredictor(hidden=tuple(args.hidden), epochs=args.epochs, weight_decay=args.weight_decay,
+                               seed=args.seed)
     predictor.fit_heads([b.features for b in batches], [b.target for b in batches])
     predictor.fit_layers([b.features for b in batches], [b.layers[0] for b in batches])
     predictor.trained_on = [b.label for b in batches]
@@ -312,10 +298,9 @@ def real_surrogate_benchmark(args) -> dict | None:
     import surgery
     from probes.estimators import estimate
 
-    dtype_tag = "" if args.dtype == "float32" else f"-{args.dtype}"
     root = Path(args.values_store)
-    stores = {s: root / f"{batch_tag('induction', args.n, 0)}-b40000{dtype_tag}-seed{s}" for s in (0, 1)}
-    other = root / f"{batch_tag('induction', args.n, 1)}-b{args.design}{dtype_tag}-seed0"
+    stores = {s: root / store_name("induction", args.n, 40000, args.dtype, s) for s in (0, 1)}
+    other = root / store_name("induction", args.n, args.design, args.dtype, 0, task_seed=1)
     missing = [str(p) for p in (*stores.values(), other) if not (p / "values.jsonl").exists()]
     if missing:
         print(f"  skipped: no store at {missing} (benchmarks/head_values.py and part 1 make them)", flush=True)
@@ -408,11 +393,9 @@ def main() -> None:
     parser.add_argument("--store-dir", default=os.environ.get("AMORTIZED_STORE", "/tmp/model-surgery-stores/amortized"))
     parser.add_argument("--out", default=str(RESULTS / "amortized.json"))
     args = parser.parse_args()
-    # The estimator's seed-to-seed agreement needs a second seed: induction's (benchmarks/head_values.py).
-    args.target_seeds = lambda name, task_seed: (0, 1) if (name, task_seed) == ("induction", 0) else (0,)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    result = {"benchmark": "amortized", "settings": {k: v for k, v in vars(args).items() if k != "target_seeds"},
+    result = {"benchmark": "amortized", "settings": dict(vars(args)),
               "machine": {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__}}
     if not args.skip_values:
         result.update(value_prediction(args))

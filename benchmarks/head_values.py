@@ -39,6 +39,7 @@ from probes.head_values import head_values  # noqa: E402
 from probes.model_game import model_game  # noqa: E402
 from probes.stopping import MaxEvaluations  # noqa: E402
 from probes.tasks import get_task  # noqa: E402
+from task_stores import store_name  # noqa: E402  (benchmarks/ is on the path)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -172,8 +173,7 @@ def record_compute_time(store: Path, seconds: float, evaluations: int, threads: 
 
 
 def store_path(args, seed: int) -> Path:
-    dtype = "" if args.dtype == "float32" else f"-{args.dtype}"
-    return Path(args.store_dir) / f"induction-n{args.n}-L{args.length}-b{args.budget}{dtype}-seed{seed}"
+    return Path(args.store_dir) / store_name("induction", args.n, args.budget, args.dtype, seed, length=args.length)
 
 
 def add_agreement_curve(args, loaded, task) -> None:

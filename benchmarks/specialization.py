@@ -32,7 +32,7 @@ from probes.clustering import cluster_heads, plot_clusters, specificity  # noqa:
 from probes.estimators import DEFAULT_ESTIMATOR  # noqa: E402
 from probes.stopping import MaxEvaluations  # noqa: E402
 from probes.head_values import head_values  # noqa: E402
-from probes.tasks import get_task  # noqa: E402
+from task_stores import make_task, store_name  # noqa: E402  (benchmarks/ is on the path)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = ("induction", "ioi", "factual", "agreement", "greater_than")
@@ -63,13 +63,11 @@ def main() -> None:
     import surgery
 
     loaded = surgery.load(args.model, dtype=getattr(torch, args.dtype))
-    dtype_tag = "" if args.dtype == "float32" else f"-{args.dtype}"
     stop = {} if args.stop_at is None else {"stop": MaxEvaluations(args.stop_at), "n_rounds": args.rounds}
     values, runs = {}, {}
     for name in args.tasks:
-        task = get_task(name, n=args.n, length=args.length) if name == "induction" else get_task(name, n=args.n)
-        tag = f"induction-n{args.n}-L{args.length}" if name == "induction" else f"{name}-n{args.n}"
-        store = Path(args.store_dir) / f"{tag}-b{args.budget}{dtype_tag}-seed{args.seed}"
+        task = make_task(name, args.n, args.length)
+        store = Path(args.store_dir) / store_name(name, args.n, args.budget, args.dtype, args.seed, length=args.length)
         resumed = (store / "values.jsonl").exists()
         start = time.perf_counter()
         hv = head_values(loaded, task, budget=args.budget, seed=args.seed, store=store, max_rows=args.max_rows, **stop)
@@ -90,8 +88,7 @@ def main() -> None:
     clusters = cluster_heads(values, k=args.k, seed=args.seed)
     per_task = min(v.n_evaluations for v in values.values())
     start = time.perf_counter()
-    held_out = {name: get_task(name, n=args.validation_n, length=args.length) if name == "induction"
-                else get_task(name, n=args.validation_n) for name in args.tasks}
+    held_out = {name: make_task(name, args.validation_n, args.length) for name in args.tasks}
     report = specificity(loaded, clusters, held_out, task_seed=1, max_rows=args.max_rows)
     validation_wall = time.perf_counter() - start
     for c in clusters.clusters:

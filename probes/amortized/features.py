@@ -158,7 +158,7 @@ def head_features(model, task, metric=None, *, ig_steps: int = IG_STEPS, max_row
     comps, adapter = loaded.components, loaded.adapter
     engine = AblationEngine(loaded, "heads", mode="zero")
     batch = batch.to(loaded.device)
-    gates = torch.ones(1, engine.n_players, requires_grad=True, device=loaded.device, dtype=torch.float32)
+    gates = torch.ones(1, engine.n_players, requires_grad=True, device=loaded.device)
     z, grad, attention = {}, {}, {}
     sign = 1.0 if getattr(metric, "higher_is_better", True) else -1.0
     dtype = next(loaded.model.parameters()).dtype
@@ -181,10 +181,10 @@ def head_features(model, task, metric=None, *, ig_steps: int = IG_STEPS, max_row
         logits = engine.logits(gates, batch)
         value = sign * metric(logits, batch)
         value.sum().backward()
-    features = _assemble(loaded, batch, gates.grad[0].detach().cpu().double().numpy(), z, grad, attention)
-    features.full_value = float(value.detach().sum())
     ig = gate_integrated_gradients(engine, batch, metric, steps=ig_steps, sign=sign, max_rows=max_rows)
-    _add_ig(features, ig, int(ig_steps))
+    features = _assemble(loaded, batch, gates.grad[0].detach().cpu().double().numpy(), z, grad, attention, ig)
+    features.full_value = float(value.detach().sum())
+    features.ig_steps = int(ig_steps)
     features.seconds = time.perf_counter() - start
     return features
 
@@ -205,17 +205,6 @@ def gate_integrated_gradients(engine: AblationEngine, batch: TokenBatch, metric,
         (sign * value).sum().backward()
         total += gates.grad.detach().double().sum(0).cpu()
     return (total / steps).numpy()
-
-
-def _add_ig(features: HeadFeatures, ig: np.ndarray, steps: int) -> None:
-    """Append the integrated-gradients columns (in HEAD_FEATURES order) to features.matrix."""
-    features.raw["ig"] = np.asarray(ig, dtype=float)
-    features.ig_steps = steps
-    scale = features.value_scale
-    extra = {"ig": features.raw["ig"] / scale, "abs_ig": np.abs(features.raw["ig"]) / scale,
-             "rank_ig": _percentile(features.raw["ig"])}
-    names = [name for name in HEAD_FEATURES if name in extra]
-    features.matrix = np.concatenate([features.matrix, np.stack([extra[n] for n in names], axis=1)], axis=1)
 
 
 def _attention_catcher(store: dict, layer: int, n_heads: int):
@@ -259,7 +248,7 @@ def _out_weights(loaded: LoadedModel, layer: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _assemble(loaded, batch: TokenBatch, ap_zero, z, grad, attention) -> HeadFeatures:
+def _assemble(loaded, batch: TokenBatch, ap_zero, z, grad, attention, ig) -> HeadFeatures:
     comps = loaded.components
     real = batch.attention_mask.to(torch.bool)                     # [B, T]
     w = real.double()
@@ -286,8 +275,9 @@ def _assemble(loaded, batch: TokenBatch, ap_zero, z, grad, attention) -> HeadFea
             attn_cols[key] += stats[key]
     raw = {k: np.asarray(v, dtype=float) for k, v in raw.items()}
     raw["ap_zero"] = np.asarray(ap_zero, dtype=float)
+    raw["ig"] = np.asarray(ig, dtype=float)
     layers = np.asarray(layers, dtype=int)
-    scale = _rms(raw["ap_zero"])
+    scale, ig_scale = _rms(raw["ap_zero"]), _rms(raw["ig"])
     columns = {
         "ap_zero": raw["ap_zero"] / scale, "ap_mean": raw["ap_mean"] / scale,
         "abs_ap_zero": np.abs(raw["ap_zero"]) / scale, "abs_ap_mean": np.abs(raw["ap_mean"]) / scale,
@@ -297,9 +287,9 @@ def _assemble(loaded, batch: TokenBatch, ap_zero, z, grad, attention) -> HeadFea
         "log_grad_norm": np.log(raw["grad_norm"] + 1e-12) - np.log(raw["grad_norm"] + 1e-12).mean(),
         **{k: np.asarray(v, dtype=float) for k, v in attn_cols.items()},
         "layer_position": layers / max(comps.n_layers - 1, 1),
+        "ig": raw["ig"] / ig_scale, "abs_ig": np.abs(raw["ig"]) / ig_scale, "rank_ig": _percentile(raw["ig"]),
     }
-    # The integrated-gradients columns come last; _add_ig appends them.
-    matrix = np.stack([columns[name] for name in HEAD_FEATURES if name in columns], axis=1)
+    matrix = np.stack([columns[name] for name in HEAD_FEATURES], axis=1)
     return HeadFeatures(names, layers, comps.n_layers, matrix, raw)
 
 

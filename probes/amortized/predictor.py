@@ -195,7 +195,8 @@ class ValuePredictor:
             raise ProbeError(f"{directory}: no readable config.json of a ValuePredictor ({error})") from error
         if config.get("format") != FORMAT or config.get("version") != VERSION:
             raise ProbeError(f"{directory}/config.json is not a ValuePredictor this version reads "
-                             f"(format={config.get('format')!r}, version={config.get('version')!r})")
+                             f"(format={config.get('format')!r}, version={config.get('version')!r}, this version writes "
+                             f"{VERSION}): retrain it with this version (features changed: integrated gradients)")
         if config["head_features"] != list(HEAD_FEATURES) or config["layer_features"] != list(LAYER_FEATURES):
             raise ProbeError(f"{directory}: trained on other features ({config['head_features']}); retrain it")
         out = cls(config["hidden"], config["epochs"], config["lr"], config["weight_decay"], config["loss"], config["seed"])

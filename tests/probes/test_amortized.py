@@ -158,6 +158,17 @@ def test_save_load_round_trip_gives_identical_predictions(tiny_llama, tmp_path):
     assert hv.matrix.shape == (3, 6) and hv.estimator == "amortized"
 
 
+def test_a_predictor_of_an_older_version_is_refused_with_the_fix(tiny_llama, tmp_path):
+    import json
+
+    feats = _features(tiny_llama, 2, seed0=30)
+    directory = ValuePredictor(hidden=(4,), epochs=5).fit_heads(feats, [_planted(f) for f in feats]).save(tmp_path / "p")
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "version": 1}))
+    with pytest.raises(ProbeError, match="version=1.*retrain it"):
+        ValuePredictor.load(directory)
+
+
 def test_training_is_deterministic_given_the_seed(tiny_llama):
     feats = _features(tiny_llama, 3, seed0=40)
     targets = [_planted(f) for f in feats]
