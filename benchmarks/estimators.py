@@ -37,6 +37,7 @@ BUDGET_MULTIPLIERS = (2, 5, 10, 20)
 # Our estimators as they run in the benchmark. Bootstrap stderrs are switched off for the
 # regression estimators: they cost time and do not change the estimate.
 OURS: dict[str, Callable] = {
+    "leverage_shap_krr": lambda game, budget, seed: get_estimator("leverage_shap_krr")(game, budget, seed=seed, n_bootstrap=0),
     "leverage_shap_size": lambda game, budget, seed: get_estimator("leverage_shap_size")(game, budget, seed=seed, n_bootstrap=0),
     "msr": lambda game, budget, seed: get_estimator("msr")(game, budget, seed=seed),
     "msr_linear": lambda game, budget, seed: get_estimator("msr")(game, budget, seed=seed, surrogate="linear"),

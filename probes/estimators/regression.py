@@ -134,7 +134,13 @@ def regression_shapley(
     n_rounds: int = 8,
     size_degree: int | None = None,
     name: str | None = None,
+    finish=None,
+    extra_settings: dict | None = None,
 ) -> Values:
+    """The shared loop of the regression estimators. `finish(run, units, n_sampled, rng)` may replace
+    the last round's linear estimate with a refined (phi, details), or return None to keep it
+    (kernel_ridge.py); earlier rounds, which only feed stopping criteria, and the bootstrap standard
+    errors stay linear."""
     n = game.n_players
     name = name or {"leverage": "leverage_shap", "kernel": "kernel_shap"}[distribution] + ("_size" if size_degree is not None else "")
     budget = require_budget(budget, n + 2, name, "v(empty), v(full) and n/2 complementary pairs to determine n values")
@@ -149,8 +155,15 @@ def regression_shapley(
         stderrs = _bootstrap(*args, n_bootstrap if last else min(n_bootstrap, 10), rng, size_degree)
         if should_stop(stop, run.ledger, phi, stderrs, round_number):
             break
-    settings = {"distribution": distribution, "n_bootstrap": n_bootstrap, "size_degree": size_degree, "budget": budget}
-    return make_values(game, run.ledger, name, phi, stderrs, settings=settings, seed=seed, details=run.details())
+    details = run.details()
+    if finish is not None:
+        refined = finish(run, units, n_sampled, rng)
+        if refined is not None:
+            phi, more = refined
+            details.update(more)
+    settings = {"distribution": distribution, "n_bootstrap": n_bootstrap, "size_degree": size_degree, "budget": budget,
+                **(extra_settings or {})}
+    return make_values(game, run.ledger, name, phi, stderrs, settings=settings, seed=seed, details=details)
 
 
 def _bootstrap(design, units, first_values, second_values, empty, full, n_sampled, n_bootstrap, rng, size_degree) -> np.ndarray:

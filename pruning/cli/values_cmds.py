@@ -115,7 +115,8 @@ def register(sub) -> None:
     add_model(p)
     add_task(p)
     p.add_argument("--estimator", default=None,
-                   help="estimator name (default: leverage_shap_size for heads, sliding_window for layers)")
+                   help="estimator name (default: probes.estimators.DEFAULT_ESTIMATOR for heads, "
+                        "sliding_window for layers)")
     p.add_argument("--budget", type=int, default=None,
                    help="coalition evaluations (default: 10 per head; the sliding window needs none)")
     p.add_argument("--window", type=int, default=None, help="window of the sliding-window layer values")
