@@ -9,7 +9,9 @@ valid design), so a long run can be taken further later: rerun with a larger --s
 
 --curve-only: read the stores of a finished run and add `seed_spearman_by_evaluations` to --out
 (the two seeds' agreement after each prefix of rounds; no model evaluation, every coalition is in
-the store), to see how agreement grows with the budget.
+the store), to see how agreement grows with the budget. --curve-estimator NAME replays the stores
+with another estimator that draws the same design (leverage_shap_size and leverage_shap_krr do);
+every curve lands in `seed_spearman_by_evaluations_by_estimator`.
 
 Writes benchmarks/results/head_values.json. Each seed streams its evaluations to its own store
 directory, so an interrupted run resumes (the JSON then says which seeds were resumed, and their
@@ -67,6 +69,8 @@ def main() -> None:
     parser.add_argument("--curve-only", action="store_true",
                         help="add the seed agreement per prefix of rounds to --out, from the stores only")
     parser.add_argument("--curve-step", type=int, default=4000, help="evaluations between points of the curve")
+    parser.add_argument("--curve-estimator", default=DEFAULT_ESTIMATOR,
+                        help="estimator the curve replays the stores with (one drawing the run's design)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -191,17 +195,21 @@ def add_agreement_curve(args, loaded, task) -> None:
         per_seed = []
         for seed in args.seeds:
             # No bootstrap: only the means enter the agreement, and a refit per round is enough work.
-            hv = head_values(loaded, task, budget=args.budget, seed=seed, store=store_path(args, seed),
-                             max_rows=args.max_rows, stop=MaxEvaluations(stop_at), n_rounds=args.rounds, n_bootstrap=0)
+            hv = head_values(loaded, task, estimator=args.curve_estimator, budget=args.budget, seed=seed,
+                             store=store_path(args, seed), max_rows=args.max_rows, stop=MaxEvaluations(stop_at),
+                             n_rounds=args.rounds, n_bootstrap=0)
             if hv.details["wall_evaluations_this_run"]:
-                raise SystemExit(f"seed {seed}: the store lacks evaluations below {stop_at}; finish the run first")
+                raise SystemExit(f"seed {seed}: the store lacks evaluations below {stop_at} (or {args.curve_estimator} "
+                                 "draws another design); finish the run first")
             per_seed.append(hv)
         rho = float(spearmanr(per_seed[0].means, per_seed[1].means).statistic)
         top = [{name for name, _ in v.top_k(10)} for v in per_seed]
         curve.append({"evaluations": int(np.mean([v.n_evaluations for v in per_seed])), "seed_spearman": round(rho, 4),
                       "top10_overlap": len(top[0] & top[1])})
         print(curve[-1], flush=True)
-    result["seed_spearman_by_evaluations"] = curve
+    result.setdefault("seed_spearman_by_evaluations_by_estimator", {})[args.curve_estimator] = curve
+    if args.curve_estimator == result["settings"]["estimator"]:
+        result["seed_spearman_by_evaluations"] = curve
     out.write_text(json.dumps(result, indent=2) + "\n")
 
 
