@@ -11,7 +11,8 @@ valid design), so a long run can be taken further later: rerun with a larger --s
 (the two seeds' agreement after each prefix of rounds; no model evaluation, every coalition is in
 the store), to see how agreement grows with the budget. --curve-estimator NAME replays the stores
 with another estimator that draws the same design (leverage_shap_size and leverage_shap_krr do);
-every curve lands in `seed_spearman_by_evaluations_by_estimator`.
+every curve lands in `seed_spearman_by_evaluations_by_estimator`, with each prefix's relative L2
+error against the other seed's full run.
 
 Writes benchmarks/results/head_values.json. Each seed streams its evaluations to its own store
 directory, so an interrupted run resumes (the JSON then says which seeds were resumed, and their
@@ -190,7 +191,7 @@ def add_agreement_curve(args, loaded, task) -> None:
         raise SystemExit("--curve-only needs the run's --stop-at (and --budget, --rounds) to replay its rounds")
     unit = 2 * (args.budget // 2 // args.rounds)  # evaluations per round, roughly
     step = max(unit, args.curve_step // unit * unit)
-    curve = []
+    curve, means = [], []
     for stop_at in list(range(step, args.stop_at, step)) + [args.stop_at]:
         per_seed = []
         for seed in args.seeds:
@@ -206,7 +207,14 @@ def add_agreement_curve(args, loaded, task) -> None:
         top = [{name for name, _ in v.top_k(10)} for v in per_seed]
         curve.append({"evaluations": int(np.mean([v.n_evaluations for v in per_seed])), "seed_spearman": round(rho, 4),
                       "top10_overlap": len(top[0] & top[1])})
+        means.append([v.means.ravel() for v in per_seed])
         print(curve[-1], flush=True)
+    # Error of each prefix against the other seed's full run (independent noise), mean over the seeds.
+    final = means[-1]
+    for point, (first, second) in zip(curve, means):
+        errors = [np.linalg.norm(first - final[1]) / np.linalg.norm(final[1]),
+                  np.linalg.norm(second - final[0]) / np.linalg.norm(final[0])]
+        point["error_vs_other_seed_final"] = round(float(np.mean(errors)), 4)
     result.setdefault("seed_spearman_by_evaluations_by_estimator", {})[args.curve_estimator] = curve
     if args.curve_estimator == result["settings"]["estimator"]:
         result["seed_spearman_by_evaluations"] = curve

@@ -15,16 +15,20 @@ fitted function's Shapley values exactly, and refits the linear model on what is
    each side precede the player in a random order (`center_shapley_tables`, O(n^3) once).
 3. Ridge penalty by generalized cross-validation; the kernel model is used only when GCV prefers
    it to no kernel at all, so a game the linear model already explains costs nothing in accuracy.
-   More than `max_centers` pairs: a random subset of them are the centres (Nystroem).
+   More than `max_centers` pairs: an evenly spaced subset of the (randomly ordered) pairs are the
+   centres (Nystroem).
 4. g = the fitted odd function; phi = phi(g) + Leverage SHAP of v - g (with g's endpoints, so
    efficiency holds exactly).
 
 Measured in benchmarks/estimators.py: at 10 n its error is below Leverage SHAP's on every game
-and far below it where interactions are dense (the saturating score game). At 2n-5n there are too
-few pairs beyond the linear fit's n unknowns and GCV falls back to Leverage SHAP.
+and far below it where interactions are dense (the saturating score game: 0.21 -> 0.14). At
+2n-5n there are too few pairs beyond the linear fit's n unknowns and GCV falls back to Leverage
+SHAP. On SmolLM2's 270 heads the gain is small (benchmarks/head_values.py --curve-only): what the
+linear model misses there is not smooth in the Hamming geometry this kernel assumes.
 
-Rounds before the last (for stopping criteria) use the plain linear fit; the kernel fit, an SVD
-of a pairs x centres matrix, runs once on everything evaluated. Standard errors are Leverage
+Rounds before the last (for stopping criteria) use the plain linear fit; the kernel fit runs once
+on everything evaluated (memory O(centres^2): the pairs x centres features are accumulated in
+blocks; about a minute for 20,000 pairs and 3,000 centres on two cores). Standard errors are Leverage
 SHAP's (bootstrap of the linear fit over sampled pairs): a bootstrap of the refit with g held fixed
 was 3-20x too small (g is fitted to the same pairs), and refitting g per replicate costs a kernel
 fit each; measured in tests/probes/test_estimators.py, they overstate the error (conservative).
@@ -41,6 +45,7 @@ from probes.stopping import StoppingCriterion
 from probes.values import Values
 
 GCV_PENALTIES = np.logspace(-6, 2, 17)  # ridge penalties tried, relative to the largest eigenvalue
+CHUNK_ROWS = 4096  # pairs per block of kernel features
 
 
 def _log_comb(n, k):
@@ -99,25 +104,33 @@ class OddKernelModel:
         return (at(self.centers) - at(~self.centers)) / 2
 
 
-def fit_odd_kernel(coalitions: np.ndarray, residual: np.ndarray, gamma: float, max_centers: int,
-                   rng: np.random.Generator) -> OddKernelModel | None:
+def fit_odd_kernel(coalitions: np.ndarray, residual: np.ndarray, gamma: float, max_centers: int) -> OddKernelModel | None:
     """Kernel ridge fit of `residual` (one odd value per pair) with the penalty chosen by GCV;
-    None when GCV prefers no kernel model at all."""
+    None when GCV prefers no kernel model at all. Above max_centers pairs, every (m / max_centers)-th
+    pair is a centre: the pairs come in random order, and the choice does not depend on how many
+    random numbers other steps (the bootstrap) drew, so the values depend only on the seed."""
     m, n = coalitions.shape
-    centers = coalitions if m <= max_centers else coalitions[np.sort(rng.choice(m, max_centers, replace=False))]
+    centers = coalitions if m <= max_centers else coalitions[np.linspace(0, m - 1, max_centers).round().astype(int)]
     model = OddKernelModel(n, gamma, centers, np.zeros(len(centers)))
-    # Nystroem features: Phi Phi' = K_nc K_cc^+ K_cn (= K when every pair is a centre).
+    # Nystroem features: Phi Phi' = K_nc K_cc^+ K_cn (= K when every pair is a centre). Only Phi'Phi
+    # and Phi'r are kept, accumulated over chunks of pairs, so memory is O(centres^2) at any budget.
     eigenvalues, eigenvectors = np.linalg.eigh(model.gram(centers))
     keep = eigenvalues > 1e-10 * max(eigenvalues.max(), 1e-300)
     to_alpha = eigenvectors[:, keep] / np.sqrt(eigenvalues[keep])
-    features = model.gram(coalitions) @ to_alpha
-    left, singular, right_t = np.linalg.svd(features, full_matrices=False)
-    projection = left.T @ residual
+    normal, cross = np.zeros((keep.sum(), keep.sum())), np.zeros(keep.sum())
+    for start in range(0, m, CHUNK_ROWS):
+        features = model.gram(coalitions[start:start + CHUNK_ROWS]) @ to_alpha
+        normal += features.T @ features
+        cross += features.T @ residual[start:start + CHUNK_ROWS]
+    squares, right = np.linalg.eigh(normal)  # squared singular values of Phi, right singular vectors
+    kept = squares > 1e-12 * max(squares.max(), 1e-300)
+    squares, right = squares[kept], right[:, kept]
+    projection = right.T @ cross / np.sqrt(squares)  # left singular vectors' coordinates of the residual
     outside_span = residual @ residual - projection @ projection
     best_gcv, best_penalty = np.mean(residual**2), None  # the "no kernel" model
     for relative in GCV_PENALTIES:
-        penalty = relative * singular.max() ** 2
-        shrink = singular**2 / (singular**2 + penalty)
+        penalty = relative * squares.max()
+        shrink = squares / (squares + penalty)
         rss = outside_span + np.sum(((1 - shrink) * projection) ** 2)
         dof = shrink.sum()
         if dof >= m - 1:
@@ -127,7 +140,7 @@ def fit_odd_kernel(coalitions: np.ndarray, residual: np.ndarray, gamma: float, m
             best_gcv, best_penalty = gcv, penalty
     if best_penalty is None:
         return None
-    weights = right_t.T @ (singular / (singular**2 + best_penalty) * projection)
+    weights = right @ (np.sqrt(squares) / (squares + best_penalty) * projection)
     model.alpha = to_alpha @ weights
     return model
 
@@ -141,13 +154,13 @@ def _odd_linear(coalitions: np.ndarray, coef: np.ndarray, n: int, size_degree: i
 def kernel_finish(gamma: float, max_centers: int, size_degree: int):
     """The last step of regression_shapley for this estimator: kernel fit, exact values, refit."""
 
-    def finish(run, units, n_sampled, rng):
+    def finish(run, units, n_sampled):
         design, n = run.design, run.design.n
         first, second = run.first_values, run.second_values
         coef = fit_linear(design, units, first, second, run.empty, run.full, n_sampled, size_degree)
         coalitions = design.first[units]
         residual = (first[units] - second[units]) / 2 - _odd_linear(coalitions, coef, n, size_degree)
-        model = fit_odd_kernel(coalitions, residual, gamma, max_centers, rng) if len(units) > n + size_degree + 2 else None
+        model = fit_odd_kernel(coalitions, residual, gamma, max_centers) if len(units) > n + size_degree + 2 else None
         if model is None:
             return None
         g = np.zeros(len(first))

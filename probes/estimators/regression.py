@@ -137,7 +137,7 @@ def regression_shapley(
     finish=None,
     extra_settings: dict | None = None,
 ) -> Values:
-    """The shared loop of the regression estimators. `finish(run, units, n_sampled, rng)` may replace
+    """The shared loop of the regression estimators. `finish(run, units, n_sampled)` may replace
     the last round's linear estimate with a refined (phi, details), or return None to keep it
     (kernel_ridge.py); earlier rounds, which only feed stopping criteria, and the bootstrap standard
     errors stay linear."""
@@ -157,7 +157,7 @@ def regression_shapley(
             break
     details = run.details()
     if finish is not None:
-        refined = finish(run, units, n_sampled, rng)
+        refined = finish(run, units, n_sampled)
         if refined is not None:
             phi, more = refined
             details.update(more)
