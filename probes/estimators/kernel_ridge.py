@@ -20,7 +20,7 @@ fitted function's Shapley values exactly, and refits the linear model on what is
 4. g = the fitted odd function; phi = phi(g) + Leverage SHAP of v - g (with g's endpoints, so
    efficiency holds exactly).
 
-Measured in benchmarks/estimators.py: at 10 n its error is below Leverage SHAP's on every game
+Measured in benchmarks/estimators.py: at 10 n its error is below leverage_shap_size's on every game
 and far below it where interactions are dense (the saturating score game: 0.21 -> 0.14). At
 2n-5n there are too few pairs beyond the linear fit's n unknowns and GCV falls back to Leverage
 SHAP. On SmolLM2's 270 heads the gain is small (benchmarks/head_values.py --curve-only): what the
