@@ -45,6 +45,8 @@ from probes.tasks import get_task  # noqa: E402
 from task_stores import store_name  # noqa: E402  (benchmarks/ is on the path)
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Estimators drawing the same paired leverage design for a seed and budget, so one's store replays under another.
+SAME_DESIGN = ("leverage_shap", "leverage_shap_size", "leverage_shap_krr")
 
 
 def main() -> None:
@@ -70,8 +72,8 @@ def main() -> None:
     parser.add_argument("--curve-only", action="store_true",
                         help="add the seed agreement per prefix of rounds to --out, from the stores only")
     parser.add_argument("--curve-step", type=int, default=4000, help="evaluations between points of the curve")
-    parser.add_argument("--curve-estimator", default=DEFAULT_ESTIMATOR,
-                        help="estimator the curve replays the stores with (one drawing the run's design)")
+    parser.add_argument("--curve-estimator", default=DEFAULT_ESTIMATOR, choices=SAME_DESIGN,
+                        help="estimator the curve replays the stores with: one that draws the run's design")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -186,6 +188,9 @@ def add_agreement_curve(args, loaded, task) -> None:
     from scipy.stats import spearmanr
 
     out = Path(args.out)
+    if not out.is_file():
+        raise SystemExit(f"--curve-only adds to the results of a finished run, and {out} does not exist: run without "
+                         "--curve-only first (or pass its --out)")
     result = json.loads(out.read_text())
     if args.stop_at is None:
         raise SystemExit("--curve-only needs the run's --stop-at (and --budget, --rounds) to replay its rounds")
@@ -195,14 +200,16 @@ def add_agreement_curve(args, loaded, task) -> None:
     for stop_at in list(range(step, args.stop_at, step)) + [args.stop_at]:
         per_seed = []
         for seed in args.seeds:
+            def refuse(computed, seed=seed, stop_at=stop_at):
+                # Called after the first chunk the store lacked is evaluated: stop there, not hours later.
+                if computed:
+                    raise SystemExit(f"seed {seed}: the store lacks evaluations below {stop_at}, or {args.curve_estimator} "
+                                     "draws another design than the run's; finish the run first")
+
             # No bootstrap: only the means enter the agreement, and a refit per round is enough work.
-            hv = head_values(loaded, task, estimator=args.curve_estimator, budget=args.budget, seed=seed,
-                             store=store_path(args, seed), max_rows=args.max_rows, stop=MaxEvaluations(stop_at),
-                             n_rounds=args.rounds, n_bootstrap=0)
-            if hv.details["wall_evaluations_this_run"]:
-                raise SystemExit(f"seed {seed}: the store lacks evaluations below {stop_at} (or {args.curve_estimator} "
-                                 "draws another design); finish the run first")
-            per_seed.append(hv)
+            per_seed.append(head_values(loaded, task, estimator=args.curve_estimator, budget=args.budget, seed=seed,
+                                        store=store_path(args, seed), max_rows=args.max_rows, progress=refuse,
+                                        stop=MaxEvaluations(stop_at), n_rounds=args.rounds, n_bootstrap=0))
         rho = float(spearmanr(per_seed[0].means, per_seed[1].means).statistic)
         top = [{name for name, _ in v.top_k(10)} for v in per_seed]
         curve.append({"evaluations": int(np.mean([v.n_evaluations for v in per_seed])), "seed_spearman": round(rho, 4),

@@ -4,7 +4,8 @@
 
 The reference is the mean of the two 40,000-evaluation induction runs of benchmarks/head_values.py
 (replayed from their stores, bfloat16; run that benchmark first). Each estimator and budget runs
-with --seeds seeds on the same batch, each with its own fresh store under --store-dir/low_budget.
+with --seeds seeds on the same batch, each with its own store under --store-dir/low_budget (a rerun
+replays it: `seconds` then times the replay, and `evaluated_now` says how many were computed).
 Reported per estimator and budget, mean over seeds: relative L2 error and Spearman against the
 reference, and how many of the reference's 27 lowest-valued heads (the 10% that `surgery run`
 removes) the estimate also puts in its lowest 27. Writes benchmarks/results/low_budget.json.
@@ -24,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probes.estimators import DEFAULT_ESTIMATOR, estimate  # noqa: E402
-from probes.model_game import model_game  # noqa: E402
+from probes.estimators import DEFAULT_ESTIMATOR  # noqa: E402
+from probes.head_values import head_values  # noqa: E402
 from task_stores import make_task, store_name  # noqa: E402  (benchmarks/ is on the path)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "low_budget.json"
@@ -52,16 +53,15 @@ def main() -> None:
         raise SystemExit(f"no reference store at {missing}: run benchmarks/head_values.py --budget 40000 --stop-at 40000 "
                          "--dtype bfloat16 first")
     loaded = surgery.load(args.model, dtype=torch.bfloat16)
-    batch = make_task("induction", args.n).batch(loaded.tokenizer, seed=0)
+    task = make_task("induction", args.n)
 
-    def game(store: Path):
-        g = model_game(loaded, batch.tokens, batch.metric(), "heads", store=store,
-                       task_name=f"{batch.task}:{batch.default_metric}", max_rows=128)
-        g.batch_size = 128  # chunks, so the store persists as it goes
-        return g
+    def values(store: Path, estimator: str, budget: int, seed: int):
+        settings = {} if estimator == "permutation" else {"n_bootstrap": 0}
+        return head_values(loaded, task, estimator=estimator, budget=budget, seed=seed, store=store,
+                           max_rows=128, **settings)
 
-    reference = np.mean([estimate(game(store), budget=40000, seed=s, n_bootstrap=0).means
-                         for s, store in enumerate(references)], axis=0)
+    reference = np.mean([values(store, DEFAULT_ESTIMATOR, 40000, s).means.ravel() for s, store in enumerate(references)],
+                        axis=0)
     removed = set(np.argsort(reference)[:27])
     rows = []
     for estimator in ("permutation", DEFAULT_ESTIMATOR):
@@ -69,13 +69,14 @@ def main() -> None:
             per_seed = []
             for seed in range(args.seeds):
                 store = root / "low_budget" / f"induction-n{args.n}-bfloat16-{estimator}-b{budget}-seed{seed}"
-                settings = {} if estimator == "permutation" else {"n_bootstrap": 0}
                 start = time.perf_counter()
-                means = estimate(game(store), budget=budget, seed=seed, estimator=estimator, **settings).means
+                hv = values(store, estimator, budget, seed)
+                means = hv.means.ravel()
                 per_seed.append({"relative_l2": float(np.linalg.norm(means - reference) / np.linalg.norm(reference)),
                                  "spearman": float(spearmanr(means, reference).statistic),
                                  "lowest27_overlap": len(set(np.argsort(means)[:27]) & removed),
-                                 "seconds": round(time.perf_counter() - start, 1)})
+                                 "seconds": round(time.perf_counter() - start, 1),
+                                 "evaluated_now": hv.details["wall_evaluations_this_run"]})  # the rest from the store
             row = {"estimator": estimator, "budget": budget, "per_head": round(budget / 270, 2), "seeds": per_seed}
             row.update({k: float(np.mean([s[k] for s in per_seed])) for k in ("relative_l2", "spearman", "lowest27_overlap")})
             rows.append(row)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import gammaln
 
+from probes.errors import ProbeError
 from probes.estimators.regression import fit_linear, regression_shapley, size_basis
 from probes.game import Game
 from probes.stopping import StoppingCriterion
@@ -116,6 +117,8 @@ def fit_odd_kernel(coalitions: np.ndarray, residual: np.ndarray, gamma: float, m
     # and Phi'r are kept, accumulated over chunks of pairs, so memory is O(centres^2) at any budget.
     eigenvalues, eigenvectors = np.linalg.eigh(model.gram(centers))
     keep = eigenvalues > 1e-10 * max(eigenvalues.max(), 1e-300)
+    if not keep.any():
+        return None  # the kernel is zero on these pairs: nothing to fit
     to_alpha = eigenvectors[:, keep] / np.sqrt(eigenvalues[keep])
     normal, cross = np.zeros((keep.sum(), keep.sum())), np.zeros(keep.sum())
     for start in range(0, m, CHUNK_ROWS):
@@ -124,6 +127,8 @@ def fit_odd_kernel(coalitions: np.ndarray, residual: np.ndarray, gamma: float, m
         cross += features.T @ residual[start:start + CHUNK_ROWS]
     squares, right = np.linalg.eigh(normal)  # squared singular values of Phi, right singular vectors
     kept = squares > 1e-12 * max(squares.max(), 1e-300)
+    if not kept.any():
+        return None
     squares, right = squares[kept], right[:, kept]
     projection = right.T @ cross / np.sqrt(squares)  # left singular vectors' coordinates of the residual
     outside_span = residual @ residual - projection @ projection
@@ -154,10 +159,9 @@ def _odd_linear(coalitions: np.ndarray, coef: np.ndarray, n: int, size_degree: i
 def kernel_finish(gamma: float, max_centers: int, size_degree: int):
     """The last step of regression_shapley for this estimator: kernel fit, exact values, refit."""
 
-    def finish(run, units, n_sampled):
+    def finish(run, units, n_sampled, coef):
         design, n = run.design, run.design.n
         first, second = run.first_values, run.second_values
-        coef = fit_linear(design, units, first, second, run.empty, run.full, n_sampled, size_degree)
         coalitions = design.first[units]
         residual = (first[units] - second[units]) / 2 - _odd_linear(coalitions, coef, n, size_degree)
         model = fit_odd_kernel(coalitions, residual, gamma, max_centers) if len(units) > n + size_degree + 2 else None
@@ -178,6 +182,10 @@ def leverage_shap_krr(game: Game, budget: int, seed: int | None = None, stop: St
     """Leverage SHAP with size covariates plus an exact-valued kernel-ridge surrogate of the residual
     (module docstring). Same design and evaluations as leverage_shap_size for the same seed and
     budget, so it can re-value a store that estimator filled without a new evaluation."""
+    if not gamma > 0:
+        raise ProbeError(f"leverage_shap_krr: gamma must be > 0 (the kernel's inverse width), got {gamma}")
+    if int(max_centers) < 1:
+        raise ProbeError(f"leverage_shap_krr: max_centers must be >= 1, got {max_centers}")
     return regression_shapley(game, budget, seed, stop, distribution="leverage", size_degree=size_degree,
                               name="leverage_shap_krr", finish=kernel_finish(gamma, max_centers, size_degree),
                               extra_settings={"gamma": gamma, "max_centers": max_centers}, **settings)

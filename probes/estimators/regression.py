@@ -137,10 +137,10 @@ def regression_shapley(
     finish=None,
     extra_settings: dict | None = None,
 ) -> Values:
-    """The shared loop of the regression estimators. `finish(run, units, n_sampled)` may replace
-    the last round's linear estimate with a refined (phi, details), or return None to keep it
-    (kernel_ridge.py); earlier rounds, which only feed stopping criteria, and the bootstrap standard
-    errors stay linear."""
+    """The shared loop of the regression estimators. `finish(run, units, n_sampled, coef)` may replace
+    the last round's linear estimate (coef: that fit, size terms included) with a refined
+    (phi, details), or return None to keep it (kernel_ridge.py); earlier rounds, which only feed
+    stopping criteria, and the bootstrap standard errors stay linear."""
     n = game.n_players
     name = name or {"leverage": "leverage_shap", "kernel": "kernel_shap"}[distribution] + ("_size" if size_degree is not None else "")
     budget = require_budget(budget, n + 2, name, "v(empty), v(full) and n/2 complementary pairs to determine n values")
@@ -151,13 +151,14 @@ def regression_shapley(
     for round_number, units, last in run.rounds(n_rounds):
         n_sampled = int(run.design.sampled[units].sum())
         args = (run.design, units, run.first_values, run.second_values, run.empty, run.full, n_sampled)
-        phi = fit_linear(*args, size_degree)[:n]
+        coef = fit_linear(*args, size_degree)
+        phi = coef[:n]
         stderrs = _bootstrap(*args, n_bootstrap if last else min(n_bootstrap, 10), rng, size_degree)
         if should_stop(stop, run.ledger, phi, stderrs, round_number):
             break
     details = run.details()
     if finish is not None:
-        refined = finish(run, units, n_sampled)
+        refined = finish(run, units, n_sampled, coef)
         if refined is not None:
             phi, more = refined
             details.update(more)

@@ -1,7 +1,9 @@
 """leverage_shap_krr: exact Shapley values of the kernel surrogate, fallback, shared design, accuracy."""
 
 import numpy as np
+import pytest
 
+from probes.errors import ProbeError
 from probes.estimators import get_estimator
 from probes.estimators.exact import exact_shapley
 from probes.estimators.kernel_ridge import OddKernelModel, center_shapley_tables, hamming_rbf
@@ -74,3 +76,11 @@ def test_same_seed_same_values_whatever_the_bootstrap_and_centres_are_capped():
     assert np.array_equal(a.means, b.means)
     assert a.details["kernel_centers"] == 50
     assert abs(a.efficiency_gap) < 1e-8
+
+
+@pytest.mark.parametrize("settings", [{"gamma": 0.0}, {"gamma": -1.0}, {"max_centers": 0}])
+def test_bad_settings_are_refused_before_any_evaluation(settings):
+    game = soum_game(12, seed=0).game
+    with pytest.raises(ProbeError, match="gamma must be > 0|max_centers must be >= 1"):
+        get_estimator("leverage_shap_krr")(game, 240, seed=0, **settings)
+    assert game.n_evaluations == 0
