@@ -70,3 +70,26 @@ class TokenBatch:
         tgt = input_ids[:, 1:].clone()
         tgt[attention_mask[:, 1:] == 0] = -100
         return cls(input_ids, attention_mask, pos, tgt)
+
+
+def concat_batches(batches) -> TokenBatch:
+    """One batch holding every row of `batches` (right-padded to the longest; extra score positions
+    of shorter rows repeat their last position with target -100, so no metric reads them)."""
+    batches = [batches] if isinstance(batches, TokenBatch) else list(batches)
+    if not batches:
+        raise SurgeryError("no batches to join: give at least one TokenBatch")
+    if len(batches) == 1:
+        return batches[0]
+    T = max(b.input_ids.shape[1] for b in batches)
+    P = max(b.score_positions.shape[1] for b in batches)
+    with_targets = all(b.targets is not None for b in batches)
+    ids, masks, positions, targets = [], [], [], []
+    for b in batches:
+        pad_t, pad_p = T - b.input_ids.shape[1], P - b.score_positions.shape[1]
+        ids.append(torch.nn.functional.pad(b.input_ids, (0, pad_t)))
+        masks.append(torch.nn.functional.pad(b.attention_mask, (0, pad_t)))
+        positions.append(torch.cat([b.score_positions, b.score_positions[:, -1:].expand(-1, pad_p)], 1))
+        if with_targets:
+            targets.append(torch.nn.functional.pad(b.targets, (0, pad_p), value=-100))
+    return TokenBatch(torch.cat(ids), torch.cat(masks), torch.cat(positions),
+                      torch.cat(targets) if with_targets else None)

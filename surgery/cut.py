@@ -39,6 +39,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
+from surgery.batch import TokenBatch
+from surgery.compensation import enable_output_bias, fold_head_means, head_means
 from surgery.components import ComponentIndex
 from surgery.errors import SurgeryError
 from surgery.loading import LoadedModel, load
@@ -50,11 +52,14 @@ EMPTY_LAYERS = ("error", "keep_zeroed_head")
 
 
 def remove_heads(loaded_or_model, heads, *, copy: bool = True, partial_groups: str = "share",
-                 empty_layers: str = "error") -> LoadedModel:
+                 empty_layers: str = "error", compensate_with: TokenBatch | None = None) -> LoadedModel:
     """Physically remove attention heads. `heads`: names ["L1.H3", ...] or {layer: [head, ...]}.
 
     Returns a new LoadedModel (the input is untouched when copy=True) whose components are
     renumbered: the kept heads of each layer are H0.. in their original order.
+    compensate_with: a calibration batch; the removed heads' mean output over its real tokens is
+    folded into the output-projection bias, so the cut model equals mean ablation
+    (`AblationEngine(mode="mean", reference=compensate_with)`) instead of zero ablation.
     """
     if partial_groups not in PARTIAL_GROUPS:
         raise SurgeryError(f"partial_groups={partial_groups!r}: use one of {PARTIAL_GROUPS}")
@@ -70,13 +75,18 @@ def remove_heads(loaded_or_model, heads, *, copy: bool = True, partial_groups: s
     for layer, dropped in sorted(drop.items()):
         plans[layer] = _plan_layer(comps, layer, dropped, partial_groups, empty_layers)
 
+    means = head_means(loaded, drop, compensate_with) if compensate_with is not None else None
     model = copy_module.deepcopy(loaded.model) if copy else loaded.model
     adapter = loaded.adapter
+    if means is not None:
+        enable_output_bias(model, adapter)
     blocks = adapter.blocks(model)
     n_q, n_kv = list(comps.n_heads), list(comps.n_kv_heads)
     kv_maps = dict(comps.kv_maps)
     with torch.no_grad():
         for layer, (keep_q, kv_src, kv_map, placeholder) in plans.items():
+            if means is not None:
+                fold_head_means(blocks[layer], adapter, comps.head_dim, drop[layer], means[layer])
             _cut_layer(blocks[layer], adapter, comps, layer, keep_q, kv_src, kv_map, placeholder)
             n_q[layer], n_kv[layer] = len(keep_q), len(kv_src)
             kv_maps.pop(layer, None)
@@ -87,19 +97,26 @@ def remove_heads(loaded_or_model, heads, *, copy: bool = True, partial_groups: s
                        f"{loaded.source} [heads removed: {sum(len(h) for h in drop.values())}]")
 
 
-def mask_heads(loaded_or_model, heads, *, copy: bool = True) -> LoadedModel:
+def mask_heads(loaded_or_model, heads, *, copy: bool = True, compensate_with: TokenBatch | None = None
+               ) -> LoadedModel:
     """The MASKED variant: zero the heads' output-projection columns. Same size, loads anywhere.
 
-    Numerically what zero-ablation does; the file does not shrink. The masked head names are
-    recorded in `config.surgery_masked_heads` so an export says what it is.
+    Numerically what zero-ablation does (mean ablation with `compensate_with`, as in remove_heads);
+    the file does not shrink. The masked head names are recorded in `config.surgery_masked_heads`
+    so an export says what it is.
     """
     loaded = load(loaded_or_model)
     comps, adapter = loaded.components, loaded.adapter
     drop = _heads_by_layer(comps, heads)
+    means = head_means(loaded, drop, compensate_with) if compensate_with is not None else None
     model = copy_module.deepcopy(loaded.model) if copy else loaded.model
+    if means is not None:
+        enable_output_bias(model, adapter)
     blocks = adapter.blocks(model)
     with torch.no_grad():
         for layer, dropped in drop.items():
+            if means is not None:
+                fold_head_means(blocks[layer], adapter, comps.head_dim, dropped, means[layer])
             proj = blocks[layer].get_submodule(adapter.attn_out_proj)
             for head in dropped:
                 _zero_out_columns(proj, adapter, head, comps.head_dim)

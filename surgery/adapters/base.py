@@ -39,6 +39,9 @@ class ArchitectureAdapter:
     kv_heads_attr: str | None = None
     # Whether the family is a decoder scored by next-token logits (False: masked LM encoder).
     causal: bool = True
+    # Config flag that gives the attention projections biases when the output projection has none
+    # (compensated removal writes a bias there; None: the output projection always has one).
+    attn_bias_attr: str | None = None
 
     def get(self, root: nn.Module, path: str) -> nn.Module:
         return root.get_submodule(path)

@@ -10,4 +10,5 @@ ADAPTER = ArchitectureAdapter(
     mlp_out="mlp",
     qkv_layout="fused_interleaved",
     qkv_paths=("attention.query_key_value",),
+    attn_bias_attr="attention_bias",
 )

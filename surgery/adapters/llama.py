@@ -12,4 +12,5 @@ ADAPTER = ArchitectureAdapter(
     qkv_layout="separate",
     qkv_paths=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
     kv_heads_attr="num_key_value_heads",
+    attn_bias_attr="attention_bias",
 )
