@@ -12,16 +12,25 @@ from typing import Iterable
 from pruning.errors import PruningError
 from pruning.plan import PruningPlan
 from pruning.sparsity import input_norms, sparsify
-from surgery.batch import TokenBatch
+from surgery.batch import TokenBatch, concat_batches
 from surgery.cut import mask_heads, remove_heads, remove_layers
 from surgery.loading import LoadedModel
 
 
 def apply_plan(loaded: LoadedModel, plan: PruningPlan, *, calibration: Iterable[TokenBatch] | None = None,
                check_model: bool = True) -> tuple[LoadedModel, dict]:
-    """A pruned copy of `loaded` (the original is untouched) and a report of what was done."""
+    """A pruned copy of `loaded` (the original is untouched) and a report of what was done.
+
+    calibration: TokenBatches for Wanda statistics and, when the plan's removal_mode is
+    "mean_compensated", the tokens whose mean head outputs go into the output biases (joined into
+    one batch: the pruned model then equals AblationEngine(mode="mean", reference=that batch) with
+    the plan's heads ablated). The means are taken on the model the heads are cut from (after any
+    sparsity of the same plan).
+    """
     if check_model:
         plan.check_model(loaded)
+    if calibration is not None and not isinstance(calibration, TokenBatch):
+        calibration = list(calibration)  # read twice: Wanda and compensation
     work = LoadedModel(copy.deepcopy(loaded.model), loaded.tokenizer, loaded.adapter, loaded.components,
                        loaded.source)
     report: dict = {}
@@ -30,15 +39,22 @@ def apply_plan(loaded: LoadedModel, plan: PruningPlan, *, calibration: Iterable[
         if plan.sparsity_method == "wanda":
             if calibration is None:
                 raise PruningError("Wanda sparsity needs calibration batches (text the model should keep handling)")
-            norms = input_norms(work, calibration)
+            norms = input_norms(work, [calibration] if isinstance(calibration, TokenBatch) else calibration)
         report["sparsity"] = sparsify(work, plan.sparsity, plan.sparsity_method or "magnitude", norms,
                                       tuple(plan.n_m) if plan.n_m else None)
     dropped = set(plan.layers)
     heads = [h for h in plan.heads if int(h.split(".")[0][1:]) not in dropped]
     if heads:
         cut = remove_heads if plan.head_removal == "physical" else mask_heads
-        work = cut(work, heads, copy=False)
-        report["heads"] = {"removed" if plan.head_removal == "physical" else "masked": heads}
+        reference = None
+        if plan.removal_mode == "mean_compensated":
+            if calibration is None:
+                raise PruningError("this plan removes heads with mean compensation, which needs calibration tokens "
+                                   "(calibration=TokenBatch or text; `surgery prune --text FILE` or the built-in text)")
+            reference = concat_batches(calibration)
+        work = cut(work, heads, copy=False, compensate_with=reference)
+        report["heads"] = {"removed" if plan.head_removal == "physical" else "masked": heads,
+                           "removal_mode": plan.removal_mode}
     if plan.layers:
         work = remove_layers(work, plan.layers, copy=False)
         report["layers"] = {"removed": list(plan.layers)}

@@ -69,11 +69,13 @@ def forward_seconds(loaded: LoadedModel, batch: TokenBatch, repeats: int = 3) ->
 
 
 @torch.inference_mode()
-def masked_logits(loaded: LoadedModel, plan, batch: TokenBatch) -> torch.Tensor:
+def masked_logits(loaded: LoadedModel, plan, batch: TokenBatch, calibration: TokenBatch | None = None
+                  ) -> torch.Tensor:
     """Logits [B, P, V] of the ORIGINAL model with the plan's heads and layers ablated by hooks.
 
     This is what a physically cut export must reproduce (zero ablation of a head = its output
-    columns removed; a skipped layer = the block removed). Sparsity has no hook equivalent.
+    columns removed; a skipped layer = the block removed; a mean-compensated plan = mean ablation
+    with `calibration` as the reference batch). Sparsity has no hook equivalent.
     """
     if plan.sparsity:
         raise ValueError("masked_logits covers head and layer removal; compare sparsity against apply_plan")
@@ -81,7 +83,10 @@ def masked_logits(loaded: LoadedModel, plan, batch: TokenBatch) -> torch.Tensor:
     players = [h for h in plan.heads if int(h.split(".")[0][1:]) not in dropped] + [f"L{l}" for l in plan.layers]
     if not players:
         return plain_logits(loaded.model, batch)
-    engine = AblationEngine(loaded, players)
+    mode = "mean" if getattr(plan, "removal_mode", "zero") == "mean_compensated" else "zero"
+    if mode == "mean" and calibration is None:
+        raise ValueError("a mean-compensated plan is mean ablation: pass the calibration batch it was exported with")
+    engine = AblationEngine(loaded, players, mode=mode, reference=calibration)
     return engine.logits(torch.zeros(1, len(players), dtype=torch.bool), batch)[0]
 
 

@@ -1,43 +1,94 @@
-"""Export a pruned model: checkpoint + manifest.json (what was removed, plan, source, checksums, sizes)."""
+"""Export a pruned model: checkpoint + manifest.json (what was removed, how, plan, source, dtype,
+checksums, sizes)."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import warnings
 from typing import Iterable
 
 from pruning.apply import apply_plan
+from pruning.calibration import calibration_batch
+from pruning.errors import PruningError
 from pruning.evaluate import parameter_count
-from pruning.plan import PruningPlan
+from pruning.plan import REMOVAL_MODES, PruningPlan, check_removal_matches
 from surgery.batch import TokenBatch
 from surgery.loading import LoadedModel
-from surgery.save import save_model, verify_export
+from surgery.save import dtype_name, parse_dtype, save_model, verify_export
 
 EXPORT_FORMAT = "model-surgery.export"
+# export_pruned(removal=...) also takes the engine's name for the same thing.
+_REMOVAL_ALIASES = {"mean": "mean_compensated"}
 
 
 def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: bool = False,
-                  calibration: Iterable[TokenBatch] | None = None) -> dict:
-    """Apply `plan` to a copy of `loaded` and write it to `out_dir` atomically. Returns the manifest."""
+                  calibration: TokenBatch | Iterable[TokenBatch] | str | os.PathLike | None = None,
+                  removal: str | None = None, dtype=None, allow_ablation_mismatch: bool = False) -> dict:
+    """Apply `plan` to a copy of `loaded` and write it to `out_dir` atomically. Returns the manifest.
+
+    removal: "zero" or "mean_compensated" (alias "mean"); default: the plan's removal_mode. With
+    compensation the removed heads' mean output over `calibration` (a TokenBatch, a list of them, a
+    text file or "builtin") goes into the output bias, so the export equals mean ablation with that
+    batch as reference. Values computed under the other ablation are refused (see check_removal_matches).
+    dtype: "bf16", "fp16", "fp32" or a torch dtype; default: the model's own dtype.
+    """
+    plan = _with_removal(plan, removal)
+    target_dtype = parse_dtype(dtype)
+    if plan.heads:
+        for record in plan.provenance:
+            ablation = (record.get("values") or {}).get("ablation")
+            check_removal_matches(plan.removal_mode, ablation, f"the plan's values ({record.get('policy')}) were",
+                                  allow_mismatch=allow_ablation_mismatch)
+    batches, calibration_record = calibration, None
+    compensated = plan.removal_mode == "mean_compensated" and bool(plan.heads)
+    if calibration is not None and (compensated or isinstance(calibration, (str, os.PathLike))):
+        batch, calibration_record = calibration_batch(loaded, calibration)
+        batches = batch
+        expected = (plan.calibration or {}).get("digest")
+        if compensated and expected and expected != calibration_record["digest"]:
+            warnings.warn(f"the plan's values used calibration batch {expected} for their mean ablation, the export "
+                          f"compensates with {calibration_record['digest']}: the biases differ from the game's means",
+                          stacklevel=2)
     before = parameter_count(loaded)
-    pruned, report = apply_plan(loaded, plan, calibration=calibration)
+    pruned, report = apply_plan(loaded, plan, calibration=batches)
+    if target_dtype is not None:
+        pruned.model.to(target_dtype)  # a private copy: cast in place instead of copying again
     after = parameter_count(pruned)
     shrinks = plan.head_removal == "physical" and bool(plan.heads) or bool(plan.layers)
     notes = []
     if plan.heads and plan.head_removal == "masked":
         notes.append("heads are MASKED (zeroed output-projection columns): same file size, loads anywhere")
+    if compensated:
+        notes.append("removed heads are MEAN-COMPENSATED: their mean output over the calibration tokens is in the "
+                     "attention output bias (logits equal mean ablation of those heads)")
+    elif plan.heads:
+        notes.append("removed heads are ZERO-removed: nothing replaces their output (logits equal zero ablation)")
     if plan.sparsity:
         notes.append("unstructured sparsity zeroes weights inside dense tensors: the file does not shrink; "
                      "nonzero_parameters counts what is left")
     manifest = {
         "format": EXPORT_FORMAT, "version": 1,
         "source_model": plan.model, "plan": plan.to_json_dict(), "applied": report,
+        "removal": {"mode": plan.removal_mode, "calibration": calibration_record if compensated else None},
         "before": before, "after": after, "file_shrinks": shrinks, "notes": notes,
         "components_after": pruned.components.describe(),
+        "dtype": dtype_name(next(pruned.model.parameters()).dtype),
     }
     summary = save_model(pruned, out_dir, force=force, manifest=manifest)
     manifest.update(summary)
     manifest["loads_with"] = ("AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)"
                               if summary.get("remote_code") else "AutoModelForCausalLM.from_pretrained(dir)")
     return manifest
+
+
+def _with_removal(plan: PruningPlan, removal: str | None) -> PruningPlan:
+    if removal is None:
+        return plan
+    mode = _REMOVAL_ALIASES.get(removal, removal)
+    if mode not in REMOVAL_MODES:
+        raise PruningError(f"removal={removal!r}: use 'zero' or 'mean_compensated' ('mean')")
+    return plan if mode == plan.removal_mode else dataclasses.replace(plan, removal_mode=mode)
 
 
 __all__ = ["export_pruned", "verify_export", "EXPORT_FORMAT"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from surgery.loading import LoadedModel
 
 PLAN_FORMAT = "model-surgery.pruning-plan"
 PLAN_VERSION = 1
+REMOVAL_MODES = ("zero", "mean_compensated")
+# The engine's ablation mode each removal equals (what values used for a plan should have assumed).
+ABLATION_OF_REMOVAL = {"zero": "zero", "mean_compensated": "mean"}
 
 
 def model_identity(loaded: LoadedModel) -> dict:
@@ -37,6 +41,11 @@ class PruningPlan:
     head_removal: str = "physical"  # or "masked": zeroed output-projection columns, no size gain
     cornerstones: list[int] = field(default_factory=list)
     provenance: list[dict] = field(default_factory=list)
+    # What a removed head leaves behind: "zero" (nothing: zero ablation) or "mean_compensated" (its
+    # mean output over calibration tokens, folded into the output bias: mean ablation). `calibration`
+    # says which tokens (source, digest); the export records the batch it actually used.
+    removal_mode: str = "zero"
+    calibration: dict | None = None
 
     def __post_init__(self):
         self.layers = sorted(int(l) for l in self.layers)
@@ -44,6 +53,11 @@ class PruningPlan:
         self.heads = sorted(set(self.heads), key=_head_key)
         if self.head_removal not in ("physical", "masked"):
             raise PruningError(f"head_removal must be 'physical' or 'masked', got {self.head_removal!r}")
+        if self.removal_mode not in REMOVAL_MODES:
+            raise PruningError(f"removal_mode must be one of {REMOVAL_MODES}, got {self.removal_mode!r}")
+        if self.removal_mode == "mean_compensated" and self.layers:
+            raise PruningError(f"compensated removal covers heads only, but this plan also drops layers "
+                               f"{self.layers}; drop layers in a plan with removal_mode='zero'")
         for layer, ratio in self.sparsity.items():
             if not 0.0 <= ratio <= 1.0:
                 raise PruningError(f"sparsity of layer {layer} is {ratio}, outside [0, 1]")
@@ -68,10 +82,16 @@ class PruningPlan:
         """Both plans at once (heads and layers united, sparsity of `other` wins), for the same model."""
         if other.model.get("digest") != self.model.get("digest"):
             raise PruningError("cannot merge plans made for different models")
+        modes = {p.removal_mode for p in (self, other) if p.heads}
+        if len(modes) > 1:
+            raise PruningError(f"cannot merge a plan removing heads with {sorted(modes)[0]!r} removal and one with "
+                               f"{sorted(modes)[1]!r}; make both plans with the same removal_mode")
+        mode = modes.pop() if modes else self.removal_mode
         return PruningPlan(self.model, self.heads + other.heads, sorted(set(self.layers) | set(other.layers)),
                            {**self.sparsity, **other.sparsity}, other.sparsity_method or self.sparsity_method,
                            other.n_m or self.n_m, self.head_removal, sorted(set(self.cornerstones) | set(other.cornerstones)),
-                           self.provenance + other.provenance)
+                           self.provenance + other.provenance, mode,
+                           self.calibration if self.heads else other.calibration)
 
     def check_model(self, loaded: LoadedModel) -> None:
         here = model_identity(loaded)
@@ -83,7 +103,7 @@ class PruningPlan:
     def summary(self) -> str:
         parts = []
         if self.heads:
-            parts.append(f"remove {len(self.heads)} heads ({self.head_removal})")
+            parts.append(f"remove {len(self.heads)} heads ({self.head_removal}, {self.removal_mode} removal)")
         if self.layers:
             parts.append(f"drop layers {self.layers}")
         if self.sparsity:
@@ -129,6 +149,28 @@ class PruningPlan:
             if isinstance(err, PruningError):
                 raise
             raise PruningError(f"{source}: malformed plan ({err})") from None
+
+
+def values_ablation(values) -> str | None:
+    """The ablation mode a Values object's game used (None when it came from no game, e.g. magnitudes)."""
+    return (getattr(values, "fingerprint", None) or {}).get("ablation")
+
+
+def check_removal_matches(removal_mode: str, ablation: str | None, what: str, *, allow_mismatch: bool = False) -> None:
+    """Refuse (or, with allow_mismatch, warn about) values computed under another ablation than the
+    removal the plan ships: zero-ablation values rank heads for a removal that leaves nothing behind."""
+    expected = ABLATION_OF_REMOVAL[removal_mode]
+    if ablation not in ("zero", "mean") or ablation == expected:
+        return
+    message = (f"{what} computed under {ablation!r} ablation, but the plan asks for {removal_mode!r} removal, "
+               f"which equals {expected!r} ablation; recompute the values with mode={expected!r} or use "
+               f"removal_mode={_REMOVAL_OF_ABLATION[ablation]!r}")
+    if not allow_mismatch:
+        raise PruningError(message)
+    warnings.warn(message, stacklevel=3)
+
+
+_REMOVAL_OF_ABLATION = {v: k for k, v in ABLATION_OF_REMOVAL.items()}
 
 
 def _head_key(name: str) -> tuple[int, int]:

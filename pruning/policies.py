@@ -10,7 +10,7 @@ import torch
 from probes.values import Values
 from pruning.errors import PruningError
 from pruning.importance import metric_sign
-from pruning.plan import PruningPlan, model_identity
+from pruning.plan import REMOVAL_MODES, PruningPlan, check_removal_matches, model_identity, values_ablation
 from pruning.sparsity import allocate_ratios
 from surgery.batch import TokenBatch
 from surgery.engine import AblationEngine, leave_one_out_masks
@@ -33,8 +33,25 @@ def _provenance(policy: str, values: Values | None, values_file: str | None, **s
     record = {"policy": policy, "settings": settings}
     if values is not None:
         record["values"] = {"file": values_file, "estimator": values.estimator, "seed": values.seed,
-                            "fingerprint_id": values.fingerprint_id}
+                            "fingerprint_id": values.fingerprint_id, "ablation": values_ablation(values)}
     return record
+
+
+def _removal_for(values: Values, removal_mode: str | None, allow_mismatch: bool) -> tuple[str, dict | None]:
+    """The plan's removal mode (by default the one the values' game assumed) and, for compensated
+    removal, the calibration the values' mean ablation used (its batch digest)."""
+    ablation = values_ablation(values)
+    if removal_mode is None:
+        removal_mode = "mean_compensated" if ablation == "mean" else "zero"
+    if removal_mode not in REMOVAL_MODES:
+        raise PruningError(f"removal_mode must be one of {REMOVAL_MODES}, got {removal_mode!r}")
+    check_removal_matches(removal_mode, ablation, "these values were", allow_mismatch=allow_mismatch)
+    calibration = None
+    if removal_mode == "mean_compensated" and ablation == "mean":
+        fp = values.fingerprint
+        calibration = {"source": "the values' mean-ablation reference batch",
+                       "digest": fp.get("reference_digest") or fp.get("batch_digest")}
+    return removal_mode, calibration
 
 
 def _count(n_total: int, k: int | None, fraction: float | None, what: str) -> int | None:
@@ -51,15 +68,20 @@ def _count(n_total: int, k: int | None, fraction: float | None, what: str) -> in
 
 def head_plan(values: Values, loaded: LoadedModel, *, k: int | None = None, fraction: float | None = None,
               harmful_confidence: float | None = None, min_per_layer: int = 1, removal: str = "physical",
-              values_file: str | None = None, scores_are: str = "values") -> PruningPlan:
+              values_file: str | None = None, scores_are: str = "values", removal_mode: str | None = None,
+              allow_ablation_mismatch: bool = False) -> PruningPlan:
     """Remove the k (or fraction) lowest-valued heads, or every confidently harmful head.
 
     harmful_confidence=0.95: remove heads whose two-sided 95% interval lies below 0, i.e.
     mean + z * stderr < 0 with z = 1.96 (the interference heads of Shapley head pruning; the same
     rule as HeadValues.harmful, so a plan removes exactly the heads reported as harmful). min_per_layer heads stay in every layer.
     GQA is handled when the plan is applied: a key/value head goes only with all its query heads.
+    removal_mode: "zero" or "mean_compensated" (default: what the values' game ablated: mean ->
+    compensated). Values computed under the other ablation are refused (warned with
+    allow_ablation_mismatch=True).
     """
     _check_values_for(values, loaded, "heads")
+    removal_mode, calibration = _removal_for(values, removal_mode, allow_ablation_mismatch)
     means, errs = np.asarray(values.means, float), np.asarray(values.stderrs, float)
     names = list(values.names)
     if harmful_confidence is not None:
@@ -88,7 +110,7 @@ def head_plan(values: Values, loaded: LoadedModel, *, k: int | None = None, frac
         raise PruningError(f"only {len(chosen)} of {limit} heads can go with min_per_layer={min_per_layer}")
     return PruningPlan(model_identity(loaded), heads=chosen, head_removal=removal, provenance=[_provenance(
         "head_plan", values, values_file, k=k, fraction=fraction, harmful_confidence=harmful_confidence,
-        min_per_layer=min_per_layer, scores_are=scores_are)])
+        min_per_layer=min_per_layer, scores_are=scores_are)], removal_mode=removal_mode, calibration=calibration)
 
 
 def find_cornerstones(loaded: LoadedModel, batch: TokenBatch, metric: Callable, collapse: float = 0.5) -> dict:

@@ -15,12 +15,15 @@ Masked exports (mask_heads) do not shrink; cut ones do.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+import torch
 
 from surgery.cut import parameter_count
 from surgery.errors import SurgeryError
@@ -36,15 +39,19 @@ class CorruptExportError(SurgeryError):
 
 
 def save_model(loaded_or_model, out_dir, *, force: bool = False, manifest: dict | None = None,
-               extra_files: dict[str, str | bytes] | None = None) -> dict:
+               extra_files: dict[str, str | bytes] | None = None, dtype=None) -> dict:
     """Export to `out_dir`. Returns {"path", "files" {name: sha256}, "file_sizes", "parameters",
-    "bytes", "remote_code"}.
+    "bytes", "remote_code", "dtype"}.
+
+    `dtype`: write the weights in this dtype (torch dtype or "bf16"/"fp16"/"fp32"; default: the
+    model's own). The model passed in is not changed: a copy is cast when the dtype differs.
 
     `manifest`: when given, it is written as manifest.json with that summary merged in (keys
     "files", "file_sizes", "parameters", "bytes", "remote_code"), so `verify_export` can check the
     directory later. `extra_files`: more files to write (name -> text or bytes), checksummed too.
     """
     loaded = load(loaded_or_model)
+    loaded = _in_dtype(loaded, parse_dtype(dtype))
     target = Path(out_dir)
     if target.exists() and not force:
         raise SurgeryError(f"{target} already exists; choose another directory or pass force=True "
@@ -65,7 +72,8 @@ def save_model(loaded_or_model, out_dir, *, force: bool = False, manifest: dict 
         files = {name: _sha256(tmp / name) for name in _list_files(tmp)}
         sizes = {name: (tmp / name).stat().st_size for name in files}
         summary = {"files": files, "file_sizes": sizes, "parameters": parameter_count(loaded.model),
-                   "bytes": sum(sizes.values()), "remote_code": remote}
+                   "bytes": sum(sizes.values()), "remote_code": remote,
+                   "dtype": dtype_name(next(loaded.model.parameters()).dtype)}
         if manifest is not None:
             (tmp / MANIFEST).write_text(json.dumps({**manifest, **summary}, indent=2, sort_keys=True))
         _fsync_tree(tmp)
@@ -105,7 +113,32 @@ def verify_export(path) -> dict:
     return manifest
 
 
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+          "fp32": torch.float32, "float32": torch.float32}
+
+
+def parse_dtype(dtype) -> torch.dtype | None:
+    """None, a torch floating dtype, or one of the names bf16/fp16/fp32 (bfloat16/float16/float32)."""
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return DTYPES[dtype.lower()]
+    raise SurgeryError(f"export dtype {dtype!r} is not supported; use bf16, fp16 or fp32")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 # ---------------------------------------------------------------------------------------------
+
+def _in_dtype(loaded: LoadedModel, dtype: torch.dtype | None) -> LoadedModel:
+    """`loaded` itself when it already has `dtype` (or none is asked), else a cast copy."""
+    if dtype is None or all(p.dtype == dtype for p in loaded.model.parameters() if p.is_floating_point()):
+        return loaded
+    model = copy.deepcopy(loaded.model).to(dtype)
+    return LoadedModel(model, loaded.tokenizer, loaded.adapter, loaded.components, loaded.source)
+
 
 def _write_model(loaded: LoadedModel, directory: Path) -> bool:
     """save_pretrained, plus the modeling file and auto_map when layers need their own head counts."""

@@ -22,13 +22,14 @@ def cmd_prune(args) -> int:
     loaded = surgery.load(args.model)
     plan.check_model(loaded)
     calibration = None
-    if plan.sparsity and plan.sparsity_method == "wanda":
+    if plan.sparsity and plan.sparsity_method == "wanda" or plan.heads and plan.removal_mode == "mean_compensated":
         calibration = calibration_batches(loaded, args.text, args.calibration_n, args.seq_len)
+    dtype = None if args.dtype == "model" else args.dtype
     with step(f"pruning ({plan.summary()}) and exporting to {target}"):
-        manifest = export_pruned(loaded, plan, target, force=args.force, calibration=calibration)
+        manifest = export_pruned(loaded, plan, target, force=args.force, calibration=calibration, dtype=dtype)
     b, a = manifest["before"], manifest["after"]
     print(f"parameters {b['parameters']:,} -> {a['parameters']:,} (nonzero {a['nonzero_parameters']:,}); "
-          f"files {manifest['bytes'] / 2**20:.1f} MiB")
+          f"files {manifest['bytes'] / 2**20:.1f} MiB ({manifest['dtype']})")
     for note in manifest["notes"]:
         print(f"note: {note}")
     print(f"load it with: {manifest['loads_with'].replace('dir', repr(str(target)))}")
@@ -98,8 +99,12 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="export directory (must not exist unless --force)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--text", default=None, metavar="FILE",
-                   help="Wanda calibration text (default: built-in documentation text)")
-    p.add_argument("--calibration-n", type=int, default=8, help="calibration sequences for Wanda")
+                   help="calibration text for Wanda and for mean-compensated head removal "
+                        "(default: built-in documentation text)")
+    p.add_argument("--calibration-n", type=int, default=8,
+                   help="calibration sequences (Wanda statistics, compensation means)")
+    p.add_argument("--dtype", default="model", choices=["model", "bf16", "fp16", "fp32"],
+                   help="dtype of the exported weights (default: the model's own)")
     p.add_argument("--seq-len", type=int, default=64, help="tokens per calibration sequence")
     p.set_defaults(func=cmd_prune)
 

@@ -31,7 +31,7 @@ def _layer_list(text: str | None, n_layers: int) -> list[int]:
 # Flags of `plan` that only one or two kinds read; any other kind refuses them instead of ignoring them.
 KIND_FLAGS = {
     "fraction": ("heads", "layers"), "k": ("heads", "layers"), "harmful": ("heads",),
-    "min_per_layer": ("heads",), "masked": ("heads",), "protect": ("layers",), "find_cornerstones": ("layers",),
+    "min_per_layer": ("heads",), "masked": ("heads",), "removal": ("heads",), "protect": ("layers",), "find_cornerstones": ("layers",),
     "target": ("sparsity",), "allocation": ("sparsity",), "lam": ("sparsity",), "method": ("sparsity",),
     "n_m": ("sparsity",),
 }
@@ -62,7 +62,7 @@ def cmd_plan(args) -> int:
         values = _load_values(args.values, "heads")
         plan = head_plan(values, loaded, k=args.k, fraction=args.fraction, harmful_confidence=args.harmful,
                          min_per_layer=args.min_per_layer, removal="masked" if args.masked else "physical",
-                         values_file=str(args.values))
+                         values_file=str(args.values), removal_mode=None if args.removal == "auto" else args.removal)
     elif args.kind == "layers":
         values = _load_values(args.values, "layers")
         protected = _layer_list(args.protect, loaded.components.n_layers)
@@ -112,6 +112,10 @@ def register(sub) -> None:
     p.add_argument("--min-per-layer", type=int, default=1, help="heads: keep at least this many heads per layer")
     p.add_argument("--masked", action="store_true",
                    help="heads: zero output-projection columns instead of cutting (loads anywhere, no size gain)")
+    p.add_argument("--removal", default="auto", choices=["auto", "zero", "mean_compensated"],
+                   help="heads: what a removed head leaves behind: nothing (zero) or its mean output folded into "
+                        "the output bias (mean_compensated, needs calibration text at `surgery prune`); auto: "
+                        "what the values' game ablated (mean -> mean_compensated). A mismatch is refused")
     p.add_argument("--protect", default=None, help="layers: comma-separated layers never to drop, e.g. 0,29")
     p.add_argument("--find-cornerstones", action="store_true",
                    help="layers: detect and protect layers whose removal alone collapses next-token loss")
