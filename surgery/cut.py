@@ -21,6 +21,10 @@ Layers that lose every head. transformers' attention cannot run with zero heads 
 keeps one placeholder head whose output-projection columns are zero: the layer's attention then
 adds only the output bias, exactly what the masked model does.
 
+Compensation. `compensate_with=batch` (remove_heads and mask_heads) folds each removed head's mean
+output-projection input over the batch's real tokens into the output bias (`surgery/compensation.py`),
+so the result equals mean ablation with that batch as reference instead of zero ablation.
+
 Config. When every layer keeps the same counts and the stock config class accepts them (Llama
 family: `hidden_size % num_attention_heads == 0`), the config gets `num_attention_heads`,
 `num_key_value_heads` and an explicit `head_dim`: a plain checkpoint. Otherwise (uneven counts,
