@@ -138,3 +138,16 @@ def test_compensating_with_several_batches_equals_mean_over_their_joined_tokens(
     cut = remove_heads(tiny_llama, heads, compensate_with=joined)
     torch.testing.assert_close(scored(cut, token_batch(tiny_llama)), ablated(tiny_llama, heads, "mean", joined),
                                rtol=0, atol=1e-5)
+
+
+def test_compensating_an_already_uneven_model_again_reloads_exactly(tiny_llama, tmp_path):
+    # The second cut meets per-layer head counts and a shared key/value map in L0.
+    cal = calibration(tiny_llama)
+    first = remove_heads(tiny_llama, {0: [0], 1: [4]})
+    heads = {0: [1, 4], 2: [2]}
+    second = remove_heads(first, heads, compensate_with=cal)
+    expected = ablated(first, heads, "mean", cal)
+    torch.testing.assert_close(scored(second, token_batch(tiny_llama)), expected, rtol=0, atol=1e-5)
+    save_model(second, tmp_path / "out", manifest={})
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True).eval()
+    torch.testing.assert_close(scored(reloaded, token_batch(tiny_llama)), expected, rtol=0, atol=1e-5)
