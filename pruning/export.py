@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 from pruning.apply import apply_plan
 from pruning.evaluate import parameter_count
 from pruning.plan import PruningPlan
 from surgery.batch import TokenBatch
 from surgery.loading import LoadedModel
-from surgery.save import save_model, verify_export
+from surgery.save import check_export_target, model_sources, save_model, verify_export
 
 EXPORT_FORMAT = "model-surgery.export"
 
 
 def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: bool = False,
-                  calibration: Iterable[TokenBatch] | None = None) -> dict:
-    """Apply `plan` to a copy of `loaded` and write it to `out_dir` atomically. Returns the manifest."""
+                  calibration: Iterable[TokenBatch] | None = None,
+                  progress: Callable[[str], None] | None = None) -> dict:
+    """Apply `plan` to a copy of `loaded` and write it to `out_dir` atomically. Returns the manifest.
+
+    `progress(stage)` is called as each stage starts (applying the plan, then save_model's stages)."""
+    check_export_target(out_dir, force=force, sources=model_sources(loaded))  # before the expensive work
+    if progress is not None:
+        progress("applying the plan")
     before = parameter_count(loaded)
     pruned, report = apply_plan(loaded, plan, calibration=calibration)
     after = parameter_count(pruned)
@@ -33,7 +39,7 @@ def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: boo
         "before": before, "after": after, "file_shrinks": shrinks, "notes": notes,
         "components_after": pruned.components.describe(),
     }
-    summary = save_model(pruned, out_dir, force=force, manifest=manifest)
+    summary = save_model(pruned, out_dir, force=force, manifest=manifest, progress=progress)
     manifest.update(summary)
     manifest["loads_with"] = ("AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)"
                               if summary.get("remote_code") else "AutoModelForCausalLM.from_pretrained(dir)")

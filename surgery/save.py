@@ -57,18 +57,8 @@ def save_model(loaded_or_model, out_dir, *, force: bool = False, manifest: dict 
     `progress(stage)` is called as each stage starts (writing, checksumming, syncing).
     """
     loaded = load(loaded_or_model)
-    target = Path(out_dir)
+    target = check_export_target(out_dir, force=force, sources=model_sources(loaded))
     report = progress or (lambda stage: None)
-    # The model's own directory (from_pretrained records it as name_or_path): never write over it.
-    sources = [loaded.source, getattr(loaded.model, "name_or_path", None)]
-    refuse_overwriting_inputs(target, sources, flag="out_dir")
-    if target.exists() or target.is_symlink():
-        if not force:
-            raise SurgeryError(f"{target} already exists; choose another directory or pass force=True "
-                               f"(--force) to replace it")
-        if not target.is_dir() or target.is_symlink():
-            raise SurgeryError(f"{target} exists and is not a directory; refusing to replace it")
-        refuse_unless_ours(target)
     for name in extra_files or {}:
         if name in (MANIFEST, "config.json") or Path(name).is_absolute() or ".." in Path(name).parts:
             raise SurgeryError(f"extra file name {name!r} is reserved or escapes the export directory")
@@ -99,6 +89,26 @@ def save_model(loaded_or_model, out_dir, *, force: bool = False, manifest: dict 
             raise FileWriteError(target, err) from err
         raise
     return {"path": str(target), **summary}
+
+
+def model_sources(loaded: LoadedModel) -> list:
+    """Where a loaded model came from on disk (from_pretrained records its directory as name_or_path)."""
+    return [loaded.source, getattr(loaded.model, "name_or_path", None)]
+
+
+def check_export_target(out_dir, *, force: bool, sources=()) -> Path:
+    """Refuse, before any work, an export target that exists (unless force), that is not an export
+    of ours (even with force), or that is (or holds) one of `sources`, the model being exported."""
+    target = Path(out_dir)
+    refuse_overwriting_inputs(target, sources, flag="out_dir")
+    if target.exists() or target.is_symlink():
+        if not force:
+            raise SurgeryError(f"{target} already exists; choose another directory or pass force=True "
+                               f"(--force) to replace it")
+        if not target.is_dir() or target.is_symlink():
+            raise SurgeryError(f"{target} exists and is not a directory; refusing to replace it")
+        refuse_unless_ours(target)
+    return target
 
 
 def verify_export(path, *, allow_unlisted_code: bool = False) -> dict:
