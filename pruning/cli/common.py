@@ -98,6 +98,25 @@ def check_output(path: str | os.PathLike, force: bool, *, inputs=(), kind: str =
     return path
 
 
+def check_store(path: str | os.PathLike | None, inputs=()) -> None:
+    """--store, before any work: a new or empty directory or a coalition store; never a file, a folder
+    of the user's, or an input of the command."""
+    if path is None:
+        return
+    from probes.store import HEADER
+
+    path = Path(path)
+    try:
+        refuse_overwriting_inputs(path, inputs, flag="--store")
+    except SurgeryError as err:
+        raise CLIError(str(err)) from None
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"--store {path} is a file; give a directory (new, or a store of an earlier run to resume)")
+    if path.is_dir() and any(path.iterdir()) and not (path / HEADER).is_file():
+        raise CLIError(f"--store {path} is a non-empty directory that is not a coalition store (no {HEADER}); "
+                       f"give a new directory or the store of an earlier run")
+
+
 def check_distinct_outputs(*paths) -> None:
     """Two outputs of one command must not be the same file (e.g. --out x --figure x)."""
     given = [Path(p) for p in paths if p is not None]

@@ -21,6 +21,8 @@ def cmd_run(args) -> int:
     from probes.head_values import head_values
     from pruning.export import export_pruned
     from pruning.policies import head_plan
+    from surgery.remote_code import installed_model_class
+    from surgery.save import verify_export
     from transformers import AutoModelForCausalLM
 
     if not 0.0 < args.fraction < 1.0:
@@ -46,6 +48,8 @@ def cmd_run(args) -> int:
     with stages(f"exporting ({plan.summary()})") as stage:
         manifest = export_pruned(loaded, plan, export_dir, force=args.force, progress=stage)
     with step("reloading the export with transformers"):
+        # Plain transformers runs the export's own modeling file: first make sure it is exactly ours.
+        installed_model_class(export_dir, verify_export(export_dir), trust_remote_code=False)
         reloaded = surgery.load(AutoModelForCausalLM.from_pretrained(
             str(export_dir), trust_remote_code=bool(manifest.get("remote_code"))).eval(), tokenizer=loaded.tokenizer)
 

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from pruning.cli.common import (CLUSTERS_FORMAT, CLIError, add_model, add_task, check_distinct_outputs, check_output,
-                                load_model, progress_bar, save_figure, task_from_args, write_json)
+                                check_store, load_model, progress_bar, save_figure, task_from_args, write_json)
 
 
 def cmd_values(args) -> int:
@@ -15,6 +15,7 @@ def cmd_values(args) -> int:
     from probes.layer_values import DEFAULT_LAYER_ESTIMATOR, layer_values
 
     out = check_output(args.out, args.force, inputs=[args.model, args.text])
+    check_store(args.store, inputs=[args.model, args.text, args.out])
     loaded = load_model(args)
     task = task_from_args(args)
     n_players = len(loaded.components.heads if args.kind == "heads" else loaded.components.layers)

@@ -7,7 +7,9 @@ transformers, so the export loads anywhere with
 
     AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True)
 
-(AutoModelForMaskedLM for BERT). The head counts live in the config's native `per_layer_config`
+(AutoModelForMaskedLM for BERT). `surgery.load(export_dir)` needs no trust: it checks that this
+file is exactly the one model-surgery ships and builds the class from the installed package.
+The head counts live in the config's native `per_layer_config`
 ({"<layer>": {"num_attention_heads": .., "num_key_value_heads": ..}}), so once transformers builds
 heterogeneous attention itself this file can simply be dropped.
 

@@ -130,6 +130,10 @@ def test_outputs_are_checked_before_any_work(tiny_dir, made, tmp_path, capsys, m
         (["values", "heads", "--model", tiny_dir, "--task", "ioi", "--store", tmp_path / "store",
           "--out", tmp_path / "a_dir"], "is a directory"),
         (["eval", "--model", tiny_dir, "--out", tmp_path / "a_dir"], "is a directory"),
+        (["values", "heads", "--model", tiny_dir, "--task", "ioi", "--store", made / "plan.json",
+          "--out", tmp_path / "v.json"], "is a file"),
+        (["values", "heads", "--model", tiny_dir, "--task", "ioi", "--store", made,
+          "--out", tmp_path / "v.json"], "not a coalition store"),
         (["prune", "--model", tiny_dir, "--plan", made / "plan.json", "--out", made / "plan.json", "--force"],
          "would overwrite"),
     ]
