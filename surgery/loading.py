@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from surgery.adapters import ArchitectureAdapter, adapter_for
-from surgery.atomic_io import fsync_tree_private
+from surgery.atomic_io import FileWriteError, fsync_tree_private
 from surgery.components import ComponentIndex
 from surgery.errors import ModelNotFoundError, SurgeryError
 
@@ -132,8 +132,11 @@ def _gguf_cache(gguf: Path, key: str) -> Path:
         config.pop(key_name, None)
     plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    except OSError as err:
+        raise FileWriteError(target, err) from err
     try:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -142,8 +145,10 @@ def _gguf_cache(gguf: Path, key: str) -> Path:
             shutil.rmtree(tmp)
         else:
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and not isinstance(err, FileWriteError):
+            raise FileWriteError(target, err) from err  # e.g. "could not write <cache>: No space left ..."
         raise
     return target
 

@@ -150,30 +150,30 @@ def progress_bar(total: int | None, desc: str, unit: str = "eval"):
 
 @contextmanager
 def stages(message: str):
-    """A long step with named stages: prints each stage as it starts and how long it took, so a
-    minute-long export shows where it is. Yields `stage(name)`, to be called as each stage starts."""
+    """A long step with named stages: prints each stage on its own line as it starts (so a
+    minute-long export shows where it is, and progress bars of transformers get lines of their own),
+    then how long each took. Yields `stage(name)`, to be called as each stage starts."""
     print(f"{message}:", flush=True)
     started = time.perf_counter()
-    current = {"name": None, "t": started}
-
-    def finish() -> None:
-        if current["name"] is not None:
-            print(f" {time.perf_counter() - current['t']:.1f} s", flush=True)
-            current["name"] = None
+    timings: list[list] = []
 
     def stage(name: str) -> None:
-        finish()
-        print(f"  {name} ...", end="", flush=True)
-        current.update(name=name, t=time.perf_counter())
+        now = time.perf_counter()
+        if timings:
+            timings[-1][1] = now - timings[-1][1]
+        timings.append([name, now])
+        print(f"  {name} ...", flush=True)
 
     try:
         yield stage
     except BaseException:
-        if current["name"] is not None:
-            print(" failed", flush=True)
+        print(f"  failed{' while ' + timings[-1][0] if timings else ''}", flush=True)
         raise
-    finish()
-    print(f"  done in {time.perf_counter() - started:.1f} s", flush=True)
+    now = time.perf_counter()
+    if timings:
+        timings[-1][1] = now - timings[-1][1]
+    print(f"  done in {now - started:.1f} s" + (": " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings)
+                                               if timings else ""), flush=True)
 
 
 @contextmanager
