@@ -15,7 +15,8 @@ def cmd_values(args) -> int:
     from probes.layer_values import DEFAULT_LAYER_ESTIMATOR, layer_values
 
     out = check_output(args.out, args.force, inputs=[args.model, args.text])
-    check_store(args.store, inputs=[args.model, args.text, args.out])
+    check_store(args.store, inputs=[args.model, args.text])
+    check_distinct_outputs(out, args.store)
     loaded = load_model(args)
     task = task_from_args(args)
     n_players = len(loaded.components.heads if args.kind == "heads" else loaded.components.layers)

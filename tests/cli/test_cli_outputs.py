@@ -134,6 +134,8 @@ def test_outputs_are_checked_before_any_work(tiny_dir, made, tmp_path, capsys, m
           "--out", tmp_path / "v.json"], "is a file"),
         (["values", "heads", "--model", tiny_dir, "--task", "ioi", "--store", made,
           "--out", tmp_path / "v.json"], "not a coalition store"),
+        (["values", "heads", "--model", tiny_dir, "--task", "ioi", "--store", tmp_path / "v.json",
+          "--out", tmp_path / "v.json"], "same file"),
         (["prune", "--model", tiny_dir, "--plan", made / "plan.json", "--out", made / "plan.json", "--force"],
          "would overwrite"),
     ]
