@@ -23,6 +23,7 @@ import torch
 import surgery
 from surgery.backends import bridge_from_hf, bridge_masked_logits, nnsight_from_hf, nnsight_masked_logits
 from surgery.engine import AblationEngine
+from surgery.atomic_io import atomic_write
 
 PROMPTS = [
     "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is",
@@ -172,7 +173,7 @@ def main():
         "games": games,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    atomic_write(args.out, json.dumps(result, indent=2))
 
     print(f"masked forward, {tuple(long_batch.input_ids.shape)} tokens, median of {args.repeats}:")
     print(f"  {'method':<10}{'seconds':>10}{'vs plain':>10}{'max |dlogit| vs native':>26}")

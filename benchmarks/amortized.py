@@ -63,6 +63,7 @@ from probes.head_values import head_values  # noqa: E402
 from probes.model_game import model_game  # noqa: E402
 from probes.stopping import MaxEvaluations  # noqa: E402
 from task_stores import batch_tag, dtype_tag, make_task, store_name  # noqa: E402  (benchmarks/ is on the path)
+from surgery.atomic_io import atomic_write  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = ("induction", "ioi", "factual", "agreement", "greater_than", "text")
@@ -406,7 +407,7 @@ def main() -> None:
         result["coalition_surrogate_smollm2"] = real_surrogate_benchmark(args)
     result["wall_seconds"] = time.perf_counter() - started
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    atomic_write(args.out, json.dumps(result, indent=2, default=str))
     print_table(result)
     print(f"wrote {args.out} in {result['wall_seconds']:.0f} s")
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from probes.head_values import _task_batch  # noqa: E402
 from probes.model_game import model_game  # noqa: E402
 from probes.tasks import get_task  # noqa: E402
+from surgery.atomic_io import atomic_write  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dtype_speed.json"
 
@@ -81,7 +82,7 @@ def main() -> None:
               "settings": {**vars(args), "n_players": n, "task": "induction n=4 length=8",
                            "machine": f"{platform.machine()} {os.cpu_count()} cpus (shared)",
                            "torch": torch.__version__}}
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write(args.out, json.dumps(result, indent=2) + "\n")
     print(f"{'dtype':10s} {'evals/s':>10s}")
     for name in rates:
         print(f"{name:10s} {np.mean(rates[name]):10.2f}")

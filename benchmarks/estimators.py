@@ -30,6 +30,7 @@ from probes.estimators import DEFAULT_ESTIMATOR, get_estimator  # noqa: E402
 from probes.game import Game  # noqa: E402
 from probes.shapiq_interop import run_shapiq_approximator  # noqa: E402
 from probes.synthetic_games import saturating_game, saturating_score_game, soum_game  # noqa: E402
+from surgery.atomic_io import atomic_write  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "estimators.json"
 BUDGET_MULTIPLIERS = (2, 5, 10, 20)
@@ -220,7 +221,7 @@ def main() -> None:
     results["command"] = "python benchmarks/estimators.py" + (" --quick" if args.quick else "") + f" --seeds {args.seeds}"
     results["total_seconds"] = time.perf_counter() - start
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write(args.output, json.dumps(results, indent=2) + "\n")
     summary = results["summary"]
     print(f"\nsummary (default = {summary['default_estimator']}), worst over games at 10n:")
     for key in ("error_ratio_default_vs_best_shapiq_10n", "error_ratio_default_vs_permutation_10n",

@@ -43,6 +43,7 @@ from probes.model_game import model_game  # noqa: E402
 from probes.stopping import MaxEvaluations  # noqa: E402
 from probes.tasks import get_task  # noqa: E402
 from task_stores import store_name  # noqa: E402  (benchmarks/ is on the path)
+from surgery.atomic_io import atomic_write  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Estimators drawing the same paired leverage design for a seed and budget, so one's store replays under another.
@@ -163,7 +164,7 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write(out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 
 
@@ -175,7 +176,7 @@ def record_compute_time(store: Path, seconds: float, evaluations: int, threads: 
         timing["seconds"] = round(timing["seconds"] + seconds, 1)
         timing["evaluations"] += int(evaluations)
         timing["runs"].append({"seconds": round(seconds, 1), "evaluations": int(evaluations), "threads": threads})
-        path.write_text(json.dumps(timing, indent=2) + "\n")
+        atomic_write(path, json.dumps(timing, indent=2) + "\n")
     return timing
 
 
@@ -225,7 +226,7 @@ def add_agreement_curve(args, loaded, task) -> None:
     result.setdefault("seed_spearman_by_evaluations_by_estimator", {})[args.curve_estimator] = curve
     if args.curve_estimator == result["settings"]["estimator"]:
         result["seed_spearman_by_evaluations"] = curve
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write(out, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

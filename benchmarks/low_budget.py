@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from probes.estimators import DEFAULT_ESTIMATOR  # noqa: E402
 from probes.head_values import head_values  # noqa: E402
 from task_stores import make_task, store_name  # noqa: E402  (benchmarks/ is on the path)
+from surgery.atomic_io import atomic_write  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "low_budget.json"
 
@@ -84,7 +85,7 @@ def main() -> None:
                   f"lowest-27 overlap {row['lowest27_overlap']:.1f}/27", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "low_budget", "reference": "mean of two 40,000-evaluation runs "
+    atomic_write(out, json.dumps({"benchmark": "low_budget", "reference": "mean of two 40,000-evaluation runs "
                                f"({DEFAULT_ESTIMATOR}), induction n={args.n}, bfloat16", "rows": rows,
                                "command": "python benchmarks/low_budget.py " + " ".join(sys.argv[1:])}, indent=2) + "\n")
     print(f"wrote {out}")

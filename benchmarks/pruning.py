@@ -46,6 +46,7 @@ from pruning.apply import apply_plan  # noqa: E402
 from pruning.export import export_pruned  # noqa: E402
 from pruning.policies import find_cornerstones, head_plan, layer_plan, sparsity_plan  # noqa: E402
 from pruning.sparsity import input_norms, outlier_ratios  # noqa: E402
+from surgery.atomic_io import atomic_write  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASK_METRICS = EVAL_METRICS  # one accuracy-like metric per built-in prompt task, as `surgery eval` reports
@@ -231,7 +232,7 @@ def main() -> None:
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    atomic_write(args.out, json.dumps(report, indent=2))
     print_table(report)
 
 

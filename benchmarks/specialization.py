@@ -33,6 +33,7 @@ from probes.estimators import DEFAULT_ESTIMATOR  # noqa: E402
 from probes.stopping import MaxEvaluations  # noqa: E402
 from probes.head_values import head_values  # noqa: E402
 from task_stores import make_task, store_name  # noqa: E402  (benchmarks/ is on the path)
+from surgery.atomic_io import atomic_path, atomic_write  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = ("induction", "ioi", "factual", "agreement", "greater_than")
@@ -124,7 +125,7 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write(out, json.dumps(result, indent=2) + "\n")
 
     import matplotlib
 
@@ -132,7 +133,8 @@ def main() -> None:
     ax = plot_clusters(clusters, title=f"SmolLM2-135M head values / task RMS, k={clusters.k}\n"
                                        f"({DEFAULT_ESTIMATOR}, {per_task} evals/task, {args.dtype})")
     ax.figure.tight_layout()
-    ax.figure.savefig(out.with_suffix(".png"), dpi=110)
+    with atomic_path(out.with_suffix(".png")) as tmp:
+        ax.figure.savefig(tmp, format="png", dpi=110)
     print(json.dumps(summary, indent=2))
 
 

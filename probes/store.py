@@ -99,9 +99,8 @@ class CoalitionStore:
                 "fingerprint_id": fingerprint_id(fingerprint),
                 "n_players": len(fingerprint["players"]),
             }
-            tmp = path / (HEADER + ".tmp")
-            tmp.write_text(json.dumps(header, indent=2, sort_keys=True))
-            os.replace(tmp, header_path)  # atomic: a header is either whole or absent
+            from surgery.atomic_io import write_json_atomic
+            write_json_atomic(header_path, header, sort_keys=True)  # a header is either whole or absent
         store = cls(path, fingerprint, {}, durable)
         store._load_log()
         return store

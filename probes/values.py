@@ -169,10 +169,11 @@ class Values:
         }
 
     def save(self, path: str | PathLike) -> Path:
+        from surgery.atomic_io import write_json_atomic  # whole file or none: a full disk leaves no half JSON
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json_dict(), indent=2, allow_nan=False) + "\n")
-        return path
+        return write_json_atomic(path, self.to_json_dict())
 
     @classmethod
     def from_json_dict(cls, data: Any, *, source: str = "values") -> Values:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from typing import Iterable
+from typing import Callable, Iterable
 
 from pruning.apply import apply_plan
 from pruning.calibration import calibration_batch
@@ -15,7 +15,7 @@ from pruning.evaluate import parameter_count
 from pruning.plan import REMOVAL_MODES, PruningPlan, check_removal_matches
 from surgery.batch import TokenBatch
 from surgery.loading import LoadedModel
-from surgery.save import dtype_name, parse_dtype, save_model, verify_export
+from surgery.save import check_export_target, dtype_name, model_sources, parse_dtype, save_model, verify_export
 
 EXPORT_FORMAT = "model-surgery.export"
 # export_pruned(removal=...) also takes the engine's name for the same thing.
@@ -24,7 +24,8 @@ _REMOVAL_ALIASES = {"mean": "mean_compensated"}
 
 def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: bool = False,
                   calibration: TokenBatch | Iterable[TokenBatch] | str | os.PathLike | None = None,
-                  removal: str | None = None, dtype=None, allow_ablation_mismatch: bool = False) -> dict:
+                  removal: str | None = None, dtype=None, allow_ablation_mismatch: bool = False,
+                  progress: Callable[[str], None] | None = None) -> dict:
     """Apply `plan` to a copy of `loaded` and write it to `out_dir` atomically. Returns the manifest.
 
     removal: "zero" or "mean_compensated" (alias "mean"); default: the plan's removal_mode. With
@@ -32,7 +33,9 @@ def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: boo
     text file or "builtin") goes into the output bias, so the export equals mean ablation with that
     batch as reference. Values computed under the other ablation are refused (see check_removal_matches).
     dtype: "bf16", "fp16", "fp32" or a torch dtype; default: the model's own dtype.
+    progress(stage) is called as each stage starts (applying the plan, then save_model's stages).
     """
+    check_export_target(out_dir, force=force, sources=model_sources(loaded))  # before the expensive work
     plan = _with_removal(plan, removal)
     target_dtype = parse_dtype(dtype)
     if plan.heads:
@@ -50,6 +53,8 @@ def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: boo
             warnings.warn(f"the plan's values used calibration batch {expected} for their mean ablation, the export "
                           f"compensates with {calibration_record['digest']}: the biases differ from the game's means",
                           stacklevel=2)
+    if progress is not None:
+        progress("applying the plan")
     before = parameter_count(loaded)
     pruned, report = apply_plan(loaded, plan, calibration=batches)
     if target_dtype is not None:
@@ -75,7 +80,7 @@ def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: boo
         "components_after": pruned.components.describe(),
         "dtype": dtype_name(next(pruned.model.parameters()).dtype),
     }
-    summary = save_model(pruned, out_dir, force=force, manifest=manifest)
+    summary = save_model(pruned, out_dir, force=force, manifest=manifest, progress=progress)
     manifest.update(summary)
     manifest["loads_with"] = ("AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)"
                               if summary.get("remote_code") else "AutoModelForCausalLM.from_pretrained(dir)")

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pruning.errors import PruningError
+from surgery.atomic_io import write_json_atomic
 from surgery.loading import LoadedModel
 
 PLAN_FORMAT = "model-surgery.pruning-plan"
@@ -117,11 +118,7 @@ class PruningPlan:
         return {"format": PLAN_FORMAT, "version": PLAN_VERSION, **data}
 
     def save(self, path) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json_dict(), indent=2))
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(path, self.to_json_dict())
 
     @classmethod
     def load(cls, path) -> "PruningPlan":

@@ -48,8 +48,8 @@ from surgery.compensation import enable_output_bias, fold_head_means, head_means
 from surgery.components import ComponentIndex
 from surgery.errors import SurgeryError
 from surgery.loading import LoadedModel, load
-from surgery.modeling.pruned_attention import (gather_map, layer_heads, set_attention_attributes,
-                                               shared_kv_projection)
+from surgery.modeling.pruned_attention import (gather_map, layer_heads, quiet_global_head_counts,
+                                               set_attention_attributes, shared_kv_projection)
 
 PARTIAL_GROUPS = ("share", "duplicate", "error")
 EMPTY_LAYERS = ("error", "keep_zeroed_head")
@@ -328,6 +328,7 @@ def _global(config, name, default=None):
     return getter(name, default) if getter else getattr(config, name, default)
 
 
+@quiet_global_head_counts()  # reading the original global counts is intended here
 def _write_head_counts(model: nn.Module, n_q: list[int], n_kv: list[int], head_dim: int,
                        kv_maps: dict[int, list[int]] | None = None) -> None:
     """Record per-layer head counts in the config: plain fields when possible, else per_layer_config

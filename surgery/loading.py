@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from surgery.adapters import ArchitectureAdapter, adapter_for
+from surgery.atomic_io import FileWriteError, fsync_tree_private
 from surgery.components import ComponentIndex
 from surgery.errors import ModelNotFoundError, SurgeryError
 
@@ -55,8 +57,14 @@ def cache_dir() -> Path:
 
 
 def load(model, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-         tokenizer=None) -> LoadedModel:
-    """Load `model` (a name, path, hub id, or an already-built transformers model) for surgery."""
+         tokenizer=None, trust_remote_code: bool = False) -> LoadedModel:
+    """Load `model` (a name, path, hub id, or an already-built transformers model) for surgery.
+
+    trust_remote_code: let transformers run Python code that the model directory (or hub repo)
+    names in its auto_map. Off by default: such a directory is refused, naming the code, except
+    model-surgery's own exports, which are verified and built from the installed package
+    (surgery.remote_code).
+    """
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, nn.Module):
@@ -71,10 +79,12 @@ def load(model, *, dtype: torch.dtype = torch.float32, device: str | torch.devic
         if not Path(name).is_file():
             raise ModelNotFoundError(f"GGUF file not found: {name}")
         hf_model, tok = _from_dir(_gguf_cache(Path(name), key=_file_key(Path(name))), dtype)
-    elif Path(name).is_dir():
-        hf_model, tok = _from_dir(Path(name), dtype)
+    elif Path(name).expanduser().is_dir():
+        hf_model, tok = _from_dir(Path(name).expanduser(), dtype, trust_remote_code)
+    elif _looks_like_local_path(name):
+        raise ModelNotFoundError(_missing_path_message(name))
     else:
-        hf_model, tok = _from_hub(name, dtype)
+        hf_model, tok = _from_hub(name, dtype, trust_remote_code)
     hf_model = hf_model.to(device).eval()
     return _wrap(hf_model, tokenizer or tok, source=name)
 
@@ -122,17 +132,23 @@ def _gguf_cache(gguf: Path, key: str) -> Path:
         config.pop(key_name, None)
     plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    except OSError as err:
+        raise FileWriteError(target, err) from err
     try:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        fsync_tree_private(tmp)  # durable before the rename; private like exports (0600 files, 0700 dirs)
         if target.exists():  # another process won the race
             shutil.rmtree(tmp)
         else:
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and not isinstance(err, FileWriteError):
+            raise FileWriteError(target, err) from err  # e.g. "could not write <cache>: No space left ..."
         raise
     return target
 
@@ -145,33 +161,71 @@ def _auto_class(config):
     return AutoModelForCausalLM
 
 
-def _from_dir(path: Path, dtype):
+def _from_dir(path: Path, dtype, trust_remote_code: bool = False):
     from transformers import AutoConfig, AutoTokenizer
+
+    from surgery.modeling.pruned_attention import quiet_global_head_counts
+    from surgery.remote_code import installed_model_class
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{path} is not a model directory (no config.json)")
+    manifest = None
     if (path / "manifest.json").is_file():  # a model-surgery export: check checksums before loading
         from surgery.save import verify_export
-        verify_export(path)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+        manifest = verify_export(path, allow_unlisted_code=trust_remote_code)
+    # Refuses (before transformers reads anything) when the directory would run code not verified as ours.
+    ours = installed_model_class(path, manifest, trust_remote_code)
+    with quiet_global_head_counts():
+        try:
+            if ours is not None:
+                model = ours.from_pretrained(path, dtype=dtype)
+            else:
+                config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+                model = _auto_class(config).from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        except (OSError, RuntimeError, ValueError) as err:
+            raise SurgeryError(f"could not load the weights in {path}: {err}. If this is an export of "
+                               f"model-surgery, check it with `surgery.verify_export('{path}')`.") from err
     try:
-        model = _auto_class(config).from_pretrained(path, dtype=dtype, trust_remote_code=True)
-    except (OSError, RuntimeError, ValueError) as err:
-        raise SurgeryError(f"could not load the weights in {path}: {err}. If this is an export of "
-                           f"model-surgery, check it with `surgery.verify_export('{path}')`.") from err
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
         tok = None
     return model, tok
 
 
-def _from_hub(name: str, dtype):
+# A hub id is "name" or "namespace/name" of letters, digits, '-', '_' and '.' (not at the start).
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _looks_like_local_path(name: str) -> bool:
+    """A name that can only mean a local path (a hub lookup would retry for ~30 s and then fail)."""
+    if name.startswith((".", "~", "/")) or "\\" in name or (os.sep != "/" and os.sep in name):
+        return True
+    if not _HUB_ID.match(name):
+        return True  # spaces, several slashes, a trailing slash: no hub id looks like that
+    parent = Path(name).parent
+    return str(parent) != "." and parent.exists()  # "runs/expor" when ./runs exists: a typo of a local dir
+
+
+def _missing_path_message(name: str) -> str:
+    path = Path(name).expanduser()
+    existing = next((p for p in path.parents if p.exists()), None)
+    hint = ""
+    if existing is not None and existing.is_dir():
+        near = sorted(p.name for p in existing.iterdir() if not p.name.startswith("."))[:8]
+        hint = f"; {existing} holds: {', '.join(near) if near else 'nothing'}"
+    return (f"model {name!r} looks like a local path but does not exist{hint}. Check the spelling "
+            f"(embedded names: {', '.join(EMBEDDED)}; hub ids look like 'namespace/name').")
+
+
+def _from_hub(name: str, dtype, trust_remote_code: bool = False):
     from transformers import AutoConfig, AutoTokenizer
     try:
-        config = AutoConfig.from_pretrained(name)
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
+        if "trust_remote_code" in str(err):
+            from surgery.remote_code import OPT_IN, RemoteCodeError
+            raise RemoteCodeError(f"{name}: the hub repository's config names Python code to run; {OPT_IN}") from None
         raise ModelNotFoundError(
             f"unknown model {name!r}: not an embedded name ({', '.join(EMBEDDED)}), not a local directory "
             f"or .gguf file, and the Hugging Face hub could not provide it ({type(err).__name__}).") from None
-    model = _auto_class(config).from_pretrained(name, dtype=dtype)
-    return model, AutoTokenizer.from_pretrained(name)
+    model = _auto_class(config).from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
+    return model, AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)

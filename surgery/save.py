@@ -1,15 +1,20 @@
 """Write a (cut) model as a checkpoint that transformers loads, atomically, with checksums.
 
-`save_model` writes safetensors + config.json (+ tokenizer files) into a temporary directory
-beside the target, fsyncs every file, then renames it into place. A crash leaves only a hidden
-`.<name>.tmp-*` directory, never a half-written `<name>`. An existing target is refused unless
-force=True; with force the old directory is swapped out only once the new one is complete.
+`save_model` writes safetensors + config.json (+ tokenizer files) + manifest.json into a temporary
+directory beside the target, fsyncs every file, then renames it into place. A crash leaves only a
+hidden `.<name>.tmp-*` directory, never a half-written `<name>`. Exports are private: directories
+0700, files 0600. An existing target is refused unless force=True, and even then only an export of
+ours is replaced (manifest.json listing every file in it; see surgery.outputs); the model being
+saved is never written over its own source directory. With force the old directory is swapped out
+only once the new one is complete.
 
 What loads how:
 - plain checkpoint: every layer has the same head counts and the stock config accepts them
   (Llama family), layer removal, masked heads: `from_pretrained(dir)` anywhere.
 - remote code: uneven counts per layer, or any head cut in GPT-2 / GPT-NeoX / BERT. The export
-  carries `pruned_attention.py` and an `auto_map`, and loads with `trust_remote_code=True`.
+  carries `pruned_attention.py` and an `auto_map`, and loads with `trust_remote_code=True` in plain
+  transformers; `surgery.load(dir)` verifies the file and builds the class from the installed
+  package instead (surgery.remote_code), so it needs no trust.
 Masked exports (mask_heads) do not shrink; cut ones do.
 """
 
@@ -22,16 +27,21 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
+from surgery.atomic_io import FileWriteError, fsync_directory, fsync_tree_private
 from surgery.cut import parameter_count
 from surgery.errors import SurgeryError
 from surgery.loading import LoadedModel, load
+from surgery.modeling.pruned_attention import quiet_global_head_counts
+from surgery.outputs import EXPORT_MANIFEST, refuse_overwriting_inputs, refuse_unless_ours
+from surgery.remote_code import (AUTO_MAP_TARGET, MODELING_FILE, OPT_IN, code_files, modeling_source,
+                                 stock_base_class)
 
-MANIFEST = "manifest.json"
-MODELING_FILE = "pruned_attention.py"
-_MODELING_SOURCE = Path(__file__).parent / "modeling" / MODELING_FILE
+MANIFEST = EXPORT_MANIFEST
+WRITTEN_BY = "model-surgery"
 
 
 class CorruptExportError(SurgeryError):
@@ -39,53 +49,82 @@ class CorruptExportError(SurgeryError):
 
 
 def save_model(loaded_or_model, out_dir, *, force: bool = False, manifest: dict | None = None,
-               extra_files: dict[str, str | bytes] | None = None, dtype=None) -> dict:
+               extra_files: dict[str, str | bytes] | None = None, dtype=None,
+               progress: Callable[[str], None] | None = None) -> dict:
     """Export to `out_dir`. Returns {"path", "files" {name: sha256}, "file_sizes", "parameters",
-    "bytes", "remote_code", "dtype"}.
+    "bytes", "remote_code", "dtype", "written_by"}.
 
     `dtype`: write the weights in this dtype (torch dtype or "bf16"/"fp16"/"fp32"; default: the
     model's own). The model passed in is not changed: a copy is cast when the dtype differs.
 
-    `manifest`: when given, it is written as manifest.json with that summary merged in (keys
-    "files", "file_sizes", "parameters", "bytes", "remote_code"), so `verify_export` can check the
-    directory later. `extra_files`: more files to write (name -> text or bytes), checksummed too.
+    manifest.json is always written: `manifest` (when given) with that summary merged in, so
+    `verify_export` can check the directory later and a later force=True knows the directory is
+    ours. `extra_files`: more files to write (name -> text or bytes), checksummed too.
+    `progress(stage)` is called as each stage starts (writing, checksumming, syncing).
     """
     loaded = load(loaded_or_model)
+    target = check_export_target(out_dir, force=force, sources=model_sources(loaded))
     loaded = _in_dtype(loaded, parse_dtype(dtype))
-    target = Path(out_dir)
-    if target.exists() and not force:
-        raise SurgeryError(f"{target} already exists; choose another directory or pass force=True "
-                           f"(--force) to replace it")
-    if target.exists() and not target.is_dir():
-        raise SurgeryError(f"{target} exists and is not a directory; refusing to replace it")
+    report = progress or (lambda stage: None)
     for name in extra_files or {}:
         if name in (MANIFEST, "config.json") or Path(name).is_absolute() or ".." in Path(name).parts:
             raise SurgeryError(f"extra file name {name!r} is reserved or escapes the export directory")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as err:
+        raise FileWriteError(target, err) from err
+    try:
+        report("writing the checkpoint")
         remote = _write_model(loaded, tmp)
         for name, content in (extra_files or {}).items():
             path = tmp / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content.encode() if isinstance(content, str) else content)
+        report("checksumming")
         files = {name: _sha256(tmp / name) for name in _list_files(tmp)}
         sizes = {name: (tmp / name).stat().st_size for name in files}
         summary = {"files": files, "file_sizes": sizes, "parameters": parameter_count(loaded.model),
-                   "bytes": sum(sizes.values()), "remote_code": remote,
+                   "bytes": sum(sizes.values()), "remote_code": remote, "written_by": WRITTEN_BY,
                    "dtype": dtype_name(next(loaded.model.parameters()).dtype)}
-        if manifest is not None:
-            (tmp / MANIFEST).write_text(json.dumps({**manifest, **summary}, indent=2, sort_keys=True))
-        _fsync_tree(tmp)
+        (tmp / MANIFEST).write_text(json.dumps({**(manifest or {}), **summary}, indent=2, sort_keys=True))
+        report("syncing to disk")
+        fsync_tree_private(tmp)  # durable, and private: 0600 files, 0700 directories
         _swap_into_place(tmp, target)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and not isinstance(err, FileWriteError):
+            raise FileWriteError(target, err) from err
         raise
     return {"path": str(target), **summary}
 
 
-def verify_export(path) -> dict:
-    """Check every file listed in manifest.json against its sha256; raise naming the bad file."""
+def model_sources(loaded: LoadedModel) -> list:
+    """Where a loaded model came from on disk (from_pretrained records its directory as name_or_path)."""
+    return [loaded.source, getattr(loaded.model, "name_or_path", None)]
+
+
+def check_export_target(out_dir, *, force: bool, sources=()) -> Path:
+    """Refuse, before any work, an export target that exists (unless force), that is not an export
+    of ours (even with force), or that is (or holds) one of `sources`, the model being exported."""
+    target = Path(out_dir)
+    refuse_overwriting_inputs(target, sources, flag="out_dir")
+    if target.exists() or target.is_symlink():
+        if not force:
+            raise SurgeryError(f"{target} already exists; choose another directory or pass force=True "
+                               f"(--force) to replace it")
+        if not target.is_dir() or target.is_symlink():
+            raise SurgeryError(f"{target} exists and is not a directory; refusing to replace it")
+        refuse_unless_ours(target)
+    return target
+
+
+def verify_export(path, *, allow_unlisted_code: bool = False) -> dict:
+    """Check every file listed in manifest.json against its sha256; raise naming the bad file.
+
+    A code file (.py, .pyc, .so, ...) the manifest does not list is refused too: it was added after
+    the export and nothing vouches for it (allow_unlisted_code=True when the user trusts the
+    directory's code anyway)."""
     root = Path(path)
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
@@ -94,12 +133,16 @@ def verify_export(path) -> dict:
     try:
         manifest = json.loads(manifest_path.read_text())
         files = manifest["files"]
+        if not isinstance(files, dict):
+            raise TypeError("'files' is not a map")
     except (ValueError, KeyError, TypeError) as err:
         raise CorruptExportError(f"{manifest_path} is unreadable or has no 'files' map ({err}); the export "
                                  f"is damaged, export the model again") from None
     sizes = manifest.get("file_sizes", {})
     for name, digest in sorted(files.items()):
         file = root / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise CorruptExportError(f"{manifest_path} lists {name!r}, which lies outside the export")
         if not file.is_file():
             raise CorruptExportError(f"{root}: file {name!r} listed in {MANIFEST} is missing; export again")
         size = file.stat().st_size
@@ -110,6 +153,10 @@ def verify_export(path) -> dict:
         if _sha256(file) != digest:
             raise CorruptExportError(f"{root}: {name!r} is corrupt (sha256 differs from {MANIFEST}); "
                                      f"export or download it again")
+    unlisted = [name for name in code_files(root) if name not in files]
+    if unlisted and not allow_unlisted_code:
+        raise CorruptExportError(f"{root}: {', '.join(unlisted)} is code that {MANIFEST} does not list (added after "
+                                 f"the export, nothing vouches for it); delete it, or {OPT_IN}")
     return manifest
 
 
@@ -147,29 +194,29 @@ def _write_model(loaded: LoadedModel, directory: Path) -> bool:
     remote = bool(getattr(config, "is_heterogeneous", False))
     if remote:
         _check_remote_supported(model)
-    model.save_pretrained(directory)
+    with quiet_global_head_counts():
+        model.save_pretrained(directory)
     if loaded.tokenizer is not None and hasattr(loaded.tokenizer, "save_pretrained"):
         loaded.tokenizer.save_pretrained(directory)
     if remote:
-        base = type(model).__name__
-        source = _MODELING_SOURCE.read_text().replace('BASE_CLASS = "LlamaForCausalLM"', f'BASE_CLASS = "{base}"')
-        (directory / MODELING_FILE).write_text(source)
+        base = stock_base_class(type(model)).__name__  # a re-pruned export: its stock ancestor
+        (directory / MODELING_FILE).write_text(modeling_source(base))
         config_path = directory / "config.json"
         data = json.loads(config_path.read_text())
+        data["architectures"] = [base]  # as a first export writes it
         auto = "AutoModelForMaskedLM" if "MaskedLM" in base else "AutoModelForCausalLM"
-        data["auto_map"] = {auto: f"{MODELING_FILE[:-3]}.PrunedModel"}
+        data["auto_map"] = {auto: AUTO_MAP_TARGET}
         data["allow_global_per_layer_attribute_access"] = True
         config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return remote
 
 
 def _check_remote_supported(model) -> None:
-    import transformers
     from surgery.modeling.pruned_attention import attention_kind, layer_list
-    base = type(model).__name__
-    if getattr(transformers, base, None) is not type(model):
-        raise SurgeryError(f"{base} is not a transformers class; models with per-layer head counts can only be "
-                           f"exported from stock transformers classes (Llama family, GPT-2, GPT-NeoX, BERT)")
+    if stock_base_class(type(model)) is None:
+        raise SurgeryError(f"{type(model).__name__} is not derived from a transformers class; models with per-layer "
+                           f"head counts can only be exported from stock transformers classes (Llama family, GPT-2, "
+                           f"GPT-NeoX, BERT) and model-surgery's own exports of them")
     for block in layer_list(model):
         attention_kind(block)  # raises for unsupported blocks
 
@@ -186,23 +233,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    for directory in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
-        _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _swap_into_place(tmp: Path, target: Path) -> None:
     if not target.exists():
         os.replace(tmp, target)
@@ -216,4 +246,4 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
             os.replace(old, target)
             raise
         shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(target.parent)
+    fsync_directory(target.parent)

@@ -32,6 +32,7 @@ from probes.estimators import DEFAULT_ESTIMATOR, estimate
 from probes.head_values import head_values
 from probes.model_game import model_game
 from probes.values import Values
+from surgery.atomic_io import write_json_atomic
 from surgery.loading import load
 
 FORMAT = "model-surgery.value-dataset"
@@ -68,8 +69,8 @@ class ValueDataset:
     def save(self, path: str | PathLike) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"format": FORMAT, "examples": [e.as_dict() for e in self.examples]}))
-        return path
+        return write_json_atomic(path, {"format": FORMAT, "examples": [e.as_dict() for e in self.examples]},
+                                 indent=None)
 
     @classmethod
     def load(cls, path: str | PathLike) -> ValueDataset:
@@ -116,7 +117,7 @@ def _timed_info(store: Path | None, seconds: float, fresh: int, total: int) -> d
     if store is not None:
         sidecar = store.with_name(store.name + ".timing.json")
         if fresh:
-            sidecar.write_text(json.dumps({"seconds_per_evaluation": per_eval, "fresh_evaluations": fresh}))
+            write_json_atomic(sidecar, {"seconds_per_evaluation": per_eval, "fresh_evaluations": fresh}, indent=None)
         elif sidecar.exists():
             per_eval = json.loads(sidecar.read_text())["seconds_per_evaluation"]
     info["seconds_per_evaluation"] = per_eval

@@ -33,6 +33,7 @@ from probes.amortized.features import HEAD_FEATURES, LAYER_FEATURES, HeadFeature
 from probes.errors import ProbeError
 from probes.head_values import HeadValues
 from probes.values import Values
+from surgery.atomic_io import atomic_path, write_json_atomic
 
 FORMAT = "model-surgery.value-predictor"
 VERSION = 2  # 2: integrated-gradients features; scale from them
@@ -180,8 +181,9 @@ class ValuePredictor:
         for prefix, model in (("head", self.head_model), ("layer", self.layer_model)):
             if model is not None:
                 tensors.update({f"{prefix}.{k}": v.contiguous() for k, v in model.state_dict().items()})
-        save_file(tensors, str(directory / "weights.safetensors"))
-        (directory / "config.json").write_text(json.dumps(self.config(), indent=2))
+        with atomic_path(directory / "weights.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+        write_json_atomic(directory / "config.json", self.config())
         return directory
 
     @classmethod

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from surgery.atomic_io import atomic_path, write_json_atomic
 from surgery.errors import SurgeryError
+from surgery.outputs import figure_metadata, refuse_overwriting_inputs, refuse_unless_ours
 
 DEFAULT_MODEL = "smollm2-135m"
+# "format" of the JSON files the CLI writes itself (values and plans carry their own): a later
+# --force recognises them as ours by this key (surgery.outputs).
+CLUSTERS_FORMAT = "model-surgery.head-clusters"
+EVAL_FORMAT = "model-surgery.eval"
+RUN_REPORT_FORMAT = "model-surgery.run-report"
 
 
 class CLIError(SurgeryError):
@@ -21,6 +27,16 @@ def add_model(parser, help_extra: str = "") -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"embedded name (smollm2-135m), local dir, .gguf file or hub id{help_extra} "
                              f"(default: {DEFAULT_MODEL})")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run Python code the model directory or hub repo names in its auto_map (off: such a "
+                             "model is refused; model-surgery's own exports load without it)")
+
+
+def load_model(args):
+    """surgery.load(--model), running the model's own code only with --trust-remote-code."""
+    import surgery
+
+    return surgery.load(args.model, trust_remote_code=args.trust_remote_code)
 
 
 def add_task(parser) -> None:
@@ -52,27 +68,75 @@ def task_from_args(args, default: str | None = None):
     return get_task(name)
 
 
-def check_output(path: str | os.PathLike, force: bool) -> Path:
-    """Refuse to overwrite an existing output unless --force; fail before any work if unwritable."""
+def check_output(path: str | os.PathLike, force: bool, *, inputs=(), kind: str = "file",
+                 flag: str = "--out") -> Path:
+    """Validate an output before any work: refuse to overwrite without --force, refuse even with
+    --force what model-surgery did not write (surgery.outputs), never write over an input of the
+    command, refuse a directory where a file goes (and vice versa), fail early if unwritable.
+
+    kind: "file" (a JSON file), "figure" (png/pdf/svg) or "dir" (an export directory).
+    """
     path = Path(path)
-    if path.exists() and not force:
-        raise CLIError(f"{path} already exists; choose another --out or pass --force to replace it")
+    if kind == "figure":
+        figure_metadata(path)  # refuses formats that cannot carry our mark
+    try:
+        refuse_overwriting_inputs(path, inputs, flag=flag)
+    except SurgeryError as err:
+        raise CLIError(str(err)) from None
+    if path.exists() or path.is_symlink():
+        if kind == "dir" and not path.is_dir():
+            raise CLIError(f"{flag} {path} is a file, but this output is a directory; choose another {flag}")
+        if kind != "dir" and path.is_dir():
+            raise CLIError(f"{flag} {path} is a directory; give a file name, e.g. {path / 'out.json'}")
+        if not force:
+            raise CLIError(f"{path} already exists; choose another {flag} or pass --force to replace it")
+        refuse_unless_ours(path, flag=flag)
     parent = path.parent if str(path.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     if not os.access(parent, os.W_OK):
-        raise CLIError(f"cannot write to {parent} (permission denied); choose another --out")
+        raise CLIError(f"cannot write to {parent} (permission denied); choose another {flag}")
     return path
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Atomic: write a temporary file, then rename, so a full disk never leaves half a JSON file."""
-    tmp = path.with_name(f".{path.name}.tmp")
+def check_store(path: str | os.PathLike | None, inputs=()) -> None:
+    """--store, before any work: a new or empty directory or a coalition store; never a file, a folder
+    of the user's, or an input of the command."""
+    if path is None:
+        return
+    from probes.store import HEADER
+
+    path = Path(path)
     try:
-        tmp.write_text(json.dumps(data, indent=2, allow_nan=False))
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+        refuse_overwriting_inputs(path, inputs, flag="--store")
+    except SurgeryError as err:
+        raise CLIError(str(err)) from None
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"--store {path} is a file; give a directory (new, or a store of an earlier run to resume)")
+    if path.is_dir() and any(path.iterdir()) and not (path / HEADER).is_file():
+        raise CLIError(f"--store {path} is a non-empty directory that is not a coalition store (no {HEADER}); "
+                       f"give a new directory or the store of an earlier run")
+
+
+def check_distinct_outputs(*paths) -> None:
+    """Two outputs of one command must not be the same file (e.g. --out x --figure x)."""
+    given = [Path(p) for p in paths if p is not None]
+    for i, a in enumerate(given):
+        for b in given[i + 1:]:
+            if a.resolve() == b.resolve():
+                raise CLIError(f"two outputs of this command are the same file ({a}); give them different names")
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic (surgery.atomic_io): a full disk never leaves half a JSON file, and the error names it."""
+    write_json_atomic(path, data)
+
+
+def save_figure(figure, path: str | os.PathLike) -> None:
+    """savefig, atomically, with model-surgery's mark in the metadata (so --force may replace it later)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format=path.suffix[1:].lower(), dpi=120, bbox_inches="tight",
+                       metadata=figure_metadata(path))
 
 
 @contextmanager
@@ -82,6 +146,34 @@ def progress_bar(total: int | None, desc: str, unit: str = "eval"):
 
     with tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, smoothing=0.1, mininterval=1.0) as bar:
         yield bar.update
+
+
+@contextmanager
+def stages(message: str):
+    """A long step with named stages: prints each stage on its own line as it starts (so a
+    minute-long export shows where it is, and progress bars of transformers get lines of their own),
+    then how long each took. Yields `stage(name)`, to be called as each stage starts."""
+    print(f"{message}:", flush=True)
+    started = time.perf_counter()
+    timings: list[list] = []
+
+    def stage(name: str) -> None:
+        now = time.perf_counter()
+        if timings:
+            timings[-1][1] = now - timings[-1][1]
+        timings.append([name, now])
+        print(f"  {name} ...", flush=True)
+
+    try:
+        yield stage
+    except BaseException:
+        print(f"  failed{' while ' + timings[-1][0] if timings else ''}", flush=True)
+        raise
+    now = time.perf_counter()
+    if timings:
+        timings[-1][1] = now - timings[-1][1]
+    print(f"  done in {now - started:.1f} s" + (": " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings)
+                                               if timings else ""), flush=True)
 
 
 @contextmanager

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import time
 
-from pruning.cli.common import add_model
+from pruning.cli.common import add_model, load_model
 
 
 def cmd_info(args) -> int:
-    import surgery
-
-    loaded = surgery.load(args.model)
+    loaded = load_model(args)
     comps = loaded.components
     print(f"{loaded.source}: {loaded.adapter.family} family, {comps.describe()}")
     print(f"heads  {comps.heads[0]} .. {comps.heads[-1]}   layers {comps.layers[0]} .. {comps.layers[-1]}   "
@@ -23,12 +21,11 @@ def cmd_info(args) -> int:
 
 def cmd_demo(args) -> int:
     """Ablate each layer of the embedded model on generated prompts and print the damage."""
-    import surgery
     from probes.tasks import get_task
     from surgery.engine import AblationEngine, leave_one_out_masks
 
     t0 = time.perf_counter()
-    loaded = surgery.load(args.model)
+    loaded = load_model(args)
     print(f"loaded {loaded.source} in {time.perf_counter() - t0:.1f}s: {loaded.components.describe()}")
     task_batch = get_task("factual", n=args.prompts).batch(loaded, seed=args.seed)
     batch, metric = task_batch.tokens, task_batch.metric("logprob")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from pruning.cli.common import CLIError, add_model, check_output, progress_bar, step, write_json
+from pruning.cli.common import (EVAL_FORMAT, CLIError, add_model, check_output, load_model, progress_bar, stages,
+                                write_json)
 from pruning.cli.plan_cmds import calibration_batches
 
 # Built-in tasks and the accuracy-like metric `surgery eval` reports for each.
@@ -13,20 +14,20 @@ EVAL_METRICS = {"induction": "accuracy", "ioi": "pair_accuracy", "factual": "acc
 
 
 def cmd_prune(args) -> int:
-    import surgery
     from pruning.export import export_pruned
     from pruning.plan import PruningPlan
 
-    target = check_output(args.out, args.force)
+    target = check_output(args.out, args.force, inputs=[args.model, args.plan, args.text], kind="dir")
     plan = PruningPlan.load(args.plan)
-    loaded = surgery.load(args.model)
+    loaded = load_model(args)
     plan.check_model(loaded)
     calibration = None
     if plan.sparsity and plan.sparsity_method == "wanda" or plan.heads and plan.removal_mode == "mean_compensated":
         calibration = calibration_batches(loaded, args.text, args.calibration_n, args.seq_len)
     dtype = None if args.dtype == "model" else args.dtype
-    with step(f"pruning ({plan.summary()}) and exporting to {target}"):
-        manifest = export_pruned(loaded, plan, target, force=args.force, calibration=calibration, dtype=dtype)
+    with stages(f"pruning ({plan.summary()}) and exporting to {target}") as stage:
+        manifest = export_pruned(loaded, plan, target, force=args.force, calibration=calibration, dtype=dtype,
+                                 progress=stage)
     b, a = manifest["before"], manifest["after"]
     print(f"parameters {b['parameters']:,} -> {a['parameters']:,} (nonzero {a['nonzero_parameters']:,}); "
           f"files {manifest['bytes'] / 2**20:.1f} MiB ({manifest['dtype']})")
@@ -59,14 +60,12 @@ def evaluate(loaded, tasks: list[str], text: str | None, n: int, seq_len: int, s
 
 
 def cmd_eval(args) -> int:
-    import surgery
-
-    out = check_output(args.out, args.force) if args.out else None
+    out = check_output(args.out, args.force, inputs=[args.model, args.text]) if args.out else None
     tasks = list(EVAL_METRICS) if args.task is None else args.task
     unknown = [t for t in tasks if t not in EVAL_METRICS]
     if unknown:
         raise CLIError(f"unknown task(s) {unknown}; built-in tasks: {', '.join(EVAL_METRICS)}")
-    loaded = surgery.load(args.model)
+    loaded = load_model(args)
     results = evaluate(loaded, tasks, args.text, args.n, args.seq_len, args.seed)
     t = results["text"]
     print(f"{loaded.source}: {results['parameters']:,} parameters ({results['nonzero_parameters']:,} nonzero), "
@@ -76,7 +75,7 @@ def cmd_eval(args) -> int:
         print(f"  {name:<13} {s['metric']:<14} {s['value']:.3f}")
     print(f"  forward {results['forward_seconds'] * 1000:.0f} ms for {args.n} x {args.seq_len} tokens")
     if out:
-        write_json(out, _finite(results))
+        write_json(out, {"format": EVAL_FORMAT, **_finite(results)})
         print(f"wrote {out}")
     return 0
 
@@ -97,7 +96,7 @@ def register(sub) -> None:
     add_model(p)
     p.add_argument("--plan", required=True, help="plan JSON from `surgery plan`")
     p.add_argument("--out", required=True, help="export directory (must not exist unless --force)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--force", action="store_true", help="replace --out if it is an export of model-surgery")
     p.add_argument("--text", default=None, metavar="FILE",
                    help="calibration text for Wanda and for mean-compensated head removal "
                         "(default: built-in documentation text)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pruning.cli.common import CLIError, add_model, check_output, write_json
+from pruning.cli.common import CLIError, add_model, check_output, load_model, write_json
 
 
 def _load_values(path: str, kind: str):
@@ -48,14 +48,13 @@ def _refuse_foreign_flags(args, parser_defaults: dict) -> None:
 
 
 def cmd_plan(args) -> int:
-    import surgery
     from pruning.policies import find_cornerstones, head_plan, layer_plan, sparsity_plan
 
     _refuse_foreign_flags(args, args.plan_defaults)
-    out = check_output(args.out, args.force)
+    out = check_output(args.out, args.force, inputs=[args.values, args.model, args.text])
     if args.kind in ("heads", "layers") and not args.values:
         raise CLIError(f"plan {args.kind} needs --values FILE (from `surgery values {args.kind}`)")
-    loaded = surgery.load(args.model)
+    loaded = load_model(args)
     if args.kind == "heads":
         if sum(x is not None for x in (args.fraction, args.k, args.harmful)) != 1:
             raise CLIError("plan heads needs exactly one of --fraction F, --k K or --harmful CONFIDENCE")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pruning.cli.common import CLIError, add_model, progress_bar, step, write_json
+from pruning.cli.common import (RUN_REPORT_FORMAT, CLIError, add_model, check_output, load_model, progress_bar, stages,
+                                step, write_json)
 from pruning.cli.model_cmds import EVAL_METRICS, _finite, evaluate
 
 
@@ -20,19 +21,17 @@ def cmd_run(args) -> int:
     from probes.head_values import head_values
     from pruning.export import export_pruned
     from pruning.policies import head_plan
+    from surgery.remote_code import installed_model_class
+    from surgery.save import verify_export
     from transformers import AutoModelForCausalLM
 
     if not 0.0 < args.fraction < 1.0:
         raise CLIError(f"--fraction {args.fraction} must lie strictly between 0 and 1")
     out = Path(args.out)
-    export_dir = out / "model"
-    if export_dir.exists() and not args.force:
-        raise CLIError(f"{export_dir} already exists; pass --force to replace the export (the evaluation store in "
-                       f"{out / 'store'} is reused either way) or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    export_dir = check_run_outputs(out, args)
     started = time.perf_counter()
     with step(f"loading {args.model}"):
-        loaded = surgery.load(args.model)
+        loaded = load_model(args)
     print(f"  {loaded.components.describe()}")
 
     from probes.tasks import get_task
@@ -46,9 +45,11 @@ def cmd_run(args) -> int:
 
     plan = head_plan(values, loaded, fraction=args.fraction, values_file=str(out / "values.json"))
     plan.save(out / "plan.json")
-    with step(f"exporting ({plan.summary()})"):
-        manifest = export_pruned(loaded, plan, export_dir, force=args.force)
+    with stages(f"exporting ({plan.summary()})") as stage:
+        manifest = export_pruned(loaded, plan, export_dir, force=args.force, progress=stage)
     with step("reloading the export with transformers"):
+        # Plain transformers runs the export's own modeling file: first make sure it is exactly ours.
+        installed_model_class(export_dir, verify_export(export_dir), trust_remote_code=False)
         reloaded = surgery.load(AutoModelForCausalLM.from_pretrained(
             str(export_dir), trust_remote_code=bool(manifest.get("remote_code"))).eval(), tokenizer=loaded.tokenizer)
 
@@ -59,11 +60,25 @@ def cmd_run(args) -> int:
     report = {"model": str(loaded.source), "task": args.task, "budget": args.budget, "seed": args.seed,
               "fraction": args.fraction, "heads_removed": plan.heads, "before": before, "after": after,
               "loads_with": manifest["loads_with"], "wall_seconds": round(time.perf_counter() - started, 1)}
-    write_json(out / "report.json", _finite(report))
+    write_json(out / "report.json", {"format": RUN_REPORT_FORMAT, **_finite(report)})
     print_table(before, after)
     print(f"\nexport: {export_dir} ({manifest['loads_with'].replace('dir', repr(str(export_dir)))})")
     print(f"values, plan and report in {out}; {report['wall_seconds']:.0f} s in all")
     return 0
+
+
+def check_run_outputs(out: Path, args) -> Path:
+    """Every output of the run, checked before any work: none replaced without --force, and --force
+    replaces only what model-surgery wrote; the store in --out is reused either way. Returns model/."""
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; `surgery run` writes a directory (values, plan, model, report)")
+    hint = f" (the evaluation store in {out / 'store'} is reused either way)"
+    for name, kind in (("values.json", "file"), ("plan.json", "file"), ("model", "dir"), ("report.json", "file")):
+        try:
+            check_output(out / name, args.force, inputs=[args.model], kind=kind)
+        except CLIError as err:
+            raise CLIError(f"{err}{hint if 'already exists' in str(err) else ''}") from None
+    return out / "model"
 
 
 def print_table(before: dict, after: dict) -> None:
@@ -92,5 +107,6 @@ def register(sub) -> None:
     p.add_argument("--eval-n", type=int, default=16, help="sequences/prompts per evaluation task")
     p.add_argument("--eval-seed", type=int, default=1000, help="seed of the evaluation examples")
     p.add_argument("--out", default="surgery-run", help="output directory (default: ./surgery-run)")
-    p.add_argument("--force", action="store_true", help="replace an existing export in --out")
+    p.add_argument("--force", action="store_true",
+                   help="replace the values, plan, export and report of an earlier run in --out")
     p.set_defaults(func=cmd_run)

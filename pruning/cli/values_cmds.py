@@ -6,16 +6,18 @@ import time
 
 import numpy as np
 
-from pruning.cli.common import CLIError, add_model, add_task, check_output, progress_bar, task_from_args, write_json
+from pruning.cli.common import (CLUSTERS_FORMAT, CLIError, add_model, add_task, check_distinct_outputs, check_output,
+                                check_store, load_model, progress_bar, save_figure, task_from_args, write_json)
 
 
 def cmd_values(args) -> int:
-    import surgery
     from probes.head_values import DEFAULT_BUDGET_PER_PLAYER, head_values
     from probes.layer_values import DEFAULT_LAYER_ESTIMATOR, layer_values
 
-    out = check_output(args.out, args.force)
-    loaded = surgery.load(args.model)
+    out = check_output(args.out, args.force, inputs=[args.model, args.text])
+    check_store(args.store, inputs=[args.model, args.text])
+    check_distinct_outputs(out, args.store)
+    loaded = load_model(args)
     task = task_from_args(args)
     n_players = len(loaded.components.heads if args.kind == "heads" else loaded.components.layers)
     estimator = args.estimator or (None if args.kind == "heads" else DEFAULT_LAYER_ESTIMATOR)
@@ -62,8 +64,15 @@ def _ray_builder(args, games: list):
     """Build the game with Ray workers that each load --model themselves (same fingerprint as local)."""
     from probes.distributed import ray_model_game
 
+    spec = args.model
+    if args.trust_remote_code:  # each worker loads the model itself, trusting it as the user asked
+        import functools
+
+        import surgery
+        spec = functools.partial(surgery.load, args.model, trust_remote_code=True)
+
     def build(_loaded, batch, metric, players, **options):
-        games.append(ray_model_game(args.model, batch, metric, players, workers=args.workers,
+        games.append(ray_model_game(spec, batch, metric, players, workers=args.workers,
                                     address=args.address, num_gpus=args.num_gpus, **options))
         return games[-1]
     return build
@@ -73,7 +82,10 @@ def cmd_cluster(args) -> int:
     from probes.clustering import cluster_heads, plot_clusters
     from probes.head_values import HeadValues
 
-    out = check_output(args.out, args.force)
+    out = check_output(args.out, args.force, inputs=args.values)
+    if args.figure:
+        check_output(args.figure, args.force, inputs=args.values, kind="figure", flag="--figure")
+        check_distinct_outputs(out, args.figure)
     by_task = {}
     digests = {}
     for path in args.values:
@@ -90,7 +102,7 @@ def cmd_cluster(args) -> int:
     if len(by_task) < 2:
         raise CLIError("clustering needs head values of at least two tasks (one values file per task)")
     clusters = cluster_heads(by_task, k=args.k, seed=args.seed, active_value=args.active_value)
-    write_json(out, clusters.as_dict())
+    write_json(out, {"format": CLUSTERS_FORMAT, **clusters.as_dict()})
     print(f"{len(clusters.names)} heads, {len(by_task)} tasks -> {clusters.k} clusters"
           + (f" (k by silhouette: {', '.join(f'{k}: {s:.2f}' for k, s in clusters.silhouettes.items())})"
              if clusters.silhouettes else ""))
@@ -101,7 +113,7 @@ def cmd_cluster(args) -> int:
         import matplotlib
         matplotlib.use("Agg")
         ax = plot_clusters(clusters)
-        ax.figure.savefig(args.figure, dpi=120, bbox_inches="tight")
+        save_figure(ax.figure, args.figure)
         print(f"figure: {args.figure}")
     print(f"wrote {out}")
     return 0
@@ -143,7 +155,9 @@ def register(sub) -> None:
                    help="heads below this many task-RMS units on every task are background, not clustered "
                         "(0: cluster every head)")
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
-    p.add_argument("--figure", default=None, help="also save a heads x tasks heatmap (PNG)")
+    p.add_argument("--figure", default=None,
+                   help="also save a heads x tasks heatmap (.png, .pdf or .svg; not replaced without --force)")
     p.add_argument("--out", required=True, help="clusters JSON to write")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out / --figure if they exist (only files model-surgery wrote)")
     p.set_defaults(func=cmd_cluster)

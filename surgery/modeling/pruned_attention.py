@@ -7,7 +7,9 @@ transformers, so the export loads anywhere with
 
     AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True)
 
-(AutoModelForMaskedLM for BERT). The head counts live in the config's native `per_layer_config`
+(AutoModelForMaskedLM for BERT). `surgery.load(export_dir)` needs no trust: it checks that this
+file is exactly the one model-surgery ships and builds the class from the installed package.
+The head counts live in the config's native `per_layer_config`
 ({"<layer>": {"num_attention_heads": .., "num_key_value_heads": ..}}), so once transformers builds
 heterogeneous attention itself this file can simply be dropped.
 
@@ -24,6 +26,9 @@ the reloaded one are built alike.
 """
 
 from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -183,6 +188,32 @@ def apply_per_layer_heads(model: nn.Module) -> None:
         build_attention(block, *layer_heads(model.config, i), kv_of_query=maps.get(i))
 
 
+class _GlobalHeadCountWarning(logging.Filter):
+    """Drops transformers' "Reading global config value for per-layer attribute" warning while
+    `quiet_global_head_counts()` is active: reading the original model's global head counts is what
+    these configs opt into (allow_global_per_layer_attribute_access), and every layer is then
+    resized from its own entry, so the warning only alarms users of a correct model."""
+
+    active = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.active and record.getMessage().startswith("Reading global config value for per-layer"))
+
+
+_QUIET = _GlobalHeadCountWarning()
+logging.getLogger("transformers.integrations.heterogeneity.configuration_utils").addFilter(_QUIET)
+
+
+@contextmanager
+def quiet_global_head_counts():
+    """Silence the global-per-layer-attribute warning for configs of pruned models, inside this block."""
+    _QUIET.active += 1
+    try:
+        yield
+    finally:
+        _QUIET.active -= 1
+
+
 def _pruned_class(base: type) -> type:
     class Pruned(base):
         def __init__(self, config, *args, **kwargs):
@@ -191,7 +222,8 @@ def _pruned_class(base: type) -> type:
             allow = config.allow_global_per_layer_attribute_access
             config.allow_global_per_layer_attribute_access = True
             try:
-                super().__init__(config, *args, **kwargs)
+                with quiet_global_head_counts():
+                    super().__init__(config, *args, **kwargs)
             finally:
                 config.allow_global_per_layer_attribute_access = allow
             apply_per_layer_heads(self)
@@ -200,16 +232,33 @@ def _pruned_class(base: type) -> type:
     return Pruned
 
 
-PrunedModel = _pruned_class(getattr(transformers, BASE_CLASS))
+_CLASSES: dict[str, type] = {}
 
-# Checkpoint key renamings transformers applies to the stock class (e.g. GPT-NeoX saves its
-# `lm_head` as `embed_out`) are looked up by class name and skipped for remote code unless
-# registered: register the stock class's mapping under this class's name.
-try:
-    from transformers.conversion_mapping import (get_checkpoint_conversion_mapping,
-                                                 register_checkpoint_conversion_mapping)
-    _mapping = get_checkpoint_conversion_mapping(BASE_CLASS)
-    if _mapping:
-        register_checkpoint_conversion_mapping(PrunedModel.__name__, _mapping, overwrite=True)
-except ImportError:  # transformers without checkpoint conversion mappings: nothing to register
-    pass
+
+def pruned_model_class(base_name: str) -> type:
+    """The Pruned<base_name> class (one per base class and process), with the stock class's checkpoint
+    key renamings registered for it."""
+    if base_name not in _CLASSES:
+        base = getattr(transformers, base_name, None)
+        if not (isinstance(base, type) and issubclass(base, transformers.PreTrainedModel)):
+            raise TypeError(f"{base_name!r} is not a transformers model class")
+        cls = _CLASSES[base_name] = _pruned_class(base)
+        _register_conversion_mapping(base_name, cls)
+    return _CLASSES[base_name]
+
+
+def _register_conversion_mapping(base_name: str, cls: type) -> None:
+    # Checkpoint key renamings transformers applies to the stock class (e.g. GPT-NeoX saves its
+    # `lm_head` as `embed_out`) are looked up by class name and skipped for remote code unless
+    # registered: register the stock class's mapping under this class's name.
+    try:
+        from transformers.conversion_mapping import (get_checkpoint_conversion_mapping,
+                                                     register_checkpoint_conversion_mapping)
+    except ImportError:  # transformers without checkpoint conversion mappings: nothing to register
+        return
+    mapping = get_checkpoint_conversion_mapping(base_name)
+    if mapping:
+        register_checkpoint_conversion_mapping(cls.__name__, mapping, overwrite=True)
+
+
+PrunedModel = pruned_model_class(BASE_CLASS)

@@ -43,10 +43,16 @@ def test_existing_output_is_not_overwritten_without_force(tiny_dir, made, tmp_pa
     line = one_line_error(*run_cli(capsys, "prune", "--model", tiny_dir, "--plan", made / "plan.json",
                                    "--out", export)[::2])
     assert "already exists" in line
-    code, _, err = run_cli(capsys, "plan", "heads", "--model", tiny_dir, "--values", made / "values.json", "--k", "2",
-                           "--out", out, "--force")
-    assert code == 0, err
-    assert len(PruningPlan.load(out).heads) == 2
+    # --force replaces only files of ours: the user's "precious" file survives even then
+    line = one_line_error(*run_cli(capsys, "plan", "heads", "--model", tiny_dir, "--values", made / "values.json",
+                                   "--k", "2", "--out", out, "--force")[::2])
+    assert "not written by model-surgery" in line and out.read_text() == "precious"
+    ours = tmp_path / "ours.json"
+    for k in ("1", "2"):  # the second run replaces the first run's plan
+        code, _, err = run_cli(capsys, "plan", "heads", "--model", tiny_dir, "--values", made / "values.json",
+                               "--k", k, "--out", ours, "--force")
+        assert code == 0, err
+    assert len(PruningPlan.load(ours).heads) == 2
 
 
 @pytest.mark.parametrize("flags, message", [

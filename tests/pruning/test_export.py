@@ -42,9 +42,12 @@ def test_existing_output_directory_is_not_overwritten(tiny_llama, tmp_path):
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(surgery.SurgeryError, match="already exists"):
         export_pruned(tiny_llama, plan, tmp_path / "out")
+    with pytest.raises(surgery.SurgeryError, match="not written by model-surgery.*keep.txt"):
+        export_pruned(tiny_llama, plan, tmp_path / "out", force=True)  # force replaces only our exports
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    export_pruned(tiny_llama, plan, tmp_path / "out", force=True)
-    verify_export(tmp_path / "out")
+    export_pruned(tiny_llama, plan, tmp_path / "new")
+    export_pruned(tiny_llama, PruningPlan(model_identity(tiny_llama), layers=[1]), tmp_path / "new", force=True)
+    assert verify_export(tmp_path / "new")["plan"]["layers"] == [1]
 
 
 def test_plan_for_another_model_is_refused_before_anything_is_written(tiny_llama, tmp_path):

@@ -107,15 +107,56 @@ def test_damaged_export_is_detected_naming_the_file(tiny_llama, tmp_path, damage
 
 def test_existing_directory_is_refused_without_force(tiny_llama, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("user data")
+    save_model(tiny_llama, out, manifest={})
     with pytest.raises(SurgeryError, match="already exists"):
-        save_model(tiny_llama, out)
-    assert (out / "keep.txt").read_text() == "user data"
-    save_model(remove_layers(tiny_llama, [2]), out, force=True, manifest={})
-    assert not (out / "keep.txt").exists()
+        save_model(remove_layers(tiny_llama, [2]), out)
+    assert verify_export(out)["parameters"] == sum(p.numel() for p in tiny_llama.model.parameters())
+    save_model(remove_layers(tiny_llama, [2]), out, force=True, manifest={})  # our own export: replaced
     assert verify_export(out)["parameters"] < sum(p.numel() for p in tiny_llama.model.parameters())
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary or backup left behind
+
+
+def test_force_never_replaces_a_users_directory(tiny_llama, tmp_path):
+    """The attack: `--out DIR --force` used to delete whatever DIR held (a thesis, a data folder)."""
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "thesis.txt").write_text("four years of work")
+    (out / "sub" / "data.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(SurgeryError, match=r"out exists and was not written by model-surgery.*sub.*thesis.txt"):
+        save_model(tiny_llama, out, force=True)
+    assert (out / "thesis.txt").read_text() == "four years of work"
+    assert (out / "sub" / "data.csv").read_text() == "a,b\n1,2\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_force_never_replaces_an_export_holding_a_users_file(tiny_llama, tmp_path):
+    out = tmp_path / "out"
+    save_model(tiny_llama, out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SurgeryError, match="does not list: notes.txt"):
+        save_model(remove_layers(tiny_llama, [2]), out, force=True)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("spelling", ["same", "trailing_slash", "symlink"])
+def test_an_export_never_overwrites_its_own_source_model(tiny_llama, tmp_path, spelling):
+    import surgery
+    source = tmp_path / "model"
+    save_model(tiny_llama, source)
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    (tmp_path / "link").symlink_to(source)
+    loaded = surgery.load(str(source))
+    out = {"same": source, "trailing_slash": f"{source}/", "symlink": tmp_path / "link"}[spelling]
+    with pytest.raises(SurgeryError, match="would overwrite"):
+        save_model(remove_layers(loaded, [2]), out, force=True)
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+
+
+def test_exports_are_private_to_the_user(tiny_llama, tmp_path):
+    out = tmp_path / "out"
+    save_model(remove_heads(tiny_llama, {0: [0]}), out)
+    assert out.stat().st_mode & 0o777 == 0o700
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o600}
 
 
 def test_failed_export_leaves_nothing_that_looks_valid(tiny_llama, tmp_path, monkeypatch):
