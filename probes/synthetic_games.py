@@ -181,5 +181,13 @@ def saturating_score_game(n: int, seed: int = 0, harmful_share: float = 0.15) ->
 
     total, squares = w.sum(), (w**2).sum()
     cubic = (w**3 + 1.5 * (w**2 * (total - w) + w * (squares - w**2)) + w * ((total - w) ** 2 - (squares - w**2)))
+
+    def banzhaf(p):
+        # v(S + i) - v(S) = w_i - w_i z^2 - w_i^2 z - w_i^3 / 3 with z = z(S), S ~ Bernoulli(p) over the others:
+        # E z = p (W - w_i), E z^2 = p (1 - p) (Q - w_i^2) + (E z)^2.
+        mean = p * (total - w)
+        second = p * (1 - p) * (squares - w**2) + mean**2
+        return w - w * second - w**2 * mean - w**3 / 3
+
     return KnownGame(_game(n, value, "saturating_score", seed), w - cubic / 3,
-                     f"saturating score z - z^3/3, dense interactions, n={n}")
+                     f"saturating score z - z^3/3, dense interactions, n={n}", banzhaf)
