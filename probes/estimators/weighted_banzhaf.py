@@ -274,6 +274,8 @@ def weighted_banzhaf(
         y = np.concatenate([y, ledger(rows[done:upto])])
         done = upto
         rounds_used = round_number + 1
+        if stop is None and done < len(rows):
+            continue  # nothing can end the run early: fit once, at the end
         try:
             if method == "ols":
                 phi, stderrs, lam = fit_ols(rows[:done], y, p, prior_vector, ridge)
