@@ -153,3 +153,13 @@ def test_resume_from_store_gives_identical_values_without_evaluating(tmp_path):
     np.testing.assert_array_equal(first.stderrs, again.stderrs)
     bigger = weighted_banzhaf(Game(known.game.players, counted, {"g": "soum"}, store=tmp_path / "s"), 300, seed=3)
     assert sum(calls) - evaluated == bigger.n_evaluations - first.n_evaluations  # the smaller run is a prefix
+
+
+def test_a_stopping_criterion_ends_sampling_early():
+    from probes.stopping import StandardErrorBelow
+
+    known = sparse_pairwise_game(20, seed=1)
+    full = weighted_banzhaf(known.game, 3000, seed=0, p=0.9)
+    stopped = weighted_banzhaf(known.game, 3000, seed=0, p=0.9, stop=StandardErrorBelow(0.2))
+    assert stopped.n_evaluations < full.n_evaluations
+    assert stopped.details["rounds"] < 8
