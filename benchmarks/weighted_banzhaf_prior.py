@@ -88,6 +88,22 @@ def model_game_rows(loaded, players, measure, seeds, budgets, label):
     return out
 
 
+def summarize(result: dict) -> list[dict]:
+    """Per game and budget: error of each prior variant over the same estimator without it (< 1 helps)."""
+    rows = []
+    for game in result["games"]:
+        for base in ("full", "p"):
+            for key, cell in game[f"base_{base}"].items():
+                name, budget = key.split("@")
+                if not name.endswith("+prior"):
+                    continue
+                plain = game[f"base_{base}"].get(f"{name[:-6]}@{budget}")
+                rows.append({"game": game["game"], "measure": game.get("measure"), "prior_at": base,
+                             "estimator": name[:-6], "budget": int(budget),
+                             "error_ratio": None if not cell or not plain else round(cell["mean"] / plain["mean"], 3)})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=20)
@@ -107,6 +123,7 @@ def main() -> None:
     out = Path(args.out)
 
     def save():
+        result["summary"] = summarize(result)
         out.write_text(json.dumps(result, indent=2) + "\n")
 
     result["games"].append(synthetic(args.seeds))
