@@ -3,8 +3,8 @@
 Games with a known truth (closed form or exact enumeration of all 2^n coalitions):
 - synthetic: saturating_score_game (v = z - z^3/3, z linear in the players, dense interactions);
   its "gates" continuation v(x) is analytic, so the prior is its gradient w_i (1 - z(b)^2).
-- tiny GPT-2 (12 heads) and SmolLM2-135M (12 heads: 2 in each of layers 24-29, every other head
-  present), keep-the-model objective (KL to the full model on built-in calibration text) and LM
+- tiny GPT-2 (12 heads) and SmolLM2-135M (10 heads of layers 27-29, every other head present;
+  4 built-in text sequences of 32 tokens, last 8 positions scored), keep-the-model objective (KL to the full model on built-in calibration text) and LM
   loss, mean ablation; prior = d v / d gate by autograd (probes.priors).
 Priors are taken at the full model (base "full", Michel / attribution patching) and at gates = p
 (base "p", the centre of the Bernoulli(p) measure). Each estimator: least squares without prior
@@ -12,7 +12,7 @@ Priors are taken at the full model (base "full", Michel / attribution patching) 
 difference of means ("msr") and difference of means with the prior as control variate
 ("msr+prior"). Error: ||estimate - truth|| / ||truth||, mean over seeds.
 
-    PYTHONPATH=$PWD python benchmarks/weighted_banzhaf_prior.py [--skip-smollm] [--seeds 20]
+    PYTHONPATH=$PWD python benchmarks/weighted_banzhaf_prior.py [--skip-smollm | --only-smollm] [--seeds 20]
 """
 
 from __future__ import annotations
@@ -71,11 +71,20 @@ def synthetic(seeds):
     return out
 
 
-def model_game_rows(loaded, players, measure, seeds, budgets, label):
+def model_game_rows(loaded, players, measure, seeds, budgets, label, n_text=2, seq_len=48, last_positions=None):
     from probes.objective import keep_model_objective, objective_game
     from probes.priors import gate_gradient_prior
+    from probes.tasks.text import text_task
+    from surgery.batch import TokenBatch
 
-    objective = keep_model_objective(loaded, None, measure=measure, n=2, seq_len=48, seed=0)
+    task = text_task(n=n_text, seq_len=seq_len)
+    tokens = task.batch(loaded.tokenizer, seed=0).tokens
+    source = f"{task.settings['source']} (seq_len {seq_len}, n {n_text}, seed 0)"
+    if last_positions:  # score only the last positions: the vocabulary projection dominates CPU time
+        tokens = TokenBatch(tokens.input_ids, tokens.attention_mask, tokens.score_positions[:, -last_positions:],
+                            tokens.targets[:, -last_positions:])
+        source += f", last {last_positions} positions scored"
+    objective = keep_model_objective(loaded, tokens, measure=measure, source=source)
     game = objective_game(loaded, objective, players, mode="mean", max_rows=128)
     start = time.time()
     truth = exact_weighted_banzhaf(game, P)
@@ -108,6 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--skip-smollm", action="store_true")
+    parser.add_argument("--only-smollm", action="store_true", help="keep the other games of --out, rerun SmolLM2")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/weighted_banzhaf_prior.json"))
     args = parser.parse_args()
     import torch
@@ -126,8 +136,14 @@ def main() -> None:
         result["summary"] = summarize(result)
         out.write_text(json.dumps(result, indent=2) + "\n")
 
-    result["games"].append(synthetic(args.seeds))
-    save()
+    if args.only_smollm:
+        previous = json.loads(out.read_text())
+        result["games"] = [g for g in previous["games"] if "SmolLM2" not in g["game"]]
+        result["command_other_games"] = previous.get("command_other_games", previous["command"])
+        result["git_commit_other_games"] = previous.get("git_commit_other_games", previous["git_commit"])
+    else:
+        result["games"].append(synthetic(args.seeds))
+        save()
     import transformers as tf
 
     tokenizer = bpe_fast()
@@ -137,16 +153,19 @@ def main() -> None:
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     tiny = surgery.load(model, tokenizer=tokenizer)
-    for measure in ("kl", "loss"):
+    for measure in ("kl", "loss") if not args.only_smollm else ():
         result["games"].append(model_game_rows(tiny, "heads", measure, args.seeds, [30, 60, 150],
                                                "tiny GPT-2, 12 heads"))
         save()
     if not args.skip_smollm:
         smollm = surgery.load("smollm2-135m")
-        players = [f"L{layer}.H{head}" for layer in range(24, 30) for head in (0, 4)]
+        # 10 heads of the last 3 layers (the rest present): the blocks below layer 27 run once per chunk.
+        players = [f"L{layer}.H{head}" for layer in (27, 28) for head in (0, 3, 6)] + [
+            f"L29.H{head}" for head in (0, 2, 4, 6)]
         for measure in ("kl", "loss"):
-            result["games"].append(model_game_rows(smollm, players, measure, args.seeds, [30, 60, 150],
-                                                   "SmolLM2-135M, 12 heads of layers 24-29"))
+            result["games"].append(model_game_rows(smollm, players, measure, args.seeds, [25, 50, 100],
+                                                   "SmolLM2-135M, 10 heads of layers 27-29", n_text=4, seq_len=32,
+                                                   last_positions=8))
             save()
     print(json.dumps(result, indent=1))
 
