@@ -12,6 +12,8 @@ from probes.layer_values import layer_values
 from probes.metrics import (METRICS, Accuracy, KLDivergence, LogitDiff, LogProb, Loss, Metric, MetricError,
                             PairAccuracy, Perplexity, ProbMass, make_metric)
 from probes.model_game import model_game
+from probes.objective import Objective, keep_model_objective, objective_game, task_objective
+from probes.priors import gate_gradient_prior
 from probes.stopping import MaxEvaluations, RankStable, StandardErrorBelow, StoppingCriterion
 from probes.store import CoalitionStore
 from probes.tasks import BUILTIN_TASKS, Task, TaskBatch, TaskError, get_task
@@ -25,5 +27,6 @@ __all__ = [
     "RankStable", "StandardErrorBelow", "StoppingCriterion", "CoalitionStore", "BUILTIN_TASKS", "Task",
     "TaskBatch", "TaskError", "get_task", "Values", "cluster_heads", "plot_clusters", "specificity", "HeadValues", "head_values",
     "layer_values", "CoalitionSurrogate", "HeadFeatures", "ValueDataset", "ValuePredictor", "build_dataset",
-    "control_variate_shapley", "head_features",
+    "control_variate_shapley", "head_features", "Objective", "keep_model_objective", "objective_game",
+    "task_objective", "gate_gradient_prior",
 ]

@@ -81,6 +81,12 @@ def model_game(model, batch: TokenBatch, metric: Callable, players: str | Sequen
         masks = torch.from_numpy(np.ascontiguousarray(coalitions, dtype=bool))
         return sign * engine.evaluate(masks, batch, metric, progress=progress).numpy()
 
+    def gate_value(gates: torch.Tensor) -> torch.Tensor:
+        """The game value for float gates [1, n] (differentiable), for first-order priors."""
+        return sign * metric(engine.logits(gates, batch), batch)[0]
+
     game = Game(engine.players, value_function, fingerprint, store=store)
     game.engine = engine  # for callers that want logits or the ablation context too
+    game.gate_value = gate_value
+    game.objective = {"name": "task", "task": task_name or "custom", "metric": fingerprint["metric"]}
     return game

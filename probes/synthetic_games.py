@@ -8,10 +8,17 @@ Every factory returns a `KnownGame`: a `Game` plus its true Shapley values. The 
   redundancy game 1[S meets T] ("heads that back each other up"), give 1/|T| to each member of T.
 A sum of such terms (a "SOUM") gives the sum of their values, which lets the benchmark build
 games with interactions of every order at n = 256 and still know the truth exactly.
+
+Where a closed form exists the game also knows its p-weighted Banzhaf values
+(`known.weighted_banzhaf(p)`, each other player present independently with probability p):
+additive -> w_i; a pair term b x_i x_j -> b p to each of i and j; unanimity on T -> p^(|T|-1) to
+each member; redundancy on T -> (1-p)^(|T|-1) (i matters only when no other member is present);
+symmetric g(|S|) -> E[g(K + 1) - g(K)] with K ~ Binomial(n - 1, p).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +31,12 @@ class KnownGame:
     game: Game
     shapley: np.ndarray
     description: str
+    banzhaf: Callable[[float], np.ndarray] | None = None  # p -> p-weighted Banzhaf values, where known
+
+    def weighted_banzhaf(self, p: float) -> np.ndarray:
+        if self.banzhaf is None:
+            raise NotImplementedError(f"no closed-form weighted Banzhaf values for {self.description}")
+        return np.asarray(self.banzhaf(float(p)), dtype=float)
 
 
 def _names(n: int) -> list[str]:
@@ -39,13 +52,20 @@ def _game(n: int, value_function, kind: str, seed, **params) -> Game:
 def additive_game(n: int, seed: int = 0, offset: float = 0.5) -> KnownGame:
     weights = np.random.default_rng(seed).normal(size=n)
     game = _game(n, lambda c: offset + c.astype(float) @ weights, "additive", seed)
-    return KnownGame(game, weights.copy(), f"additive n={n}")
+    return KnownGame(game, weights.copy(), f"additive n={n}", lambda p: weights.copy())
 
 
 def symmetric_game(n: int) -> KnownGame:
     """v(S) = sqrt(|S|): every player is interchangeable, so every value is sqrt(n)/n."""
     game = _game(n, lambda c: np.sqrt(c.sum(axis=1)), "symmetric", None)
-    return KnownGame(game, np.full(n, np.sqrt(n) / n), f"symmetric sqrt(|S|) n={n}")
+
+    def banzhaf(p):
+        from scipy.stats import binom
+
+        k = np.arange(n)
+        return np.full(n, float((binom.pmf(k, n - 1, p) * (np.sqrt(k + 1) - np.sqrt(k))).sum()))
+
+    return KnownGame(game, np.full(n, np.sqrt(n) / n), f"symmetric sqrt(|S|) n={n}", banzhaf)
 
 
 def dummy_players_game(n: int, n_dummies: int, seed: int = 0) -> KnownGame:
@@ -91,8 +111,9 @@ def _pairwise(n, weights, pairs, kind, seed, description) -> KnownGame:
         x = c.astype(float)
         return x @ weights + np.einsum("mi,ij,mj->m", x, pairs, x)
 
-    shapley = weights + (pairs.sum(axis=1) + pairs.sum(axis=0)) / 2
-    return KnownGame(_game(n, value, kind, seed), shapley, description)
+    shared = pairs.sum(axis=1) + pairs.sum(axis=0)
+    shapley = weights + shared / 2
+    return KnownGame(_game(n, value, kind, seed), shapley, description, lambda p: weights + p * shared)
 
 
 def soum_game(n: int, n_terms: int | None = None, max_order: int = 4, seed: int = 0,
@@ -120,8 +141,13 @@ def soum_game(n: int, n_terms: int | None = None, max_order: int = 4, seed: int 
         return active.astype(float) @ coefficients
 
     shapley = (membership * (coefficients / sizes)[:, None]).sum(axis=0)
+
+    def banzhaf(p):
+        share = np.where(is_redundancy, (1 - p) ** (sizes - 1), p ** (sizes - 1))
+        return (membership * (coefficients * share)[:, None]).sum(axis=0)
+
     return KnownGame(_game(n, value, "soum", seed, max_order=max_order, n_terms=n_terms), shapley,
-                     f"SOUM synergy+redundancy n={n}, {n_terms} terms, order<= {max_order}")
+                     f"SOUM synergy+redundancy n={n}, {n_terms} terms, order<= {max_order}", banzhaf)
 
 
 def saturating_game(n: int, seed: int = 0) -> KnownGame:
@@ -155,5 +181,13 @@ def saturating_score_game(n: int, seed: int = 0, harmful_share: float = 0.15) ->
 
     total, squares = w.sum(), (w**2).sum()
     cubic = (w**3 + 1.5 * (w**2 * (total - w) + w * (squares - w**2)) + w * ((total - w) ** 2 - (squares - w**2)))
+
+    def banzhaf(p):
+        # v(S + i) - v(S) = w_i - w_i z^2 - w_i^2 z - w_i^3 / 3 with z = z(S), S ~ Bernoulli(p) over the others:
+        # E z = p (W - w_i), E z^2 = p (1 - p) (Q - w_i^2) + (E z)^2.
+        mean = p * (total - w)
+        second = p * (1 - p) * (squares - w**2) + mean**2
+        return w - w * second - w**2 * mean - w**3 / 3
+
     return KnownGame(_game(n, value, "saturating_score", seed), w - cubic / 3,
-                     f"saturating score z - z^3/3, dense interactions, n={n}")
+                     f"saturating score z - z^3/3, dense interactions, n={n}", banzhaf)

@@ -34,6 +34,11 @@ def _provenance(policy: str, values: Values | None, values_file: str | None, **s
     if values is not None:
         record["values"] = {"file": values_file, "estimator": values.estimator, "seed": values.seed,
                             "fingerprint_id": values.fingerprint_id, "ablation": values_ablation(values)}
+        objective = (values.fingerprint or {}).get("objective")
+        if objective is not None:  # what the values optimised (keep-the-model KL, task mix), shown by plans
+            record["values"]["objective"] = objective
+        if "p" in (values.settings or {}) and values.estimator == "weighted_banzhaf":
+            record["values"]["p"] = values.settings["p"]
     return record
 
 

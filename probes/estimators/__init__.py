@@ -1,4 +1,4 @@
-"""Shapley estimators, one file per family, one call shape:
+"""Shapley estimators (and the weighted Banzhaf values for pruning), one file per family, one call shape:
 
     estimate(game, budget=..., seed=..., stop=None, **settings) -> Values
 
@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from probes.errors import ProbeError
-from probes.estimators import bandit, exact, interaction, kernel_ridge, msr, ordered, owen, permutation, regression
+from probes.estimators import (bandit, exact, interaction, kernel_ridge, msr, ordered, owen, permutation, regression,
+                               weighted_banzhaf)
 from probes.values import Values
 
 Estimator = Callable[..., Values]
@@ -29,6 +30,8 @@ ESTIMATORS: dict[str, Estimator] = {
     "neighbourhood": ordered.neighbourhood_values,
     "owen": owen.estimate,
     "interaction": interaction.interaction_values,
+    # Not a Shapley estimator: p-weighted Banzhaf values for pruning near an operating point.
+    "weighted_banzhaf": weighted_banzhaf.weighted_banzhaf,
 }
 
 # Chosen from the benchmark table (see module docstring): Leverage SHAP with coalition-size

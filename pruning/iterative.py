@@ -1,0 +1,166 @@
+"""Iterative head pruning: remove a step of heads, re-value the survivors on the pruned model, repeat.
+
+Values computed once on the full model go stale as heads are removed: a head that a removed one
+backed up becomes important, a redundant pair looks dispensable twice. Michel et al. prune 10% per
+step and re-estimate; Bonsai re-fits its regression every round. Here every step plays the game
+restricted to the surviving heads, with the removed heads kept ablated (in the game's own ablation
+mode, so zero or mean removal is what the later steps see), values the survivors with weighted
+Banzhaf values at that step's operating point (p = 1 - share of survivors this step removes, unless
+p is given), and removes the lowest-valued ones.
+
+Resumable: each step streams its evaluations to its own store (store_dir/stepNN/store), and the
+whole schedule is deterministic given the seed (sampling seeds are derived per step, values read
+back from a store are bit-identical), so a killed run that is started again replays the finished
+steps from their stores and evaluates only what was never evaluated. Each step's values are also
+written to store_dir/stepNN/values.json for inspection.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from probes.estimators.weighted_banzhaf import weighted_banzhaf
+from probes.game import Game
+from probes.values import Values
+from pruning.errors import PruningError
+from pruning.plan import PruningPlan, model_identity
+from surgery.loading import LoadedModel
+
+
+def survivor_game(full: Game, removed: list[str], store=None) -> Game:
+    """The game over the players of `full` not in `removed`; removed players are always absent."""
+    keep = np.array([name not in set(removed) for name in full.players])
+    survivors = [name for name, k in zip(full.players, keep) if k]
+
+    def expand(coalitions: np.ndarray) -> np.ndarray:
+        rows = np.zeros((len(coalitions), full.n_players), dtype=bool)
+        rows[:, keep] = coalitions
+        return rows
+
+    fingerprint = {k: v for k, v in full.fingerprint.items() if k != "players"}
+    fingerprint["removed"] = sorted(removed)
+    fingerprint["all_players"] = list(full.players)
+    game = Game(survivors, lambda c: full.value_function(expand(c)), fingerprint, store=store)
+    gate_value = getattr(full, "gate_value", None)
+    if gate_value is not None:
+        import torch
+
+        index = torch.from_numpy(np.flatnonzero(keep))
+
+        def sub_gate_value(gates):
+            wide = torch.zeros(gates.shape[0], full.n_players, dtype=gates.dtype)
+            return gate_value(wide.index_copy(1, index, gates))
+
+        game.gate_value = sub_gate_value
+    game.objective = getattr(full, "objective", None)
+    return game
+
+
+def schedule(n_total: int, n_remove: int, step: int) -> list[int]:
+    """Heads removed per step: `step` each, the remainder in the last step."""
+    sizes = [step] * (n_remove // step)
+    if n_remove % step:
+        sizes.append(n_remove % step)
+    return sizes
+
+
+def _select(values: Values, n: int, left: dict[int, int], layer_of, min_per_layer: int) -> list[str]:
+    chosen = []
+    for i in np.argsort(values.means, kind="stable"):
+        if len(chosen) == n:
+            break
+        layer = layer_of(values.names[i])
+        if left[layer] - 1 < min_per_layer:
+            continue
+        left[layer] -= 1
+        chosen.append(values.names[i])
+    if len(chosen) < n:
+        raise PruningError(f"only {len(chosen)} of {n} heads can go this step with min_per_layer={min_per_layer}")
+    return chosen
+
+
+def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_dir, fraction: float | None = None,
+                        k: int | None = None, step_fraction: float = 0.05, p: float | None = None,
+                        prior: str = "none", seed: int = 0, min_per_layer: int = 1, removal: str = "physical",
+                        estimator_settings: dict | None = None, progress=None) -> PruningPlan:
+    """Remove `fraction` (or k) of the heads in steps of `step_fraction` of all heads, re-valuing the
+    survivors with weighted Banzhaf values before every step; `budget` evaluations split evenly.
+
+    game: a game over every head of `loaded` (model_game / objective_game), any ablation mode.
+    prior: "none" or "gradient" (gate gradients at the step's operating point, shrinkage target).
+    """
+    heads = loaded.components.heads
+    if list(game.players) != heads:
+        raise PruningError(f"iterative_head_plan needs a game over all {len(heads)} heads of this model in order "
+                           f"(model_game(model, batch, metric, 'heads')); got {game.n_players} players")
+    if prior not in ("none", "gradient"):
+        raise PruningError(f"prior must be 'none' or 'gradient', got {prior!r}")
+    n = len(heads)
+    if (k is None) == (fraction is None):
+        raise PruningError("say how many heads to remove: give k= or fraction=, one of them")
+    if fraction is not None:
+        if not 0.0 < fraction < 1.0:
+            raise PruningError(f"fraction of heads {fraction} must lie strictly between 0 and 1")
+        k = int(round(fraction * n))
+    if not 0 < k < n:
+        raise PruningError(f"k={k} heads to remove must lie in 1..{n - 1}")
+    if not 0.0 < step_fraction < 1.0:
+        raise PruningError(f"step_fraction {step_fraction} must lie strictly between 0 and 1")
+    step = max(1, int(round(step_fraction * n)))
+    if step > k:
+        raise PruningError(f"the step ({step} heads = {step_fraction:.0%} of {n}) is larger than the target ({k} "
+                           f"heads); use a step_fraction of at most {k / n:.3f} or a larger target")
+    sizes = schedule(n, k, step)
+    per_step = budget // len(sizes)
+    if per_step < 1:
+        raise PruningError(f"budget {budget} cannot be split over {len(sizes)} steps")
+    ols = prior == "none" and (estimator_settings or {}).get("method", "ols") == "ols"
+    needed = min(n + 4, 2**n) if ols else 5  # the first step plays over all n heads
+    if per_step < needed:
+        raise PruningError(f"budget {budget} split over {len(sizes)} steps gives {per_step} evaluations per step; "
+                           f"the first step values {n} heads and needs at least {needed}. Raise the budget to "
+                           f"{needed * len(sizes)} or more, take larger steps, or use prior='gradient'")
+    store_dir = Path(store_dir)
+    comps = loaded.components
+    layer_of = lambda name: comps.parse(name).layer  # noqa: E731
+    left = {layer: comps.n_heads[layer] for layer in range(comps.n_layers)}
+    removed: list[str] = []
+    steps = []
+    for number, size in enumerate(sizes):
+        step_dir = store_dir / f"step{number:02d}"
+        sub = survivor_game(game, removed, store=step_dir / "store")
+        step_p = p if p is not None else 1.0 - size / sub.n_players
+        prior_vector = None
+        if prior == "gradient":
+            from probes.priors import gate_gradient_prior
+
+            prior_vector = gate_gradient_prior(sub, np.full(sub.n_players, step_p))
+        before = sub.n_evaluations
+        values = weighted_banzhaf(sub, per_step, seed=seed * 1000 + number, p=step_p, prior=prior_vector,
+                                  **(estimator_settings or {}))
+        values.save(step_dir / "values.json")
+        chosen = _select(values, size, left, layer_of, min_per_layer)
+        removed.extend(chosen)
+        steps.append({"step": number, "removed": chosen, "p": step_p, "n_players": sub.n_players,
+                      "n_evaluations": values.n_evaluations, "new_evaluations": sub.n_evaluations - before,
+                      "values_file": str(step_dir / "values.json"), "full_value": values.full_value})
+        if progress:
+            progress(steps[-1])
+    settings = {"method": "weighted_banzhaf", "p": p, "p_per_step": [s["p"] for s in steps], "prior": prior,
+                "fraction": fraction, "k": k, "step_fraction": step_fraction, "step": step, "budget": budget,
+                "budget_per_step": per_step, "seed": seed, "min_per_layer": min_per_layer,
+                "ablation": game.fingerprint.get("ablation"),
+                "objective": getattr(game, "objective", None) or game.fingerprint.get("objective"),
+                "estimator_settings": estimator_settings or {}}
+    record = {"policy": "iterative_head_plan", "settings": settings, "steps": steps,
+              "game_fingerprint": {k_: v for k_, v in game.fingerprint.items() if k_ != "players"}}
+    return PruningPlan(model_identity(loaded), heads=removed, head_removal=removal, provenance=[record])
+
+
+def n_steps(n_heads: int, fraction: float, step_fraction: float) -> int:
+    """How many steps iterative_head_plan will take (for budgeting)."""
+    k = int(round(fraction * n_heads))
+    return math.ceil(k / max(1, int(round(step_fraction * n_heads))))
