@@ -30,28 +30,37 @@ from pruning.plan import PruningPlan, model_identity
 from surgery.loading import LoadedModel
 
 
-def survivor_game(full: Game, removed: list[str], store=None) -> Game:
-    """The game over the players of `full` not in `removed`; removed players are always absent."""
-    keep = np.array([name not in set(removed) for name in full.players])
-    survivors = [name for name, k in zip(full.players, keep) if k]
+def survivor_game(full: Game, removed: list[str], store=None, players: list[str] | None = None) -> Game:
+    """The game over `players` (default: every player of `full` not in `removed`); removed players
+    are always absent, players of `full` that are neither removed nor playing are always present."""
+    gone = set(removed)
+    playing = [name for name in full.players if name not in gone] if players is None else list(players)
+    if gone & set(playing):
+        raise PruningError(f"players {sorted(gone & set(playing))} are both removed and playing")
+    index_of = {name: i for i, name in enumerate(full.players)}
+    columns = np.array([index_of[name] for name in playing], dtype=int)
+    base = np.array([name not in gone for name in full.players])  # present unless removed
 
     def expand(coalitions: np.ndarray) -> np.ndarray:
-        rows = np.zeros((len(coalitions), full.n_players), dtype=bool)
-        rows[:, keep] = coalitions
+        rows = np.repeat(base[None, :], len(coalitions), axis=0)
+        rows[:, columns] = coalitions
         return rows
 
     fingerprint = {k: v for k, v in full.fingerprint.items() if k != "players"}
     fingerprint["removed"] = sorted(removed)
     fingerprint["all_players"] = list(full.players)
-    game = Game(survivors, lambda c: full.value_function(expand(c)), fingerprint, store=store)
+    if players is not None:  # a screened step: who else is held present is part of the game
+        fingerprint["present"] = sorted(set(full.players) - gone - set(playing))
+    game = Game(playing, lambda c: full.value_function(expand(c)), fingerprint, store=store)
     gate_value = getattr(full, "gate_value", None)
     if gate_value is not None:
         import torch
 
-        index = torch.from_numpy(np.flatnonzero(keep))
+        index = torch.from_numpy(columns)
+        wide_base = torch.from_numpy(base.astype(np.float32))
 
         def sub_gate_value(gates):
-            wide = torch.zeros(gates.shape[0], full.n_players, dtype=gates.dtype)
+            wide = wide_base.to(gates.dtype).expand(gates.shape[0], -1).clone()
             return gate_value(wide.index_copy(1, index, gates))
 
         game.gate_value = sub_gate_value
@@ -85,12 +94,17 @@ def _select(values: Values, n: int, left: dict[int, int], layer_of, min_per_laye
 def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_dir, fraction: float | None = None,
                         k: int | None = None, step_fraction: float = 0.05, p: float | None = None,
                         prior: str = "none", seed: int = 0, min_per_layer: int = 1, removal: str = "physical",
-                        estimator_settings: dict | None = None, progress=None) -> PruningPlan:
+                        estimator_settings: dict | None = None, progress=None,
+                        screen: float | None = None, screen_scores=None) -> PruningPlan:
     """Remove `fraction` (or k) of the heads in steps of `step_fraction` of all heads, re-valuing the
     survivors with weighted Banzhaf values before every step; `budget` evaluations split evenly.
 
     game: a game over every head of `loaded` (model_game / objective_game), any ablation mode.
     prior: "none" or "gradient" (gate gradients at the step's operating point, shrinkage target).
+    screen, screen_scores: value only the `screen` x step-size survivors that `screen_scores(removed)`
+    (e.g. pruning.screening.gate_gradient_screen) scores lowest; the other survivors stay present, and
+    p defaults to 1 - step size / candidates (1/2 for screen=2): the budget goes where the decision is.
+    The plan's removal mode follows the game's ablation (mean -> mean_compensated).
     """
     heads = loaded.components.heads
     if list(game.players) != heads:
@@ -109,6 +123,10 @@ def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_d
         raise PruningError(f"k={k} heads to remove must lie in 1..{n - 1}")
     if not 0.0 < step_fraction < 1.0:
         raise PruningError(f"step_fraction {step_fraction} must lie strictly between 0 and 1")
+    if (screen is None) != (screen_scores is None):
+        raise PruningError("screening needs both screen= (candidates per removed head, > 1) and screen_scores=")
+    if screen is not None and not screen > 1.0:
+        raise PruningError(f"screen={screen} must be > 1: it is how many candidates are valued per head removed")
     step = max(1, int(round(step_fraction * n)))
     if step > k:
         raise PruningError(f"the step ({step} heads = {step_fraction:.0%} of {n}) is larger than the target ({k} "
@@ -118,10 +136,11 @@ def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_d
     if per_step < 1:
         raise PruningError(f"budget {budget} cannot be split over {len(sizes)} steps")
     ols = prior == "none" and (estimator_settings or {}).get("method", "ols") == "ols"
-    needed = min(n + 4, 2**n) if ols else 5  # the first step plays over all n heads
+    first_players = n if screen is None else min(n, math.ceil(screen * sizes[0]))
+    needed = min(first_players + 4, 2**first_players) if ols else 5  # players of the first step
     if per_step < needed:
         raise PruningError(f"budget {budget} split over {len(sizes)} steps gives {per_step} evaluations per step; "
-                           f"the first step values {n} heads and needs at least {needed}. Raise the budget to "
+                           f"the first step values {first_players} heads and needs at least {needed}. Raise the budget to "
                            f"{needed * len(sizes)} or more, take larger steps, or use prior='gradient'")
     store_dir = Path(store_dir)
     comps = loaded.components
@@ -131,7 +150,14 @@ def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_d
     steps = []
     for number, size in enumerate(sizes):
         step_dir = store_dir / f"step{number:02d}"
-        sub = survivor_game(game, removed, store=step_dir / "store")
+        playing = None
+        if screen is not None:
+            from pruning.screening import candidates
+
+            scores = screen_scores(list(removed))
+            playing = candidates(scores, min(len(scores), math.ceil(screen * size)))
+            playing = [name for name in game.players if name in set(playing)]  # model order
+        sub = survivor_game(game, removed, store=step_dir / "store", players=playing)
         step_p = p if p is not None else 1.0 - size / sub.n_players
         prior_vector = None
         if prior == "gradient":
@@ -146,7 +172,8 @@ def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_d
         removed.extend(chosen)
         steps.append({"step": number, "removed": chosen, "p": step_p, "n_players": sub.n_players,
                       "n_evaluations": values.n_evaluations, "new_evaluations": sub.n_evaluations - before,
-                      "values_file": str(step_dir / "values.json"), "full_value": values.full_value})
+                      "values_file": str(step_dir / "values.json"), "full_value": values.full_value,
+                      "candidates": playing})
         if progress:
             progress(steps[-1])
     settings = {"method": "weighted_banzhaf", "p": p, "p_per_step": [s["p"] for s in steps], "prior": prior,
@@ -154,10 +181,18 @@ def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_d
                 "budget_per_step": per_step, "seed": seed, "min_per_layer": min_per_layer,
                 "ablation": game.fingerprint.get("ablation"),
                 "objective": getattr(game, "objective", None) or game.fingerprint.get("objective"),
-                "estimator_settings": estimator_settings or {}}
+                "estimator_settings": estimator_settings or {}, "screen": screen,
+                "screen_scores": getattr(screen_scores, "__name__", None) if screen_scores else None}
     record = {"policy": "iterative_head_plan", "settings": settings, "steps": steps,
               "game_fingerprint": {k_: v for k_, v in game.fingerprint.items() if k_ != "players"}}
-    return PruningPlan(model_identity(loaded), heads=removed, head_removal=removal, provenance=[record])
+    ablation = game.fingerprint.get("ablation")
+    removal_mode, calibration = "zero", None
+    if ablation == "mean":  # the game's mean ablation is what a compensated export reproduces
+        removal_mode = "mean_compensated"
+        calibration = {"source": "the game's mean-ablation reference batch",
+                       "digest": game.fingerprint.get("reference_digest")}
+    return PruningPlan(model_identity(loaded), heads=removed, head_removal=removal, provenance=[record],
+                       removal_mode=removal_mode, calibration=calibration)
 
 
 def n_steps(n_heads: int, fraction: float, step_fraction: float) -> int:
