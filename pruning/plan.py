@@ -44,6 +44,8 @@ class PruningPlan:
         self.heads = sorted(set(self.heads), key=_head_key)
         if self.head_removal not in ("physical", "masked"):
             raise PruningError(f"head_removal must be 'physical' or 'masked', got {self.head_removal!r}")
+        from pruning.sparsity import check_n_m
+        self.n_m = list(check_n_m(self.n_m)) if self.n_m is not None else None
         for layer, ratio in self.sparsity.items():
             if not 0.0 <= ratio <= 1.0:
                 raise PruningError(f"sparsity of layer {layer} is {ratio}, outside [0, 1]")
@@ -74,7 +76,12 @@ class PruningPlan:
                            self.provenance + other.provenance)
 
     def check_model(self, loaded: LoadedModel) -> None:
+        from probes.model_game import is_legacy_digest
         here = model_identity(loaded)
+        if is_legacy_digest(self.model.get("digest")):
+            raise PruningError(f"this plan records model {self.model.get('source')!r} by a digest of an older scheme "
+                               "that cannot see the order of heads, so it cannot be checked against this model; "
+                               "make the plan again with `surgery plan` (from values computed by this version)")
         if here["digest"] != self.model.get("digest"):
             raise PruningError(
                 f"this plan was made for model {self.model.get('source')!r} (digest {self.model.get('digest')}), "

@@ -6,7 +6,8 @@ import time
 
 import numpy as np
 
-from pruning.cli.common import CLIError, add_model, add_task, check_output, progress_bar, task_from_args, write_json
+from pruning.cli.common import (CLIError, add_model, add_task, check_output, check_seq_len, progress_bar,
+                               task_from_args, write_json)
 
 
 def cmd_values(args) -> int:
@@ -16,6 +17,8 @@ def cmd_values(args) -> int:
 
     out = check_output(args.out, args.force)
     loaded = surgery.load(args.model)
+    if args.text or args.task == "text":  # the only tasks --seq-len shapes
+        check_seq_len(loaded, args.seq_len)
     task = task_from_args(args)
     n_players = len(loaded.components.heads if args.kind == "heads" else loaded.components.layers)
     estimator = args.estimator or (None if args.kind == "heads" else DEFAULT_LAYER_ESTIMATOR)

@@ -9,6 +9,7 @@ from conftest import token_batch
 from tiny_models import build
 
 import surgery
+from probes.model_game import model_digest
 from probes.values import values_from_arrays
 from pruning.errors import PruningError
 from pruning.plan import PruningPlan, model_identity
@@ -17,7 +18,16 @@ from pruning.sparsity import allocate_ratios, block_linears, input_norms, outlie
 
 
 def head_values(loaded, means, stderrs=None):
-    return values_from_arrays(loaded.components.heads, means, stderrs)
+    """Head values that carry this model's digest, as values computed on it do."""
+    return values_from_arrays(loaded.components.heads, means, stderrs, fingerprint=of_model(loaded))
+
+
+def layer_values(loaded, means):
+    return values_from_arrays(loaded.components.layers, means, fingerprint=of_model(loaded))
+
+
+def of_model(loaded):
+    return {"model": str(loaded.source), "model_digest": model_digest(loaded)}
 
 
 def test_harmful_heads_are_those_confidently_below_zero(tiny_llama):
@@ -68,7 +78,7 @@ def test_malformed_plans_get_clear_errors(tmp_path, content, message):
 
 
 def test_layer_plan_never_drops_a_cornerstone(tiny_llama):
-    layer_vals = values_from_arrays(tiny_llama.components.layers, [0.1, 5.0, 0.2])
+    layer_vals = layer_values(tiny_llama, [0.1, 5.0, 0.2])
     plan = layer_plan(layer_vals, tiny_llama, k=1, cornerstones=[0])
     assert plan.layers == [2] and plan.cornerstones == [0]
     with pytest.raises(PruningError, match="leaves none"):
@@ -129,7 +139,7 @@ def test_wanda_scores_weight_times_input_norm_and_two_four_pattern(tiny_llama):
 
 
 def test_sparsity_plans(tiny_llama):
-    layer_vals = values_from_arrays(tiny_llama.components.layers, [1.0, 0.0, 0.5])
+    layer_vals = layer_values(tiny_llama, [1.0, 0.0, 0.5])
     shap = sparsity_plan(tiny_llama, 0.5, allocation="shapley", values=layer_vals)
     assert shap.sparsity[0] < shap.sparsity[2] < shap.sparsity[1]
     assert sparsity_plan(tiny_llama, 0.7, allocation="uniform").sparsity == {0: 0.7, 1: 0.7, 2: 0.7}
