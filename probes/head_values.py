@@ -22,7 +22,7 @@ import numpy as np
 
 from probes.errors import FingerprintMismatchError, ProbeError
 from probes.estimators import DEFAULT_ESTIMATOR, estimate
-from probes.model_game import model_digest, model_game
+from probes.model_game import is_legacy_digest, model_digest, model_game
 from probes.values import Values
 from surgery.batch import TokenBatch
 from surgery.loading import LoadedModel, load
@@ -114,6 +114,10 @@ class HeadValues(Values):
         if mine is None:
             raise FingerprintMismatchError("these head values carry no model fingerprint, so they cannot be "
                                            f"checked against {loaded.source!r}; recompute them with head_values()")
+        if is_legacy_digest(mine):
+            raise FingerprintMismatchError(
+                f"these head values carry a model digest of an older scheme ({mine}) that cannot see the order of "
+                f"heads, so they cannot be checked against {loaded.source!r}; recompute them with head_values()")
         if mine != digest:
             raise FingerprintMismatchError(
                 f"these head values were computed on model {self.fingerprint.get('model')!r} (digest {mine}), "

@@ -66,6 +66,17 @@ class AblationEngine:
     def n_players(self) -> int:
         return self.layout.n_players
 
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the vocabulary projection (padded vocabularies included), else the config's vocab_size."""
+        model = self.loaded.model
+        out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        weight = getattr(out, "weight", None)
+        if weight is not None and weight.ndim == 2:
+            return int(weight.shape[0])
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        return int(config.vocab_size)
+
     # ----------------------------------------------------------------------------------- checks
     def check_masks(self, masks) -> torch.Tensor:
         masks = torch.as_tensor(masks)
@@ -94,7 +105,7 @@ class AblationEngine:
         """
         if not isinstance(batch, TokenBatch):
             raise SurgeryError(f"expected a TokenBatch, got {type(batch).__name__}")
-        vocab = self.loaded.model.get_submodule(self.loaded.adapter.unembed).weight.shape[0]
+        vocab = self.vocab_size
         ids = batch.input_ids
         if int(ids.min()) < 0 or int(ids.max()) >= vocab:
             raise SurgeryError(f"input_ids must be token ids in [0, {vocab - 1}] for this model, got range "
