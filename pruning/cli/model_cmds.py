@@ -44,11 +44,14 @@ def evaluate(loaded, tasks: list[str], text: str | None, n: int, seq_len: int, s
     from pruning.evaluate import forward_seconds, next_token_loss, parameter_count, task_score
 
     results: dict = {"model": str(loaded.source), **parameter_count(loaded)}
-    with warnings.catch_warnings(record=True) as caught:  # a short text: shown as one line, not a traceback-like warning
-        warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
         text_batch = get_task("text", path=text, n=n, seq_len=seq_len).batch(loaded, seed=seed)
-    for warning in caught:
-        print(f"surgery: warning: {warning.message}", file=sys.stderr)
+    for w in caught:  # ours (a text too short for n sequences) as one line; anything else as it was
+        if issubclass(w.category, UserWarning) and str(w.message).startswith("text:"):
+            print(f"surgery: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     with progress_bar(len(tasks) + 1, "evaluating", unit="task") as update:
         results["text"] = next_token_loss(loaded, [text_batch.tokens])
         results["text"]["source"] = text or "builtin standard-library documentation"
