@@ -22,7 +22,7 @@ import numpy as np
 
 from probes.errors import FingerprintMismatchError, ProbeError
 from probes.estimators import DEFAULT_ESTIMATOR, estimate
-from probes.model_game import model_digest, model_game
+from probes.model_game import is_legacy_digest, model_digest, model_game
 from probes.values import Values
 from surgery.batch import TokenBatch
 from surgery.loading import LoadedModel, load
@@ -94,12 +94,15 @@ class HeadValues(Values):
     def harmful(self, confidence: float = 0.95) -> list[HarmfulHead]:
         """Heads whose upper confidence bound is below 0 (most harmful first).
 
-        A head with an unknown standard error (NaN) is never listed: nothing can be claimed for it.
-        With exact values (stderr 0) the interval is the point, so every negative head is listed.
+        A head without an interval is never listed: nothing can be claimed for it. That is a head with
+        an unknown standard error (NaN), or with stderr 0 from a method that is not exact (sliding
+        window, neighbourhood). With exact values (stderr 0) the interval is the point, so every
+        negative head is listed.
         """
         low, high = self.intervals(confidence)
+        known = self.has_interval()
         found = [HarmfulHead(name, float(m), float(lo), float(hi), confidence)
-                 for name, m, lo, hi in zip(self.names, self.means, low, high) if np.isfinite(hi) and hi < 0]
+                 for name, m, lo, hi, ok in zip(self.names, self.means, low, high, known) if ok and hi < 0]
         return sorted(found, key=lambda h: h.mean)
 
     # ------------------------------------------------------------------ identity
@@ -111,6 +114,10 @@ class HeadValues(Values):
         if mine is None:
             raise FingerprintMismatchError("these head values carry no model fingerprint, so they cannot be "
                                            f"checked against {loaded.source!r}; recompute them with head_values()")
+        if is_legacy_digest(mine):
+            raise FingerprintMismatchError(
+                f"these head values carry a model digest of an older scheme ({mine}) that cannot see the order of "
+                f"heads, so they cannot be checked against {loaded.source!r}; recompute them with head_values()")
         if mine != digest:
             raise FingerprintMismatchError(
                 f"these head values were computed on model {self.fingerprint.get('model')!r} (digest {mine}), "
@@ -236,9 +243,26 @@ def _task_batch(loaded: LoadedModel, task, n_examples, metric, task_seed, tokeni
         tb = get_task(task).batch(source, n=n_examples, seed=task_seed)
     else:
         raise ProbeError(f"task must be a task name, Task, TaskBatch or (TokenBatch, metric); got {type(task).__name__}")
-    bound = metric if callable(metric) and not isinstance(metric, str) else tb.metric(metric)
+    if metric == "kl":
+        # KL needs the unablated model's next-token distributions at the scored positions: one clean
+        # forward now, held as a tensor (so a Ray game can ship it to its workers too).
+        bound = tb.metric("kl", clean=unablated_logits(loaded, tb.tokens))
+    else:
+        bound = metric if callable(metric) and not isinstance(metric, str) else tb.metric(metric)
     name = metric if isinstance(metric, str) else tb.default_metric if metric is None else metric_name(metric)
     return tb.tokens, bound, f"{tb.task}:{name}"
+
+
+def unablated_logits(loaded: LoadedModel, batch: TokenBatch):
+    """Logits of the whole model at the batch's scored positions, [B, P, vocab]."""
+    import torch
+
+    from surgery.engine import AblationEngine
+
+    engine = AblationEngine(loaded, "layers")
+    logits = engine.logits(torch.ones(1, engine.n_players, dtype=torch.bool), batch)[0]
+    with torch.no_grad():
+        return logits.clone()  # a normal tensor (the engine runs in inference mode)
 
 
 def _z(confidence: float) -> float:

@@ -24,6 +24,9 @@ from probes.game import fingerprint_id
 VALUES_SCHEMA = "model-surgery.values"
 VALUES_VERSION = 1
 HEAD_NAME = re.compile(r"^L(\d+)\.H(\d+)$")
+# Estimators whose standard error of 0 means the value is exact. Any other zero (sliding window,
+# neighbourhood: an approximation with no sampling error to estimate) means no interval exists.
+EXACT_ESTIMATORS = ("exact", "exact_interaction")
 
 
 @dataclass
@@ -75,6 +78,18 @@ class Values:
         if self.empty_value is None or self.full_value is None:
             return math.nan
         return float(self.means.sum() - (self.full_value - self.empty_value))
+
+    def has_interval(self) -> np.ndarray:
+        """Per player, whether a confidence interval exists: a finite standard error that is either
+        positive or the zero of an exact method. Without one, no claim (harmful, significant) is made.
+
+        Sliding-window values have stderr 0 because their error is a modelling choice, not noise:
+        a zero-width "interval" there would call every negative value confidently harmful.
+        """
+        finite = np.isfinite(self.stderrs)
+        if self.estimator in EXACT_ESTIMATORS:
+            return finite
+        return finite & (self.stderrs > 0)
 
     def __getitem__(self, name: str) -> float:
         try:
@@ -190,6 +205,7 @@ class Values:
             raise MalformedValuesFileError(f"{source}: missing field(s) {missing}")
         try:
             means = np.array([math.nan if x is None else float(x) for x in data["means"]])
+            _refuse_non_finite_means(means, list(data["names"]), source)
             stderrs = np.array([math.nan if x is None else float(x) for x in data["stderrs"]])
             return cls(
                 names=list(data["names"]),
@@ -204,6 +220,8 @@ class Values:
                 full_value=data.get("full_value"),
                 details=dict(data.get("details") or {}),
             )
+        except MalformedValuesFileError:
+            raise
         except (TypeError, ValueError) as error:
             raise MalformedValuesFileError(f"{source}: {error}") from error
 
@@ -261,6 +279,20 @@ class Values:
     def __repr__(self) -> str:
         top = ", ".join(f"{n}={v:.4g}" for n, v in self.top_k(3))
         return f"Values({self.estimator}, {self.n_players} players, {self.n_evaluations} evaluations, top: {top})"
+
+
+def _refuse_non_finite_means(means: np.ndarray, names: list, source: str) -> None:
+    """A value that is NaN, null or infinite ranks nowhere (argsort puts NaN last, a plan would then cut
+    in player order): refuse the file. Standard errors may be null (unknown), means may not."""
+    bad = [i for i, m in enumerate(means.tolist()) if not math.isfinite(m)]
+    if bad:
+        shown = ", ".join(f"{names[i] if i < len(names) else f'player {i}'} = "
+                          f"{'null/NaN' if math.isnan(means[i]) else means[i]}" for i in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise MalformedValuesFileError(
+            f"{source}: {len(bad)} value(s) are not finite numbers ({shown}{more}); values must be finite "
+            "to rank players. Recompute the values (a NaN usually means the metric overflowed on some "
+            "coalition) instead of editing the file")
 
 
 def values_from_arrays(

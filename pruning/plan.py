@@ -59,6 +59,8 @@ class PruningPlan:
         if self.removal_mode == "mean_compensated" and self.layers:
             raise PruningError(f"compensated removal covers heads only, but this plan also drops layers "
                                f"{self.layers}; drop layers in a plan with removal_mode='zero'")
+        from pruning.sparsity import check_n_m
+        self.n_m = list(check_n_m(self.n_m)) if self.n_m is not None else None
         for layer, ratio in self.sparsity.items():
             if not 0.0 <= ratio <= 1.0:
                 raise PruningError(f"sparsity of layer {layer} is {ratio}, outside [0, 1]")
@@ -95,7 +97,12 @@ class PruningPlan:
                            self.calibration if self.heads else other.calibration)
 
     def check_model(self, loaded: LoadedModel) -> None:
+        from probes.model_game import is_legacy_digest
         here = model_identity(loaded)
+        if is_legacy_digest(self.model.get("digest")):
+            raise PruningError(f"this plan records model {self.model.get('source')!r} by a digest of an older scheme "
+                               "that cannot see the order of heads, so it cannot be checked against this model; "
+                               "make the plan again with `surgery plan` (from values computed by this version)")
         if here["digest"] != self.model.get("digest"):
             raise PruningError(
                 f"this plan was made for model {self.model.get('source')!r} (digest {self.model.get('digest')}), "

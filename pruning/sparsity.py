@@ -55,6 +55,30 @@ def input_norms(loaded: LoadedModel, batches: Iterable[TokenBatch]) -> dict[str,
     return {k: v.sqrt() for k, v in sums.items()}
 
 
+def check_n_m(n_m) -> tuple[int, int] | None:
+    """(N, M) of a semi-structured pattern, validated: keep N of every M consecutive weights, 1 <= N < M.
+
+    Checked where a plan is made (and when one is read), so 4:2 or 0:0 is refused by name before any
+    pruning instead of failing inside it.
+    """
+    if n_m is None:
+        return None
+    try:
+        n, m = (int(x) for x in n_m)
+    except (TypeError, ValueError):
+        raise PruningError(f"N:M sparsity must be two integers like (2, 4), got {n_m!r}") from None
+    if not 1 <= n < m:
+        raise PruningError(f"N:M sparsity {n}:{m} must keep N of every M weights with 1 <= N < M (e.g. 2:4 keeps "
+                           f"2 of every 4, sparsity 0.5); {n}:{m} " + ("keeps everything" if n == m > 0 else
+                           "is not a pattern"))
+    return n, m
+
+
+def n_m_sparsity(n: int, m: int) -> float:
+    """The fraction of weights an N:M pattern zeroes, in every layer: (M - N) / M."""
+    return (m - n) / m
+
+
 def _check_ratio(ratio: float, what: str) -> float:
     ratio = float(ratio)
     if not 0.0 <= ratio <= 1.0:
@@ -70,6 +94,7 @@ def sparsify(loaded: LoadedModel, ratios: dict[int, float], method: str = "wanda
     n_m=(2, 4): keep 2 of every 4 consecutive input weights per row (ratio is then fixed at 0.5).
     Returns {"zeroed": n, "total": n, "per_layer": {layer: achieved fraction}}.
     """
+    n_m = check_n_m(n_m)
     if method not in ("wanda", "magnitude"):
         raise PruningError(f"unknown sparsity method {method!r}: use 'wanda' or 'magnitude'")
     if method == "wanda" and norms is None:
@@ -102,6 +127,17 @@ def sparsify(loaded: LoadedModel, ratios: dict[int, float], method: str = "wanda
         zeroed += z_layer
         total += t_layer
     return {"zeroed": zeroed, "total": total, "per_layer": per_layer}
+
+
+def check_n_m_fits(loaded: LoadedModel, n_m: tuple[int, int]) -> None:
+    """Every block linear's input width must be a multiple of M (the pattern runs along it)."""
+    m = n_m[1]
+    for layer in range(loaded.components.n_layers):
+        for name, module in block_linears(loaded, layer).items():
+            width = _weight_out_in(module).shape[1]
+            if width % m:
+                raise PruningError(f"{n_m[0]}:{m} sparsity needs every input width to be a multiple of {m}; "
+                                   f"{name} has {width}. Choose an M that divides it")
 
 
 def _n_m_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -40,6 +40,11 @@ class TokenBatch:
                                f"[{int(pos.min())}, {int(pos.max())}]")
         if self.targets is not None and self.targets.shape != pos.shape:
             raise SurgeryError(f"targets shape {tuple(self.targets.shape)} must equal score_positions shape {tuple(pos.shape)}")
+        if self.targets is not None and bool(((self.targets < 0) & (self.targets != -100)).any()):
+            # Metrics clamp -100 to a valid index and mask it out; any other negative id would be
+            # scored as token 0 without a word.
+            bad = sorted({int(t) for t in self.targets[(self.targets < 0) & (self.targets != -100)].tolist()})[:5]
+            raise SurgeryError(f"targets must be token ids >= 0, or -100 for a position without a target; got {bad}")
 
     @property
     def size(self) -> int:
@@ -93,3 +98,33 @@ def concat_batches(batches) -> TokenBatch:
             targets.append(torch.nn.functional.pad(b.targets, (0, pad_p), value=-100))
     return TokenBatch(torch.cat(ids), torch.cat(masks), torch.cat(positions),
                       torch.cat(targets) if with_targets else None)
+
+
+# Config fields that hold the longest sequence a model accepts, by family (GPT-2 uses n_positions).
+_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def context_length(model) -> int | None:
+    """The longest sequence `model` (a LoadedModel or a transformers model) accepts, from its config; None if unknown."""
+    model = getattr(model, "model", model)
+    config = getattr(model, "config", None)
+    config = getattr(config, "get_text_config", lambda: config)() if config is not None else None
+    for name in _CONTEXT_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_sequence_length(model, length: int, what: str = "sequence length") -> None:
+    """Refuse a sequence longer than the model's context before any forward runs.
+
+    Past the learned positions a model either fails inside (GPT-2's position table) or extrapolates
+    into nonsense while attention memory grows with the square of the length (a 100k-token request on
+    a 256-token model ran to an out-of-memory kill): neither is a result.
+    """
+    limit = context_length(model)
+    if limit is not None and int(length) > limit:
+        source = getattr(model, "source", None) or type(getattr(model, "model", model)).__name__
+        raise SurgeryError(f"{what} {int(length)} is longer than the context of model {str(source)!r} "
+                           f"({limit} tokens); use at most {limit}")

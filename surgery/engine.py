@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Sequence
 
@@ -15,6 +16,7 @@ from surgery.players import resolve_players
 from surgery.reference import SiteValues, record_sites, run_body
 
 MODES = ("zero", "mean", "resample")
+IGNORE_TARGET = -100  # a scored position without a target (padding of ragged position lists)
 Metric = Callable[[torch.Tensor, TokenBatch], torch.Tensor]
 
 
@@ -47,8 +49,10 @@ class AblationEngine:
         self.loaded: LoadedModel = load(model)
         self.layout = resolve_players(self.loaded.components, players)
         self.mode = mode
-        self.reference = reference
-        self.resample_source = resample_source
+        # Private copies: a caller who edits their batch in place after building the engine must not
+        # leave the engine with replacement values of the old tokens (or with a changed reference).
+        self.reference = _copied(reference)
+        self.resample_source = _copied(resample_source)
         self.max_rows = max_rows
         self.reuse_prefix = reuse_prefix
         self._first_layer = self.layout.first_layer_of()
@@ -62,6 +66,17 @@ class AblationEngine:
     def n_players(self) -> int:
         return self.layout.n_players
 
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the vocabulary projection (padded vocabularies included), else the config's vocab_size."""
+        model = self.loaded.model
+        out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        weight = getattr(out, "weight", None)
+        if weight is not None and weight.ndim == 2:
+            return int(weight.shape[0])
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        return int(config.vocab_size)
+
     # ----------------------------------------------------------------------------------- checks
     def check_masks(self, masks) -> torch.Tensor:
         masks = torch.as_tensor(masks)
@@ -74,9 +89,33 @@ class AblationEngine:
             raise SurgeryError("mask has no coalitions (shape [0, n_players])")
         if masks.dtype != torch.bool and not masks.is_floating_point():
             raise SurgeryError(f"mask dtype must be bool (True = keep) or float gates in [0, 1], got {masks.dtype}")
-        if masks.is_floating_point() and (masks.min() < 0 or masks.max() > 1):
-            raise SurgeryError("float mask (gates) must lie in [0, 1]")
+        if masks.is_floating_point():
+            values = masks.detach()
+            if not torch.isfinite(values).all():  # NaN compares False with both bounds below
+                raise SurgeryError("float mask (gates) holds NaN or infinite entries; gates must lie in [0, 1]")
+            if values.min() < 0 or values.max() > 1:
+                raise SurgeryError("float mask (gates) must lie in [0, 1]")
         return masks.to(self.loaded.device)
+
+    def check_batch(self, batch: TokenBatch) -> TokenBatch:
+        """Token ids and targets must be ids of this model's vocabulary (-100 marks a target-less position).
+
+        An id out of range either crashes deep inside the forward or, for a negative target that a
+        metric clamps to 0, silently scores token 0; refuse it by name instead.
+        """
+        if not isinstance(batch, TokenBatch):
+            raise SurgeryError(f"expected a TokenBatch, got {type(batch).__name__}")
+        vocab = self.vocab_size
+        ids = batch.input_ids
+        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            raise SurgeryError(f"input_ids must be token ids in [0, {vocab - 1}] for this model, got range "
+                               f"[{int(ids.min())}, {int(ids.max())}]")
+        if batch.targets is not None:
+            real = batch.targets[batch.targets != IGNORE_TARGET]
+            if real.numel() and (int(real.min()) < 0 or int(real.max()) >= vocab):
+                raise SurgeryError(f"targets must be token ids in [0, {vocab - 1}] (or {IGNORE_TARGET} for no target), "
+                                   f"got range [{int(real.min())}, {int(real.max())}]")
+        return batch.to(self.loaded.device)
 
     # ------------------------------------------------------------------------------ replacements
     def _replacements(self, batch: TokenBatch) -> SiteValues | None:
@@ -89,7 +128,7 @@ class AblationEngine:
             if source.input_ids.shape != batch.input_ids.shape:
                 raise SurgeryError(f"resample_source shape {tuple(source.input_ids.shape)} must equal the "
                                    f"evaluated batch shape {tuple(batch.input_ids.shape)}")
-        key = (self.mode, id(source.input_ids), source.input_ids.data_ptr(), tuple(source.input_ids.shape))
+        key = (self.mode, _content_key(source))  # by content: an edited batch is another source
         if self._site_cache is None or self._site_cache[0] != key:
             values = record_sites(self.loaded, self.layout, source, reduce_mean=self.mode == "mean")
             self._site_cache = (key, values)
@@ -141,7 +180,7 @@ class AblationEngine:
                  ) -> torch.Tensor:
         """metric(logits [c, B, P, vocab], batch) -> [c]; returns [n_coalitions] values (float64)."""
         masks = self.check_masks(masks)
-        batch = batch.to(self.loaded.device)
+        batch = self.check_batch(batch)
         out = torch.empty(masks.shape[0], dtype=torch.float64)
         replacements = self._replacements(batch)
         with _grad_mode(masks.requires_grad):
@@ -157,7 +196,7 @@ class AblationEngine:
     def logits(self, masks, batch: TokenBatch) -> torch.Tensor:
         """Logits at the scored positions, [n_coalitions, B, P, vocab]. Differentiable for float masks."""
         masks = self.check_masks(masks)
-        batch = batch.to(self.loaded.device)
+        batch = self.check_batch(batch)
         replacements = self._replacements(batch)
         parts, order = [], []
         with _grad_mode(masks.requires_grad):
@@ -197,6 +236,23 @@ def repeat_batch(batch: TokenBatch, n: int) -> TokenBatch:
     """The batch repeated n times, coalition-major (row = copy * B + input), as the hooks expect."""
     rep = lambda t: None if t is None else t.repeat(n, *([1] * (t.ndim - 1)))
     return TokenBatch(rep(batch.input_ids), rep(batch.attention_mask), rep(batch.score_positions), rep(batch.targets))
+
+
+def _copied(batch: TokenBatch | None) -> TokenBatch | None:
+    if batch is None:
+        return None
+    copy = lambda t: None if t is None else t.detach().clone()
+    return TokenBatch(copy(batch.input_ids), copy(batch.attention_mask), copy(batch.score_positions),
+                      copy(batch.targets))
+
+
+def _content_key(batch: TokenBatch) -> tuple:
+    """What the replacement values depend on: the tokens and which of them are real (a few KB to hash)."""
+    h = hashlib.sha256()
+    for t in (batch.input_ids, batch.attention_mask):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu", torch.long).contiguous().numpy().tobytes())
+    return tuple(batch.input_ids.shape), h.hexdigest()
 
 
 def _rolled(batch: TokenBatch) -> TokenBatch:

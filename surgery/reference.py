@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from surgery.batch import TokenBatch
+from surgery.batch import TokenBatch, check_sequence_length
 from surgery.loading import LoadedModel
 from surgery.players import PlayerLayout
 
@@ -65,6 +65,7 @@ def record_sites(loaded: LoadedModel, layout: PlayerLayout, batch: TokenBatch, r
 
 def run_body(loaded: LoadedModel, batch: TokenBatch) -> torch.Tensor:
     """Final hidden states [B, T, d] of the model body (no vocabulary projection)."""
+    check_sequence_length(loaded, batch.input_ids.shape[1], "batch sequence length")
     body = loaded.model.get_submodule(loaded.adapter.body)
     kwargs = {"use_cache": False} if loaded.adapter.causal else {}
     result = body(input_ids=batch.input_ids.to(loaded.device),

