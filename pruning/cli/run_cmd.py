@@ -1,9 +1,14 @@
 """`surgery run`: the main job end to end on one model.
 
-head values on a task -> plan removing a fraction of heads -> export -> reload with plain
-transformers -> before/after table (perplexity, task scores, parameters, bytes, forward time).
-Everything lands in --out: values.json, plan.json, model/ (the export), report.json, and store/
-(every coalition evaluation, so an interrupted run resumes where it stopped).
+Prune a fraction of the heads so that the model keeps working (pruning/keep_model.py): a game whose
+value is the LM loss on calibration text with heads mean-ablated, heads screened by gate gradients,
+weighted Banzhaf values of the candidates at the operating point, removal in steps of at most 10%
+with re-valuation, and an export that folds the removed heads' mean output into the output bias.
+Then reload with plain transformers and print a before/after table (held-out perplexity on text
+disjoint from the calibration, task scores, parameters, bytes, forward time).
+`--method shapley` keeps the earlier job: Shapley head values on a task and zero removal.
+Everything lands in --out: plan.json, model/ (the export), report.json, and store/ (every
+coalition evaluation, so an interrupted run resumes where it stopped); shapley also values.json.
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ def cmd_run(args) -> int:
 
     if not 0.0 < args.fraction < 1.0:
         raise CLIError(f"--fraction {args.fraction} must lie strictly between 0 and 1")
+    for flag, value, least in (("--budget", args.budget, 1), ("--eval-n", args.eval_n, 1), ("--cal-n", args.cal_n, 1),
+                               ("--seq-len", args.seq_len, 2)):
+        if value < least:
+            raise CLIError(f"{flag} must be at least {least}, got {value}")
     out = Path(args.out)
     export_dir = check_run_outputs(out, args)
     started = time.perf_counter()
@@ -35,18 +44,38 @@ def cmd_run(args) -> int:
     print(f"  {loaded.components.describe()}")
 
     from probes.tasks import get_task
-    task = get_task(args.task, length=args.length) if args.task == "induction" else get_task(args.task)
-    with progress_bar(args.budget, f"head values on {args.task}") as update:
-        values = head_values(loaded, task, budget=args.budget, seed=args.seed, store=out / "store",
-                             n_examples=args.n, progress=update, max_rows=args.max_rows)
-    values.save(out / "values.json")
-    print(f"  {values.n_evaluations} evaluations; top 5 heads: "
-          + ", ".join(f"{n} {v:+.3f}" for n, v in values.top_k(5)))
+    # One seeded draw of the built-in text: the first eval_n sequences are what `evaluate` scores
+    # (same seed, same prefix), the next cal_n calibrate the game and the compensation: disjoint.
+    text = get_task("text", n=args.eval_n + args.cal_n, seq_len=args.seq_len).batch(loaded, seed=args.eval_seed)
+    if text.size < args.eval_n + args.cal_n:
+        raise CLIError(f"the built-in text gives only {text.size} sequences of {args.seq_len} tokens; lower "
+                       f"--eval-n/--cal-n")
+    calibration = text.rows(args.eval_n, args.eval_n + args.cal_n).tokens
+    if args.method == "keep-model":
+        from pruning.keep_model import keep_model_head_plan
 
-    plan = head_plan(values, loaded, fraction=args.fraction, values_file=str(out / "values.json"))
+        with progress_bar(args.budget, "operating-point head values (screened, iterative)") as update:
+            plan = keep_model_head_plan(loaded, calibration, fraction=args.fraction, budget=args.budget,
+                                        seed=args.seed, store_dir=out / "store", max_rows=args.max_rows,
+                                        progress=lambda s: update(s["new_evaluations"]))
+        steps = plan.provenance[0]["steps"]
+        print(f"  {sum(s['n_evaluations'] for s in steps)} evaluations in {len(steps)} step(s); removed "
+              + ", ".join(plan.heads[:8]) + (" ..." if len(plan.heads) > 8 else ""))
+    else:
+        task = get_task(args.task, length=args.length) if args.task == "induction" else get_task(args.task)
+        with progress_bar(args.budget, f"head values on {args.task}") as update:
+            values = head_values(loaded, task, budget=args.budget, seed=args.seed, store=out / "store",
+                                 n_examples=args.n, progress=update, max_rows=args.max_rows)
+        values.save(out / "values.json")
+        print(f"  {values.n_evaluations} evaluations; top 5 heads: "
+              + ", ".join(f"{n} {v:+.3f}" for n, v in values.top_k(5)))
+        plan = head_plan(values, loaded, fraction=args.fraction, values_file=str(out / "values.json"))
     plan.save(out / "plan.json")
-    with stages(f"exporting ({plan.summary()})") as stage:
-        manifest = export_pruned(loaded, plan, export_dir, force=args.force, progress=stage)
+    compensated = plan.removal_mode == "mean_compensated"
+    with stages(f"exporting ({plan.summary()}, {plan.removal_mode} removal, {args.dtype})") as stage:
+        manifest = export_pruned(loaded, plan, export_dir, force=args.force, progress=stage,
+                                 calibration=calibration if compensated else None,
+                                 dtype=None if args.dtype == "model" else args.dtype)
     with step("reloading the export with transformers"):
         # Plain transformers runs the export's own modeling file: first make sure it is exactly ours.
         installed_model_class(export_dir, verify_export(export_dir), trust_remote_code=False)
@@ -54,11 +83,15 @@ def cmd_run(args) -> int:
             str(export_dir), trust_remote_code=bool(manifest.get("remote_code"))).eval(), tokenizer=loaded.tokenizer)
 
     tasks = list(EVAL_METRICS)
-    before = evaluate(loaded, tasks, None, args.eval_n, 64, args.eval_seed)
-    after = evaluate(reloaded, tasks, None, args.eval_n, 64, args.eval_seed)
+    before = evaluate(loaded, tasks, None, args.eval_n, args.seq_len, args.eval_seed)
+    after = evaluate(reloaded, tasks, None, args.eval_n, args.seq_len, args.eval_seed)
     after["bytes_on_disk"] = manifest["bytes"]
-    report = {"model": str(loaded.source), "task": args.task, "budget": args.budget, "seed": args.seed,
-              "fraction": args.fraction, "heads_removed": plan.heads, "before": before, "after": after,
+    report = {"model": str(loaded.source), "method": args.method, "task": args.task if args.method == "shapley"
+              else "keep-model (LM loss on calibration text)", "budget": args.budget, "seed": args.seed,
+              "fraction": args.fraction, "removal": plan.removal_mode, "dtype": manifest.get("dtype"),
+              "calibration": {"sequences": args.cal_n, "seq_len": args.seq_len,
+                              "disjoint_from_evaluation": True},
+              "heads_removed": plan.heads, "before": before, "after": after,
               "loads_with": manifest["loads_with"], "wall_seconds": round(time.perf_counter() - started, 1)}
     write_json(out / "report.json", {"format": RUN_REPORT_FORMAT, **_finite(report)})
     print_table(before, after)
@@ -97,10 +130,17 @@ def register(sub) -> None:
     p = sub.add_parser("run", help="the main job: head values, a pruning plan, export, reload, before/after table",
                        description=__doc__)
     add_model(p)
-    p.add_argument("--task", default="induction", help="task the head values are computed on (default: induction)")
-    p.add_argument("--n", type=int, default=4, help="examples in the task batch of the game")
+    p.add_argument("--method", default="keep-model", choices=["keep-model", "shapley"],
+                   help="keep-model (default): mean-compensated removal by screened operating-point values on "
+                        "calibration text; shapley: Shapley head values on --task, zero removal (the earlier job)")
+    p.add_argument("--task", default="induction", help="shapley: task the head values are computed on")
+    p.add_argument("--n", type=int, default=4, help="shapley: examples in the task batch of the game")
+    p.add_argument("--cal-n", type=int, default=4, help="keep-model: calibration sequences (game and compensation)")
+    p.add_argument("--seq-len", type=int, default=64, help="tokens per calibration and evaluation text sequence")
+    p.add_argument("--dtype", default="model", choices=["model", "bf16", "fp16", "fp32"],
+                   help="dtype of the exported weights (default: the model's own)")
     p.add_argument("--length", type=int, default=8, help="induction: random tokens in each half of a sequence")
-    p.add_argument("--budget", type=int, default=600, help="coalition evaluations for the head values")
+    p.add_argument("--budget", type=int, default=300, help="coalition evaluations for the head values (all steps)")
     p.add_argument("--seed", type=int, default=0, help="estimator seed")
     p.add_argument("--fraction", type=float, default=0.1, help="fraction of heads to remove")
     p.add_argument("--max-rows", type=int, default=128, help="coalitions x examples per batched forward")
