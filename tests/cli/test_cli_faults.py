@@ -115,3 +115,21 @@ def test_unwritable_output_fails_before_any_work(tiny_dir, tmp_path, capsys):
                            "--out", not_a_dir / "v.json")
     assert code == 2 and "Traceback" not in err and "file" in err
     assert not (tmp_path / "store").exists()  # refused before any evaluation
+
+
+def test_store_repair_command_salvages_a_store_with_a_damaged_middle_record(tmp_path, capsys):
+    from probes.game import Game
+    from probes.store import LOG
+
+    fingerprint = {"model": "synthetic", "task": "t", "metric": "m", "ablation": "none"}
+    game = Game(["a", "b", "c"], lambda c: c.sum(1).astype(float), fingerprint, store=tmp_path / "s")
+    game(np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=bool))
+    game.store.close()
+    log = tmp_path / "s" / LOG
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
+    code, text, err = run_cli(capsys, "store", "repair", "--store", tmp_path / "s")
+    assert code == 0, err
+    assert "kept 3 verified records, dropped 1: line 2 (damaged)" in text
+    code, _, err = run_cli(capsys, "store", "repair", "--store", tmp_path / "nowhere")
+    assert code == 2 and "not a coalition store" in err
