@@ -22,9 +22,19 @@ def cmd_run(args) -> int:
     from pruning.policies import head_plan
     from transformers import AutoModelForCausalLM
 
+    # Every argument is checked here, before the model is loaded or a coalition evaluated.
     if not 0.0 < args.fraction < 1.0:
         raise CLIError(f"--fraction {args.fraction} must lie strictly between 0 and 1")
+    for flag, value in (("--budget", args.budget), ("--n", args.n), ("--length", args.length),
+                        ("--max-rows", args.max_rows), ("--eval-n", args.eval_n)):
+        if value < 1:
+            raise CLIError(f"{flag} {value} must be a positive whole number")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; --out is the directory that receives values, plan, export and report")
+    for name in ("values.json", "plan.json", "report.json"):
+        if (out / name).is_dir():
+            raise CLIError(f"{out / name} is a directory, so the run could not write it; choose another --out")
     export_dir = out / "model"
     if export_dir.exists() and not args.force:
         raise CLIError(f"{export_dir} already exists; pass --force to replace the export (the evaluation store in "

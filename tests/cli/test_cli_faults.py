@@ -133,3 +133,43 @@ def test_store_repair_command_salvages_a_store_with_a_damaged_middle_record(tmp_
     assert "kept 3 verified records, dropped 1: line 2 (damaged)" in text
     code, _, err = run_cli(capsys, "store", "repair", "--store", tmp_path / "nowhere")
     assert code == 2 and "not a coalition store" in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--address", "auto"], "--address only apply to --backend ray"),
+    (["--workers", "4", "--num-gpus", "1"], "--workers, --num-gpus only apply to --backend ray"),
+    (["--max-rows", "0"], "--max-rows 0 must be a positive"),
+    (["--estimator", "nope"], "unknown estimator 'nope'"),
+])
+def test_values_flags_are_checked_before_the_model_is_loaded(tiny_dir, tmp_path, capsys, monkeypatch, flags, message):
+    import surgery
+
+    monkeypatch.setattr(surgery, "load", lambda *a, **k: pytest.fail("the model was loaded before the flags were checked"))
+    code, _, err = run_cli(capsys, *ARGS, *flags, "--model", tiny_dir, "--store", tmp_path / "store",
+                           "--out", tmp_path / "v.json")
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "store").exists()
+
+
+def test_values_out_that_is_a_directory_fails_before_any_work(tiny_dir, tmp_path, capsys):
+    (tmp_path / "outdir").mkdir()
+    code, _, err = run_cli(capsys, *ARGS, "--model", tiny_dir, "--store", tmp_path / "store",
+                           "--out", tmp_path / "outdir", "--force")
+    assert code == 2 and "is a directory" in err
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--eval-n", "0"], "--eval-n 0 must be a positive"),
+    (["--budget", "-5"], "--budget -5 must be a positive"),
+])
+def test_run_arguments_are_checked_before_any_work(tiny_dir, tmp_path, capsys, monkeypatch, flags, message):
+    import surgery
+
+    monkeypatch.setattr(surgery, "load", lambda *a, **k: pytest.fail("the model was loaded before the flags were checked"))
+    code, _, err = run_cli(capsys, "run", "--model", tiny_dir, *flags, "--out", tmp_path / "run")
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_cli(capsys, "run", "--model", tiny_dir, "--out", tmp_path / "file")
+    assert code == 2 and "is a file" in err
