@@ -183,7 +183,7 @@ class PairedSequence:
 
     # ------------------------------------------------------------------ apportionment
     def _full(self) -> np.ndarray:
-        return np.array([s >= c for s, c in zip(self.seats.tolist(), self.exact_counts)])
+        return np.array([s >= c for s, c in zip(self.seats.tolist(), self.exact_counts)], dtype=bool)
 
     def _next_strata(self, want: int) -> np.ndarray:
         """Stratum indices of the next `want` seats (fewer when every unit is used)."""
@@ -267,7 +267,7 @@ class PairedSequence:
         self.extend(length)
         stratum = self._stratum[:length]
         m = np.bincount(stratum - 1, minlength=len(self.ks)) if length else np.zeros(len(self.ks), dtype=np.int64)
-        full = np.array([a >= c for a, c in zip(m.tolist(), self.exact_counts)])
+        full = np.array([a >= c for a, c in zip(m.tolist(), self.exact_counts)], dtype=bool)
         sampled_strata = ~full & (m > 0)
         n_sampled = int(m[sampled_strata].sum())
         q = np.where(sampled_strata, m / max(n_sampled, 1), 0.0)
