@@ -4,6 +4,7 @@ Layout of a store directory (plain files, readable with `cat` and `jq`):
 
     header.json     {"format", "version", "fingerprint", "fingerprint_id", "n_players"}
     values.jsonl    one record per line: {"c": packed coalition as hex, "v": value, "crc": crc32}
+    lock            the writer lock (flock); holds the pid of the process that has the store open
 
 Why this shape: model evaluations are the expensive thing in this project, so every chunk is
 appended and flushed (and fsynced) the moment the value function returns it. A crash can only
