@@ -28,5 +28,9 @@ class StoreCorruptError(ProbeError):
     """A coalition store has a damaged record that is not just a torn final write."""
 
 
+class StoreLockedError(ProbeError):
+    """Another process is writing the coalition store (one writer at a time)."""
+
+
 class MalformedValuesFileError(ProbeError):
     """A values JSON file is not one this version can read."""

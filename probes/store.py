@@ -4,19 +4,32 @@ Layout of a store directory (plain files, readable with `cat` and `jq`):
 
     header.json     {"format", "version", "fingerprint", "fingerprint_id", "n_players"}
     values.jsonl    one record per line: {"c": packed coalition as hex, "v": value, "crc": crc32}
+    lock            the writer lock (flock); holds the pid of the process that has the store open
 
 Why this shape: model evaluations are the expensive thing in this project, so every chunk is
 appended and flushed (and fsynced) the moment the value function returns it. A crash can only
 tear the final line; each record carries a checksum, so on reopening a torn or garbled *last*
 record is dropped (and cut from the file) while damage anywhere else is reported, never guessed
-around. Opening the directory with another game's fingerprint is refused, naming both games.
+around; `repair_store` (CLI: `surgery store repair --store DIR`) keeps every record whose checksum
+verifies and reports what it dropped. Opening the directory with another game's fingerprint is
+refused, naming the field that differs.
+
+One writer: opening a store takes an exclusive `flock` on `DIR/lock` for as long as the store
+object lives. A second *process* that opens the same directory is refused at once with a message
+naming the holder's pid (refusing, not waiting: a waiting run looks hung, and the usual cause is a
+duplicate job that should not run at all). Inside one process the lock is shared, so a program may
+open the same store twice (a resumed Game in a notebook, a test); the lock goes when the last
+store object of that directory is closed or garbage-collected.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import weakref
 import zlib
+from dataclasses import dataclass, field
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
@@ -24,8 +37,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from probes.errors import FingerprintMismatchError, ProbeError, StoreCorruptError
-from probes.game import fingerprint_id
+from probes.errors import FingerprintMismatchError, ProbeError, StoreCorruptError, StoreLockedError
+from probes.game import fingerprint_id, fingerprint_identity
 
 if TYPE_CHECKING:
     from probes.game import Game
@@ -34,6 +47,11 @@ STORE_FORMAT = "model-surgery.coalition-store"
 STORE_VERSION = 1
 HEADER = "header.json"
 LOG = "values.jsonl"
+LOCK = "lock"
+REPAIR_COMMAND = "surgery store repair --store {path}"
+
+# Locks this process holds: resolved store path -> [fd, number of open store objects, owner pid].
+_HELD_LOCKS: dict[str, list] = {}
 
 
 def _record_checksum(coalition_hex: str, value_repr: str) -> str:
@@ -44,6 +62,55 @@ def _describe(fingerprint: dict) -> str:
     shown = {k: v for k, v in fingerprint.items() if k != "players"}
     players = fingerprint.get("players", [])
     return f"{shown} with {len(players)} players"
+
+
+def describe_difference(stored: dict, current: dict) -> str:
+    """The first field in which two fingerprints differ as games, in a few words."""
+    stored, current = fingerprint_identity(stored), fingerprint_identity(current)
+    for key in sorted(set(stored) | set(current)):
+        if stored.get(key) == current.get(key):
+            continue
+        if key == "players":
+            a, b = list(stored.get(key) or []), list(current.get(key) or [])
+            if len(a) != len(b):
+                return f"players differ ({len(a)} stored, {len(b)} in this game)"
+            i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+            return f"players differ (player {i}: stored {a[i]!r}, this game {b[i]!r})"
+        return f"field {key!r} differs (stored {stored.get(key)!r}, this game {current.get(key)!r})"
+    return "fingerprints differ"
+
+
+def _acquire_lock(path: Path) -> str:
+    """Take (or share, inside this process) the store's writer lock; return its registry key."""
+    key = str(path.resolve())
+    held = _HELD_LOCKS.get(key)
+    if held is not None and held[2] == os.getpid():
+        held[1] += 1
+        return key
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreLockedError(
+            f"store {path} is in use by another process (pid {holder}); one run writes a store at a time. "
+            "Wait for that run to finish, or give this run another --store directory"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _HELD_LOCKS[key] = [fd, 1, os.getpid()]
+    return key
+
+
+def _release_lock(key: str) -> None:
+    held = _HELD_LOCKS.get(key)
+    if held is None or held[2] != os.getpid():
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _HELD_LOCKS[key]
+        os.close(held[0])  # closing the descriptor releases the flock
 
 
 class CoalitionStore:
@@ -70,40 +137,65 @@ class CoalitionStore:
             raise ProbeError("a store fingerprint must include the player names under 'players'")
         path = Path(path)
         header_path = path / HEADER
-        if header_path.exists():
-            try:
-                header = json.loads(header_path.read_text())
-            except json.JSONDecodeError as error:
-                raise StoreCorruptError(f"store header {header_path} is not valid JSON: {error}") from error
-            if header.get("format") != STORE_FORMAT or header.get("version") != STORE_VERSION:
-                raise StoreCorruptError(
-                    f"{header_path} is not a coalition store this version reads "
-                    f"(format={header.get('format')!r}, version={header.get('version')!r}; "
-                    f"expected {STORE_FORMAT!r} version {STORE_VERSION})"
-                )
-            stored = header.get("fingerprint", {})
-            if fingerprint_id(stored) != fingerprint_id(fingerprint):
-                raise FingerprintMismatchError(
-                    f"store {path} holds values of another game: stored game {_describe(stored)} "
-                    f"(id {fingerprint_id(stored)}), this game {_describe(fingerprint)} "
-                    f"(id {fingerprint_id(fingerprint)}). Use a new store directory for this game."
-                )
-        else:
+        if not header_path.exists():
             path.mkdir(parents=True, exist_ok=True)
-            if any(path.iterdir()):
-                raise ProbeError(f"{path} is a non-empty directory without {HEADER}; refusing to use it as a store")
-            header = {
-                "format": STORE_FORMAT,
-                "version": STORE_VERSION,
-                "fingerprint": fingerprint,
-                "fingerprint_id": fingerprint_id(fingerprint),
-                "n_players": len(fingerprint["players"]),
-            }
-            from surgery.atomic_io import write_json_atomic
-            write_json_atomic(header_path, header, sort_keys=True)  # a header is either whole or absent
-        store = cls(path, fingerprint, {}, durable)
-        store._load_log()
+        # Lock before reading anything: the log is cut when its last record is torn, which must never
+        # race with another process's append.
+        lock_key = _acquire_lock(path)
+        try:
+            if header_path.exists():
+                cls._check_header(path, fingerprint)
+            else:
+                if any(p.name != LOCK for p in path.iterdir()):
+                    raise ProbeError(f"{path} is a non-empty directory without {HEADER}; refusing to use it as a store")
+                header = {
+                    "format": STORE_FORMAT,
+                    "version": STORE_VERSION,
+                    "fingerprint": fingerprint,
+                    "fingerprint_id": fingerprint_id(fingerprint),
+                    "n_players": len(fingerprint["players"]),
+                }
+                from surgery.atomic_io import write_json_atomic
+                write_json_atomic(header_path, header, sort_keys=True)  # a header is either whole or absent
+            store = cls(path, fingerprint, {}, durable)
+            store._finalizer = weakref.finalize(store, _release_lock, lock_key)
+            lock_key = None  # the store owns the lock now
+            try:
+                store._load_log()
+            except BaseException:
+                store.close()
+                raise
+        finally:
+            if lock_key is not None:
+                _release_lock(lock_key)
         return store
+
+    @staticmethod
+    def _check_header(path: Path, fingerprint: dict) -> dict:
+        header_path = path / HEADER
+        try:
+            header = json.loads(header_path.read_text())
+        except json.JSONDecodeError as error:
+            raise StoreCorruptError(f"store header {header_path} is not valid JSON: {error}") from error
+        if header.get("format") != STORE_FORMAT or header.get("version") != STORE_VERSION:
+            raise StoreCorruptError(
+                f"{header_path} is not a coalition store this version reads "
+                f"(format={header.get('format')!r}, version={header.get('version')!r}; "
+                f"expected {STORE_FORMAT!r} version {STORE_VERSION})"
+            )
+        stored = header.get("fingerprint", {})
+        if fingerprint is not None and fingerprint_id(stored) != fingerprint_id(fingerprint):
+            raise FingerprintMismatchError(
+                f"store {path} holds values of another game: {describe_difference(stored, fingerprint)}. "
+                f"Stored game {_describe(stored)}; use a new store directory for this game."
+            )
+        return header
+
+    def close(self) -> None:
+        """Release this object's share of the writer lock (also done when it is garbage-collected)."""
+        finalizer = getattr(self, "_finalizer", None)
+        if finalizer is not None:
+            finalizer()
 
     def _load_log(self) -> None:
         log_path = self.path / LOG
@@ -120,8 +212,9 @@ class CoalitionStore:
                     tail = line  # a garbled final record: treat like a torn one
                     break
                 raise StoreCorruptError(
-                    f"{log_path} line {number} is damaged (bad JSON or checksum) and is not the last record; "
-                    "the store cannot be trusted. Move it aside and start a new store."
+                    f"{log_path} line {number} is damaged (bad JSON or checksum) and is not the last record. "
+                    f"Run `{REPAIR_COMMAND.format(path=self.path)}` to keep every record whose checksum "
+                    "verifies (it reports what it drops), or move the store aside and start a new one."
                 )
             key, value = record
             self._values[key] = value
@@ -152,8 +245,7 @@ class CoalitionStore:
     def check_matches(self, game: Game) -> None:
         if self.fingerprint_id != game.fingerprint_id:
             raise FingerprintMismatchError(
-                f"store {self.path} belongs to game {_describe(self.fingerprint)} (id {self.fingerprint_id}), "
-                f"not to this game {_describe(game.fingerprint)} (id {game.fingerprint_id})"
+                f"store {self.path} belongs to another game: {describe_difference(self.fingerprint, game.fingerprint)}"
             )
 
     def get(self, key: bytes) -> float | None:
@@ -195,3 +287,69 @@ class CoalitionStore:
 
     def __repr__(self) -> str:
         return f"CoalitionStore({str(self.path)!r}, {len(self)} coalitions, game id {self.fingerprint_id})"
+
+
+@dataclass
+class StoreRepair:
+    """What `repair_store` did: records kept, lines dropped (1-based, with why), where the original went."""
+
+    path: Path
+    kept: int
+    dropped: list[tuple[int, str]] = field(default_factory=list)
+    backup: Path | None = None
+
+    def summary(self) -> str:
+        if not self.dropped:
+            return f"store {self.path}: all {self.kept} records verify; nothing to repair"
+        shown = ", ".join(f"line {n} ({why})" for n, why in self.dropped[:10])
+        more = f" and {len(self.dropped) - 10} more" if len(self.dropped) > 10 else ""
+        return (f"store {self.path}: kept {self.kept} verified records, dropped {len(self.dropped)}: {shown}{more}; "
+                f"the original log is saved as {self.backup}")
+
+
+def repair_store(path: str | PathLike) -> StoreRepair:
+    """Rewrite a store's log keeping every record whose checksum verifies (first copy of a coalition
+    wins), and report what was dropped. The original log is kept beside it as `values.jsonl.damaged`
+    (numbered if that exists). Takes the writer lock, so it never races a running job."""
+    path = Path(path)
+    if not (path / HEADER).exists():
+        raise ProbeError(f"{path} is not a coalition store (no {HEADER}); give the --store directory of a run")
+    header = CoalitionStore._check_header(path, None)
+    n_players = int(header.get("n_players") or len(header.get("fingerprint", {}).get("players", [])))
+    n_bytes = (n_players + 7) // 8
+    lock_key = _acquire_lock(path)
+    try:
+        log_path = path / LOG
+        raw = log_path.read_bytes() if log_path.exists() else b""
+        kept_lines, dropped, values = [], [], {}
+        for number, line in enumerate(raw.split(b"\n"), start=1):
+            if line == b"":
+                continue
+            record = CoalitionStore._parse(line, n_bytes)
+            if record is None:
+                dropped.append((number, "damaged"))
+            elif record[0] in values:
+                same = values[record[0]] == record[1]
+                dropped.append((number, "duplicate" if same else "duplicate with another value"))
+            else:
+                values[record[0]] = record[1]
+                kept_lines.append(line)
+        report = StoreRepair(path, len(kept_lines), dropped)
+        if not dropped and (raw == b"" or raw.endswith(b"\n")):
+            return report
+        backup = path / (LOG + ".damaged")
+        number = 1
+        while backup.exists():
+            number += 1
+            backup = path / f"{LOG}.damaged.{number}"
+        backup.write_bytes(raw)
+        tmp = path / (LOG + ".tmp")
+        with open(tmp, "wb") as handle:
+            handle.write(b"".join(line + b"\n" for line in kept_lines))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, log_path)  # atomic: the log is either the old one or the repaired one
+        report.backup = backup
+        return report
+    finally:
+        _release_lock(lock_key)

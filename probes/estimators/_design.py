@@ -1,11 +1,29 @@
 """Paired coalition designs shared by the regression and regression-adjusted estimators.
 
 Coalitions are drawn in complementary pairs (S, N minus S): a pair is one sampling unit and costs
-two evaluations. Units are grouped in strata by k = min(|S|, n - |S|), k = 1..floor(n/2). A
-stratum with few units (k = 1 has n of them) is cheaper to enumerate than to sample, so strata
-are filled greedily ("saturated", known exactly, as shapiq's border trick and Leverage SHAP's
-sampling without replacement both do); the rest of the budget draws units i.i.d. from the
-remaining strata with probabilities `q`, and uniformly, without repeats, within a stratum.
+two evaluations. Units are grouped in strata by k = min(|S|, n - |S|), k = 1..floor(n/2).
+
+Nested by construction: for a seed, the design is one fixed sequence of units, and a budget of B
+evaluations uses its first (B - 2) / 2 units. A larger budget with the same seed therefore extends
+a smaller run (every coalition the smaller run evaluated is in the larger design, so a store serves
+it), and any prefix is a valid design, which is what lets a run stop early. The sequence has two
+independent parts:
+- which stratum the t-th unit comes from: seats are handed to strata one at a time by the
+  Huntington-Hill apportionment of the size distribution q below (every stratum gets its first
+  unit before any gets a second; after that the stratum furthest below its share, by geometric-mean
+  rounding, gets the next). Apportionment by a divisor method is house-monotone, so growing the
+  prefix never takes a unit away from a stratum. A stratum whose units are all used is full
+  ("saturated", known exactly, as in shapiq's border trick) and drops out.
+- which unit is the j-th of stratum k: a uniformly random order of the stratum's units, from a
+  random stream of its own (seeded from the run's seed and k), so it does not depend on how many
+  units the budget takes. Small strata (at most PERMUTE_LIMIT units) are a random permutation of
+  the units' ranks, unranked on demand; larger ones are random k-subsets with repeats skipped.
+Within a stratum the first m units are thus a uniform sample without replacement, and the prefix is
+a stratified sample with known counts m_k: a sampled unit of stratum k stands for count_k / m_k
+units. `PairedDesign.q` is m_k / n_sampled, so weights written as q_k * n_sampled give m_k.
+
+The sequence is generated lazily in chunks (`PairedSequence.extend`), so memory and time before
+the first evaluation do not depend on the budget; only the units actually evaluated are held.
 
 Size distributions q over strata:
 - "leverage": every coalition size gets equal mass (Leverage SHAP: the leverage scores of the
@@ -15,13 +33,13 @@ Size distributions q over strata:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from itertools import combinations
 
 import numpy as np
 from scipy.special import comb
 
-ENUMERATE_LIMIT = 200_000  # strata this small are drawn from an explicit list of their units
+PERMUTE_LIMIT = 1 << 20  # strata this small are a random permutation of their unit ranks (8 MB at most)
 
 
 def stratum_sizes(n: int) -> np.ndarray:
@@ -32,6 +50,11 @@ def units_in_stratum(n: int, k: int) -> float:
     """Number of complementary pairs whose smaller side has size k (a float: may be astronomic)."""
     total = float(comb(n, k, exact=False))
     return total / 2 if 2 * k == n else total
+
+
+def total_units(n: int) -> int:
+    """Complementary pairs of an n-player game other than (empty, full): 2^(n-1) - 1."""
+    return (1 << (n - 1)) - 1
 
 
 def stratum_mass(n: int, distribution: str) -> np.ndarray:
@@ -53,7 +76,7 @@ class PairedDesign:
     stratum: np.ndarray  # int [n_units], k of each unit
     sampled: np.ndarray  # bool [n_units], False for units of saturated strata
     saturated_strata: np.ndarray  # ks enumerated completely
-    q: np.ndarray  # probability of each stratum k (index k-1) for sampled units, 0 where saturated
+    q: np.ndarray  # share of each stratum k (index k-1) among the sampled units (m_k / n_sampled), 0 where saturated
     n_sampled: int
     stratum_units: np.ndarray  # float [n // 2], number of units in each stratum k (index k-1)
 
@@ -79,76 +102,188 @@ def _canonical(rows: np.ndarray, k: int, n: int) -> np.ndarray:
     return rows
 
 
-def _enumerate_stratum(n: int, k: int) -> np.ndarray:
-    combos = np.array(list(combinations(range(n), k)), dtype=np.int64).reshape(-1, k)
-    rows = np.zeros((len(combos), n), dtype=bool)
-    np.put_along_axis(rows, combos, True, axis=1)
-    rows = _canonical(rows, k, n)
-    return np.unique(rows, axis=0)
+def _unrank(ranks: np.ndarray, k: int, m: int) -> np.ndarray:
+    """The k-subsets of range(m) with the given colex ranks, as bool rows [len(ranks), m]."""
+    rows = np.zeros((len(ranks), m), dtype=bool)
+    left = ranks.astype(np.int64).copy()
+    for i in range(k, 0, -1):
+        table = np.array([min(math.comb(c, i), 1 << 62) for c in range(m)], dtype=np.int64)  # C(c, i), nondecreasing
+        c = np.searchsorted(table, left, side="right") - 1  # the largest c with C(c, i) <= rank
+        rows[np.arange(len(ranks)), c] = True
+        left -= table[c]
+    return rows
+
+
+class _StratumStream:
+    """The units of stratum k in a uniformly random order that depends only on (seed, k)."""
+
+    def __init__(self, n: int, k: int, seed: int) -> None:
+        self.n, self.k = n, k
+        self.middle = 2 * k == n  # units: the k-subsets holding player 0
+        self.count = math.comb(n - 1, k - 1) if self.middle else math.comb(n, k)
+        self.rng = np.random.default_rng([seed, k])
+        self.handed = 0
+        self._ranks: np.ndarray | None = None
+        self._seen: set[bytes] = set()
+        self._buffer = np.zeros((0, n), dtype=bool)
+
+    def take(self, count: int) -> np.ndarray:
+        """The next `count` units (S sides), bool [count, n]."""
+        if count == 0:
+            return np.zeros((0, self.n), dtype=bool)
+        if self.count <= PERMUTE_LIMIT:
+            if self._ranks is None:
+                self._ranks = self.rng.permutation(self.count)
+            ranks = self._ranks[self.handed : self.handed + count]
+            if self.middle:
+                rows = np.zeros((len(ranks), self.n), dtype=bool)
+                rows[:, 0] = True
+                rows[:, 1:] = _unrank(ranks, self.k - 1, self.n - 1)
+            else:
+                rows = _unrank(ranks, self.k, self.n)
+        else:
+            # Random k-subsets in stream order, repeats skipped. Draws are kept in a buffer rather
+            # than discarded, so the j-th unit is the same however the requests are chunked.
+            while len(self._buffer) < count:
+                drawn = _canonical(_random_subsets(self.rng, self.n, self.k, max(64, 2 * count)), self.k, self.n)
+                fresh = []
+                for row, key in zip(drawn, np.packbits(drawn, axis=1)):
+                    key = key.tobytes()
+                    if key not in self._seen:
+                        self._seen.add(key)
+                        fresh.append(row)
+                if fresh:
+                    self._buffer = np.concatenate([self._buffer, np.array(fresh)])
+            rows, self._buffer = self._buffer[:count], self._buffer[count:]
+        self.handed += count
+        return rows
+
+
+class PairedSequence:
+    """The nested unit sequence of one (n, seed, distribution); see the module docstring.
+
+    `extend(t)` makes the first t units exist; `design(t)` is the PairedDesign of the first t units.
+    """
+
+    CHUNK = 4096  # units generated per step
+
+    def __init__(self, n: int, rng: np.random.Generator, distribution: str) -> None:
+        self.n = n
+        self.ks = stratum_sizes(n)
+        self.counts = np.array([units_in_stratum(n, int(k)) for k in self.ks])
+        self.exact_counts = [math.comb(n - 1, int(k) - 1) if 2 * k == n else math.comb(n, int(k)) for k in self.ks]
+        self.mass = stratum_mass(n, distribution)
+        self.total = total_units(n)
+        self.seed = int(rng.integers(2**63))  # the only draw from rng, whatever the budget
+        self.seats = np.zeros(len(self.ks), dtype=np.int64)  # units handed to each stratum so far
+        self._streams: dict[int, _StratumStream] = {}
+        self._first = np.zeros((0, n), dtype=bool)
+        self._stratum = np.zeros(0, dtype=np.int64)
+        self.length = 0
+
+    # ------------------------------------------------------------------ apportionment
+    def _full(self) -> np.ndarray:
+        return np.array([s >= c for s, c in zip(self.seats.tolist(), self.exact_counts)], dtype=bool)
+
+    def _next_strata(self, want: int) -> np.ndarray:
+        """Stratum indices of the next `want` seats (fewer when every unit is used)."""
+        order: list[np.ndarray] = []
+        full = self._full()
+        # First seats (infinite Huntington-Hill priority): larger mass first, then smaller k.
+        fresh = np.flatnonzero((self.seats == 0) & ~full)
+        fresh = fresh[np.lexsort((fresh, -self.mass[fresh]))][:want]
+        self.seats[fresh] += 1
+        order.append(fresh)
+        want -= len(fresh)
+        if want > 0:
+            order.append(self._later_seats(want))
+        return np.concatenate(order).astype(np.int64)
+
+    def _later_seats(self, want: int) -> np.ndarray:
+        left = np.array([c - s for s, c in zip(self.seats.tolist(), self.exact_counts)], dtype=float)
+        live = (left > 0) & (self.seats > 0)
+        if not live.any():
+            return np.zeros(0, dtype=np.int64)
+
+        def seats_above(p: float) -> np.ndarray:
+            # Seat j >= 2 of stratum k has priority mass_k / sqrt(j (j - 1)); it is >= p while
+            # j <= (1 + sqrt(1 + 4 (mass_k / p)^2)) / 2.
+            top = np.floor((1 + np.sqrt(1 + 4 * (self.mass / p) ** 2)) / 2)
+            return np.where(live, np.clip(top - self.seats, 0, left), 0)
+
+        if left[live].sum() <= want:
+            extra = np.where(live, left, 0).astype(np.int64)
+        else:
+            s = self.seats[live].astype(float)
+            high = float(np.max(self.mass[live] / np.sqrt((s + 1) * s)))
+            low = high / 2
+            while seats_above(low).sum() < want:
+                low /= 2
+            for _ in range(80):  # bisection in log space for the largest threshold with enough seats
+                mid = math.sqrt(low * high)
+                if seats_above(mid).sum() >= want:
+                    low = mid
+                else:
+                    high = mid
+            extra = seats_above(low * (1 - 1e-9)).astype(np.int64)  # a superset of the next `want` seats
+        strata = np.repeat(np.arange(len(self.ks)), extra)
+        j = np.concatenate([np.arange(s + 1, s + e + 1) for s, e in zip(self.seats, extra)]).astype(float)
+        priority = self.mass[strata] / np.sqrt(j * (j - 1))
+        chosen = strata[np.lexsort((strata, -priority))][:want]  # ties: smaller k first
+        self.seats += np.bincount(chosen, minlength=len(self.ks))
+        return chosen
+
+    # ------------------------------------------------------------------ units
+    def extend(self, length: int) -> None:
+        """Generate units until the sequence has min(length, every unit) of them."""
+        length = min(int(length), self.total)
+        while self.length < length:
+            strata = self._next_strata(min(self.CHUNK, length - self.length))
+            rows = np.zeros((len(strata), self.n), dtype=bool)
+            for index in np.unique(strata):
+                stream = self._streams.get(int(index))
+                if stream is None:
+                    stream = self._streams[int(index)] = _StratumStream(self.n, int(self.ks[index]), self.seed)
+                where = np.flatnonzero(strata == index)
+                rows[where] = stream.take(len(where))
+            self._append(rows, self.ks[strata])
+
+    def _append(self, rows: np.ndarray, strata: np.ndarray) -> None:
+        end = self.length + len(rows)
+        if end > len(self._first):  # grow by doubling, so extending stays linear in the units made
+            capacity = max(end, 2 * len(self._first))
+            first = np.zeros((capacity, self.n), dtype=bool)
+            first[: self.length] = self._first[: self.length]
+            stratum = np.zeros(capacity, dtype=np.int64)
+            stratum[: self.length] = self._stratum[: self.length]
+            self._first, self._stratum = first, stratum
+        self._first[self.length : end] = rows
+        self._stratum[self.length : end] = strata
+        self.length = end
+
+    def design(self, length: int | None = None) -> PairedDesign:
+        """The design made of the first `length` units (default: all generated so far)."""
+        length = self.length if length is None else min(int(length), self.total)
+        self.extend(length)
+        stratum = self._stratum[:length]
+        m = np.bincount(stratum - 1, minlength=len(self.ks)) if length else np.zeros(len(self.ks), dtype=np.int64)
+        full = np.array([a >= c for a, c in zip(m.tolist(), self.exact_counts)], dtype=bool)
+        sampled_strata = ~full & (m > 0)
+        n_sampled = int(m[sampled_strata].sum())
+        q = np.where(sampled_strata, m / max(n_sampled, 1), 0.0)
+        return PairedDesign(
+            n=self.n,
+            first=self._first[:length],
+            stratum=stratum,
+            sampled=sampled_strata[stratum - 1] if length else np.zeros(0, dtype=bool),
+            saturated_strata=self.ks[full],
+            q=q,
+            n_sampled=n_sampled,
+            stratum_units=self.counts,
+        )
 
 
 def draw_paired_design(n: int, n_units: int, rng: np.random.Generator, distribution: str) -> PairedDesign:
-    """A design of at most `n_units` complementary pairs (2 * n_units evaluations)."""
-    ks = stratum_sizes(n)
-    counts = np.array([units_in_stratum(n, k) for k in ks])
-    mass = stratum_mass(n, distribution)
-    # Water-filling: a stratum is saturated when its fair share of the units covers all of it.
-    saturated = np.zeros(len(ks), dtype=bool)
-    while True:
-        free = ~saturated
-        left = n_units - counts[saturated].sum()
-        if left <= 0 or not free.any():
-            break
-        share = left * mass[free] / mass[free].sum()
-        newly = np.flatnonzero(free)[counts[free] <= share]
-        if newly.size == 0:
-            break
-        # Saturate the cheapest one first and re-share, so the budget is never overrun.
-        cheapest = newly[np.argmin(counts[newly])]
-        if counts[cheapest] > left:
-            break
-        saturated[cheapest] = True
-    blocks, strata, sampled = [], [], []
-    for index in np.flatnonzero(saturated):
-        rows = _enumerate_stratum(n, int(ks[index]))
-        blocks.append(rows)
-        strata.append(np.full(len(rows), ks[index]))
-        sampled.append(np.zeros(len(rows), dtype=bool))
-    n_sampled = int(n_units - counts[saturated].sum())
-    q = np.where(saturated, 0.0, mass)
-    if n_sampled > 0 and q.sum() > 0:
-        q = q / q.sum()
-        per_stratum = np.bincount(rng.choice(len(ks), size=n_sampled, p=q), minlength=len(ks))
-        for index in np.flatnonzero(per_stratum):
-            k, want = int(ks[index]), int(per_stratum[index])
-            rows = _draw_distinct(rng, n, k, want, counts[index])
-            blocks.append(rows)
-            strata.append(np.full(len(rows), k))
-            sampled.append(np.ones(len(rows), dtype=bool))
-    else:
-        n_sampled, q = 0, np.zeros(len(ks))
-    first = np.concatenate(blocks) if blocks else np.zeros((0, n), dtype=bool)
-    return PairedDesign(
-        n=n,
-        first=first,
-        stratum=np.concatenate(strata) if strata else np.zeros(0, dtype=int),
-        sampled=np.concatenate(sampled) if sampled else np.zeros(0, dtype=bool),
-        saturated_strata=ks[saturated],
-        q=q,
-        n_sampled=int(np.concatenate(sampled).sum()) if sampled else 0,
-        stratum_units=counts,
-    )
-
-
-def _draw_distinct(rng: np.random.Generator, n: int, k: int, want: int, available: float) -> np.ndarray:
-    """`want` distinct units of stratum k, uniformly (want < available by construction)."""
-    if available <= ENUMERATE_LIMIT and want > available / 4:
-        everything = _enumerate_stratum(n, k)
-        return everything[rng.choice(len(everything), size=want, replace=False)]
-    found = np.zeros((0, n), dtype=bool)
-    while len(found) < want:
-        extra = _canonical(_random_subsets(rng, n, k, 2 * (want - len(found)) + 4), k, n)
-        merged = np.concatenate([found, extra])
-        _, first_seen = np.unique(merged, axis=0, return_index=True)
-        found = merged[np.sort(first_seen)]  # keep draw order so the result depends only on the seed
-    return found[:want]
+    """A design of at most `n_units` complementary pairs (2 * n_units evaluations): the first
+    n_units of the nested sequence, so a larger n_units with the same rng state extends it."""
+    return PairedSequence(n, rng, distribution).design(n_units)

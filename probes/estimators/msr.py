@@ -6,12 +6,13 @@ form: every evaluated coalition informs every player. For a complementary pair u
 of stratum k = |S|,
     g_i(u) = (r(S) - r(N minus S)) * (1[i in S] / |S| - 1[i not in S] / (n - |S|))
 and phi_i(r) = (r(N) - r(empty)) / n + sum_k rho_k E_{u in stratum k}[g_i(u)], rho_k = 1 (k < n/2)
-or 1/2 (k = n/2). Saturated strata give their term exactly; sampled ones by the importance-
-weighted mean of rho_k g_i(u) / q_k. The correction therefore stays unbiased however good f is:
+or 1/2 (k = n/2). Saturated strata give their term exactly; sampled ones by the mean of
+rho_k g_i(u) over the stratum's sampled pairs (the design is stratified: a fixed number of pairs
+per stratum, each stratum's a uniform sample; see _design.py). The correction therefore stays unbiased however good f is:
 a good f only shrinks the variance. The surrogate is cross-fitted (trained on the other folds'
 units) so it cannot hide its own errors on the units that correct it.
 
-Standard errors: from the spread of the per-pair terms of each fold, combined over folds.
+Standard errors: from the within-stratum spread of the per-pair terms of each fold, combined over folds.
 surrogate: "linear+size" (default: linear in the players plus a smooth function of coalition
 size), "linear", "linear+size+trees" / "linear+trees" (add boosted trees on the rest), or "none"
 (plain paired MSR). surrogate_settings: {"size_degree": 3, "trees": {sklearn GBR settings}}.
@@ -83,18 +84,38 @@ class _Fitted:
         return self.beta if self.trees is None else self.beta + self.trees.shapley(n)
 
 
+def _stratified_folds(design, sampled: np.ndarray, n_folds: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(test, train) units of each fold. Within every stratum the units are dealt to folds in turn,
+    so each fold's test set is a stratified random sample; a stratum with fewer units than folds is
+    in every fold's test set and in no training set, so every fold sees every stratum and no
+    surrogate is trained on a unit it corrects."""
+    tests = [[] for _ in range(n_folds)]
+    trains = [[] for _ in range(n_folds)]
+    for k in np.unique(design.stratum[sampled]):
+        members = sampled[design.stratum[sampled] == k]
+        if len(members) < n_folds:
+            for f in range(n_folds):
+                tests[f].append(members)
+            continue
+        for f in range(n_folds):
+            tests[f].append(members[f::n_folds])
+            trains[f].append(np.concatenate([members[g::n_folds] for g in range(n_folds) if g != f]))
+    as_array = lambda parts: np.concatenate(parts).astype(int) if parts else np.zeros(0, dtype=int)
+    return [as_array(t) for t in tests], [as_array(t) for t in trains]
+
+
 def _msr_estimate(design, units, first_values, second_values, empty, full, surrogate, n_folds, settings, seed):
     n = design.n
     saturated = units[~design.sampled[units]]
     sampled = units[design.sampled[units]]
     n_folds = max(1, min(n_folds, len(sampled) // 2)) if len(sampled) else 1
-    folds = [sampled[f::n_folds] for f in range(n_folds)] if len(sampled) else [sampled]
+    if n_folds > 1:
+        tests, trains = _stratified_folds(design, sampled, n_folds)
+    else:
+        tests, trains = [sampled], [np.zeros(0, dtype=int)]  # too few pairs to split: fit on the exact strata only
     full_empty = np.array([np.ones(n, dtype=bool), np.zeros(n, dtype=bool)])
     estimates, variances = [], []
-    for f, test in enumerate(folds):
-        train_sampled = np.concatenate([folds[g] for g in range(n_folds) if g != f]) if n_folds > 1 else np.zeros(0, dtype=int)
-        if n_folds == 1 and len(sampled):
-            train_sampled = np.zeros(0, dtype=int)  # too few pairs to split: fit on the exact strata only
+    for test, train_sampled in zip(tests, trains):
         train = np.concatenate([saturated, train_sampled]).astype(int)
         model = _Fitted(design, train, first_values, second_values, empty, full, len(train_sampled),
                         surrogate if len(train) else "none", settings, seed)
@@ -111,14 +132,27 @@ def _msr_estimate(design, units, first_values, second_values, empty, full, surro
                 estimate = estimate + terms[design.stratum[saturated] == k].mean(axis=0)
         variance = np.zeros(n)
         if len(test):
-            q = design.q[design.stratum[test] - 1][:, None]
-            terms = _pair_terms(design, test, residual_first, residual_second) / q
-            estimate = estimate + terms.mean(axis=0)
-            variance = terms.var(axis=0, ddof=1) / len(test) if len(test) > 1 else np.full(n, np.nan)
+            # Stratified mean: each sampled stratum's term is the mean over its test units (a uniform
+            # sample of the stratum), its variance the within-stratum variance over their number.
+            terms = _pair_terms(design, test, residual_first, residual_second)
+            strata = design.stratum[test]
+            spreads, singles = [], 0
+            for k in np.unique(strata):
+                block = terms[strata == k]
+                estimate = estimate + block.mean(axis=0)
+                if len(block) > 1:
+                    spreads.append(block.var(axis=0, ddof=1) / len(block))
+                else:
+                    singles += 1
+            if spreads:
+                # A stratum with one test unit has no spread of its own: give it the average of the others'.
+                variance = np.sum(spreads, axis=0) * (1 + singles / len(spreads))
+            else:
+                variance = np.full(n, np.nan)
         estimates.append(estimate)
         variances.append(variance)
     phi = np.mean(estimates, axis=0)
-    stderrs = np.sqrt(np.sum(variances, axis=0)) / len(folds)
+    stderrs = np.sqrt(np.sum(variances, axis=0)) / len(tests)
     return phi, stderrs
 
 

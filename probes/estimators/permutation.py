@@ -10,6 +10,11 @@ gone"): once the coalition's value is within `truncation_tol * |v(full) - v(empt
 the rest of the permutation's marginals are taken as zero and never evaluated. It saves
 evaluations and adds bias, so it is off by default. Walks advance in blocks of positions so that
 every block is still one batched call to the game.
+
+Nested: the permutations are one stream drawn from the seed (rng.random rows, in order), whatever
+the budget, so a larger budget with the same seed walks the same permutations first and a store of
+the smaller run serves all of them. A round holds at most MAX_ROUND_COALITIONS coalitions, so
+memory does not grow with the budget.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from probes.estimators._common import (
 from probes.game import Game
 from probes.stopping import StoppingCriterion
 from probes.values import Values
+
+MAX_ROUND_COALITIONS = 1 << 14
 
 
 def prefix_coalitions(orders: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -100,7 +107,7 @@ def permutation_shapley(
     stop = start_stop(stop)
     ledger = Ledger(game)
     empty, full = ledger.empty_and_full()
-    units_per_round = max(1, (budget - 2) // per_unit // n_rounds)
+    units_per_round = max(1, min((budget - 2) // per_unit // n_rounds, MAX_ROUND_COALITIONS // per_unit))
     samples: list[np.ndarray] = []
     skipped = 0
     round_number = 0

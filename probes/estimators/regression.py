@@ -8,7 +8,9 @@ mu / (its sampling probability) so the sampled objective is unbiased, and solve 
 efficiency constraint imposed exactly. They differ only in how coalition sizes are sampled:
 "kernel" (KernelSHAP, Lundberg & Lee / Covert & Lee) or "leverage" (Leverage SHAP, Musco & Witter).
 
-Standard errors: bootstrap over the sampled pairs (saturated strata are exact and stay fixed).
+Standard errors: bootstrap over the sampled pairs (saturated strata are exact and stay fixed). The
+design is stratified (fixed counts per coalition size, _design.py); the bootstrap redraws the
+sampled pairs without keeping those counts, so it slightly overstates the error (conservative).
 
 leverage_shap_size adds free columns that are smooth functions of the coalition size (vanishing at
 the empty and full coalitions, so they carry no Shapley value) to soak up size-driven curvature.
@@ -16,10 +18,12 @@ the empty and full coalitions, so they carry no Shapley value) to soak up size-d
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from probes.estimators._common import Ledger, make_values, require_budget, should_stop, start_stop
-from probes.estimators._design import PairedDesign, draw_paired_design
+from probes.estimators._design import PairedDesign, PairedSequence, total_units
 from probes.game import Game
 from probes.stopping import StoppingCriterion
 from probes.values import Values
@@ -82,45 +86,68 @@ def fit_linear(design: PairedDesign, units: np.ndarray, values_first, values_sec
 
 
 def order_units(design: PairedDesign, rng: np.random.Generator) -> np.ndarray:
-    """Saturated units first, then sampled units in random order, so any prefix is a valid design."""
-    saturated = np.flatnonzero(~design.sampled)
-    sampled = np.flatnonzero(design.sampled)
-    return np.concatenate([saturated, rng.permutation(sampled)]).astype(int)
+    """Units in evaluation order. The nested sequence (_design.py) is already in an order whose every
+    prefix is a valid design, so this is the identity; `rng` is not used (kept for callers)."""
+    return np.arange(len(design.first))
 
 
 class PairedRun:
     """A paired design drawn for a game and evaluated in rounds, shared by the regression and MSR
-    estimators: v(empty), v(full), then complementary pairs in `order_units` order, so every
-    prefix of rounds is a valid design to fit on."""
+    estimators: v(empty), v(full), then complementary pairs in the nested sequence's order, so every
+    prefix of rounds is a valid design to fit on and a larger budget with the same seed extends a
+    smaller one. Units are generated and evaluated CHUNK at a time, so memory follows what has been
+    evaluated, not the budget. A budget above the game's 2^n distinct coalitions is cut to 2^n (the
+    design is then the whole game), with a warning and `details['budget_capped_to']`."""
+
+    CHUNK = 1 << 14  # units generated and evaluated per request to the game
 
     def __init__(self, game: Game, budget: int, rng: np.random.Generator, distribution: str, stop) -> None:
+        n = game.n_players
         self.ledger = Ledger(game)
         self.empty, self.full = self.ledger.empty_and_full()
-        self.design = draw_paired_design(game.n_players, (budget - 2) // 2, rng, distribution)
-        self.order = order_units(self.design, rng)
-        self.first_values = np.full(len(self.order), np.nan)
-        self.second_values = np.full(len(self.order), np.nan)
+        self.n_units = (budget - 2) // 2
+        self.capped_to = None
+        if self.n_units > total_units(n):
+            self.n_units = total_units(n)
+            self.capped_to = 2 ** n
+            warnings.warn(f"budget {budget} exceeds the 2^{n} = {2 ** n} distinct coalitions of this {n}-player game; "
+                          f"using all {2 ** n} (the values are then exact)", stacklevel=3)
+        self.sequence = PairedSequence(n, rng, distribution)
+        self.design = self.sequence.design(0)
+        self.order = np.arange(0)
+        self.first_values = np.zeros(0)
+        self.second_values = np.zeros(0)
         self.stop = stop
         self.done = 0
 
     def rounds(self, n_rounds: int):
         """Evaluate the next round of pairs; yield (round_number, units so far, is_last_round).
-        One round when nothing can stop the run early."""
-        n_saturated = int((~self.design.sampled).sum())
+        One round when nothing can stop the run early; the first round holds a unit of every stratum."""
         if self.stop is None:
-            edges = [len(self.order)]
+            edges = [self.n_units]
         else:
-            edges = sorted(set(np.linspace(n_saturated + 1, len(self.order), n_rounds).round().astype(int).tolist()))
+            first = min(self.n_units, len(self.sequence.ks))
+            edges = sorted(set(np.linspace(first, self.n_units, n_rounds).round().astype(int).tolist()))
         for round_number, edge in enumerate(edges, start=1):
-            new = self.order[self.done:edge]
-            values = self.ledger(np.concatenate([self.design.first[new], ~self.design.first[new]]))
-            self.first_values[new], self.second_values[new] = values[: len(new)], values[len(new):]
-            self.done = edge
-            yield round_number, self.order[:edge], round_number == len(edges)
+            firsts, seconds = [self.first_values], [self.second_values]
+            while self.done < edge:
+                upto = min(edge, self.done + self.CHUNK)
+                rows = self.sequence.design(upto).first[self.done:upto]
+                values = self.ledger(np.concatenate([rows, ~rows]))
+                firsts.append(values[: len(rows)])
+                seconds.append(values[len(rows):])
+                self.done = upto
+            self.first_values, self.second_values = np.concatenate(firsts), np.concatenate(seconds)
+            self.design = self.sequence.design(self.done)
+            self.order = np.arange(self.done)
+            yield round_number, self.order, round_number == len(edges)
 
     def details(self) -> dict:
-        return {"saturated_sizes": self.design.saturated_strata.tolist(),
-                "n_sampled_pairs": int(self.design.sampled[self.order[:self.done]].sum())}
+        out = {"saturated_sizes": self.design.saturated_strata.tolist(),
+               "n_sampled_pairs": int(self.design.sampled[self.order[:self.done]].sum())}
+        if self.capped_to is not None:
+            out["budget_capped_to"] = self.capped_to
+        return out
 
 
 def regression_shapley(

@@ -1,7 +1,8 @@
 """The `surgery` command: a thin layer over the Python API, one subcommand per step of the data flow.
 
     surgery values heads|layers -> surgery cluster -> surgery plan heads|layers|sparsity
-    -> surgery prune -> surgery eval;   surgery run = the whole job on one model.
+    -> surgery prune -> surgery eval;   surgery run = the whole job on one model;
+    surgery store repair = salvage a damaged evaluation store.
 
 It lives in pruning/ because it drives all three packages and pruning/ is the top of the dependency
 chain (surgery/ must not import probes/ or pruning/). Errors print one line and exit non-zero;
@@ -14,7 +15,7 @@ import argparse
 import json
 import sys
 
-from pruning.cli import inspect_cmds, model_cmds, plan_cmds, run_cmd, values_cmds
+from pruning.cli import inspect_cmds, model_cmds, plan_cmds, run_cmd, store_cmds, values_cmds
 
 EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "smaller models they buy: value, cluster, plan, prune, evaluate.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (run_cmd, values_cmds, plan_cmds, model_cmds, inspect_cmds):
+    for module in (run_cmd, values_cmds, plan_cmds, model_cmds, inspect_cmds, store_cmds):
         module.register(sub)
     return parser
 

