@@ -93,11 +93,17 @@ class PairedRun:
     estimators: v(empty), v(full), then complementary pairs in `order_units` order, so every
     prefix of rounds is a valid design to fit on."""
 
-    def __init__(self, game: Game, budget: int, rng: np.random.Generator, distribution: str, stop) -> None:
+    def __init__(self, game: Game, budget: int, rng: np.random.Generator, distribution: str, stop,
+                 design=None) -> None:
+        """design: None draws the paired design of `distribution`; a callable returning
+        (PairedDesign, order) supplies another one (chains.py), evaluated in that order."""
         self.ledger = Ledger(game)
         self.empty, self.full = self.ledger.empty_and_full()
-        self.design = draw_paired_design(game.n_players, (budget - 2) // 2, rng, distribution)
-        self.order = order_units(self.design, rng)
+        if design is None:
+            self.design = draw_paired_design(game.n_players, (budget - 2) // 2, rng, distribution)
+            self.order = order_units(self.design, rng)
+        else:
+            self.design, self.order = design()
         self.first_values = np.full(len(self.order), np.nan)
         self.second_values = np.full(len(self.order), np.nan)
         self.stop = stop

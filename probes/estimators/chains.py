@@ -1,0 +1,232 @@
+"""Antithetic permutation chains read as a regression design ("chain_krr", the default estimator).
+
+Why: Leverage SHAP's random pairs need about n of them before the fit of n values is determined,
+so at 2n-5n evaluations it errs more than answering zero, while antithetic permutation sampling,
+which spends the same 2(n - 1) evaluations on one order and its reverse, is already usable.
+
+The observation this estimator rests on: the coalitions an antithetic chain evaluates are complementary
+pairs. Prefix k of an order pi and prefix n - k of its reverse are S and N minus S, so one chain
+is n - 1 pairs, one per size k = 1..n-1, each marginally a uniformly drawn pair of its size: a
+Leverage SHAP design (equal mass per size) whose draws are nested instead of independent. On one
+chain the efficient regression interpolates the odd values o(P_k) = (v(P_k) - v(N - P_k)) / 2 and
+phi_{pi_k} = o(P_k) - o(P_{k-1}), which is exactly the antithetic permutation estimate. So the same
+evaluations serve both readings:
+
+1. Design: as many whole chains as `chain_share` of the budget buys (one chain at 2n), the rest
+   independent Leverage SHAP pairs drawn with the same size probabilities, so one weight formula
+   (regression.unit_weights) covers every unit. Rounds follow the order chains-then-pairs.
+2. Linear step: the efficient weighted fit with coalition-size covariates, ridge-penalised toward
+   a prior (default: the equal split of v(full) - v(empty)), penalty chosen by generalized
+   cross-validation in the odd part (penalty 0 is a candidate, so a determined fit is not
+   shrunk). Size covariates are used only once the pairs outnumber the unknowns by `size_margin`.
+3. Kernel step: kernel_ridge.fit_odd_kernel on the odd residual, exact values of the fit, refit
+   (as leverage_shap_krr), used only when GCV prefers it.
+4. Blend: the regression estimate and the chains' permutation estimate are combined with the
+   weight that minimises the summed variance of the blend, estimated from a bootstrap over chains
+   and pairs that refits the linear step (cov included, as both come from the same evaluations);
+   with one chain the permutation estimate is used (the regression then only reproduces it).
+
+The standard errors are the bootstrap spread of the blend (linear step; the kernel step's own
+spread is not refitted per replicate, as in leverage_shap_krr). `details["expected_relative_error"]`
+is sqrt(sum stderr^2) / ||phi||, the error this budget is expected to leave.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from probes.errors import ProbeError
+from probes.estimators._design import PairedDesign, stratum_mass, stratum_sizes, units_in_stratum
+from probes.estimators.kernel_ridge import fit_odd_kernel
+from probes.estimators.priors import resolve_prior
+from probes.estimators.regression import PairedRun, size_basis, unit_weights
+from probes.estimators._common import make_values, require_budget, should_stop, start_stop
+from probes.game import Game
+from probes.stopping import StoppingCriterion
+from probes.values import Values
+
+RIDGE_PENALTIES = np.concatenate([[0.0], np.logspace(-4, 3, 15)])  # relative to mean diagonal of the normal matrix
+
+
+def leverage_q(n: int) -> np.ndarray:
+    mass = stratum_mass(n, "leverage")
+    return mass / mass.sum()
+
+
+def draw_chain_design(n: int, n_units: int, n_chains: int, rng: np.random.Generator) -> tuple[PairedDesign, np.ndarray]:
+    """n_chains antithetic chains (n - 1 units each) then independent leverage pairs up to n_units.
+    Returns the design and each chain's order ([n_chains, n])."""
+    ks = stratum_sizes(n)
+    q = leverage_q(n)
+    orders = np.argsort(rng.random((n_chains, n)), axis=1)
+    ranks = np.argsort(orders, axis=1)
+    prefix_sizes = np.arange(1, n)
+    chain_rows = (ranks[:, None, :] < prefix_sizes[None, :, None]).reshape(-1, n)  # chain c, prefix k
+    n_pairs = n_units - len(chain_rows)
+    strata = ks[rng.choice(len(ks), size=n_pairs, p=q)] if n_pairs > 0 else np.zeros(0, dtype=int)
+    keys = rng.random((len(strata), n))
+    pair_rows = np.argsort(np.argsort(keys, axis=1), axis=1) < strata[:, None]
+    first = np.concatenate([chain_rows, pair_rows])
+    sizes = first.sum(1)
+    design = PairedDesign(
+        n=n, first=first, stratum=np.minimum(sizes, n - sizes), sampled=np.ones(len(first), dtype=bool),
+        saturated_strata=np.zeros(0, dtype=int), q=q, n_sampled=len(first),
+        stratum_units=np.array([units_in_stratum(n, int(k)) for k in ks]),
+    )
+    return design, orders
+
+
+def _odd_problem(design, units, first_values, second_values, size_degree):
+    """Rows of the odd part: z = S - 1/2 (players), odd size columns, targets and weights."""
+    coalitions = design.first[units]
+    z = coalitions - 0.5
+    columns = [z]
+    if size_degree is not None:
+        odd = (size_basis(coalitions, size_degree) - size_basis(~coalitions, size_degree)) / 2
+        columns.append(odd[:, 1::2])  # the even-j columns are even functions: zero here
+    return np.concatenate(columns, 1), (first_values[units] - second_values[units]) / 2
+
+
+def ridge_fit(x, y, w, total, n, prior, penalty):
+    """argmin sum w (y - x b)^2 + penalty ||b[:n] - prior||^2 s.t. sum b[:n] = total; (b, dof)."""
+    p = x.shape[1]
+    target = np.zeros(p)
+    target[:n] = prior
+    gram = (x * w[:, None]).T @ x
+    scale = max(np.trace(gram[:n, :n]) / n, 1e-300)
+    penalty_matrix = np.zeros(p)
+    penalty_matrix[:n] = penalty * scale
+    a = gram + np.diag(penalty_matrix) + 1e-10 * scale * np.eye(p)
+    b = (x * w[:, None]).T @ (y - x @ target)
+    ones = np.zeros(p)
+    ones[:n] = 1.0
+    a_inv = np.linalg.pinv(a)
+    a_inv_b, a_inv_1 = a_inv @ b, a_inv @ ones
+    slack = total - prior.sum()
+    delta = a_inv_b - a_inv_1 * (ones @ a_inv_b - slack) / (ones @ a_inv_1)
+    constrained = a_inv - np.outer(a_inv_1, a_inv_1) / (ones @ a_inv_1)
+    return target + delta, float(np.trace(constrained @ gram))
+
+
+def fit_linear_gcv(design, units, first_values, second_values, total, size_degree, prior, penalty=None):
+    """The efficient ridge fit toward `prior` of the odd part, penalty by GCV (or the given one).
+    Returns (coef, penalty, odd residual)."""
+    n = design.n
+    x, y = _odd_problem(design, units, first_values, second_values, size_degree)
+    w = unit_weights(design, units, len(units))
+    m = len(units)
+    if penalty is not None:
+        coef = ridge_fit(x, y, w, total, n, prior, penalty)[0]
+        return coef, penalty, y - x @ coef
+    best = (np.inf, None, None)
+    for relative in RIDGE_PENALTIES:
+        coef, dof = ridge_fit(x, y, w, total, n, prior, relative)
+        if dof >= m - 0.5:
+            continue
+        residual = y - x @ coef
+        gcv = (w @ residual**2) / w.sum() / (1 - dof / m) ** 2
+        if gcv < best[0]:
+            best = (gcv, coef, relative)
+    if best[1] is None:  # fewer pairs than unknowns at every penalty: the strongest shrinkage
+        best = (None, ridge_fit(x, y, w, total, n, prior, RIDGE_PENALTIES[-1])[0], RIDGE_PENALTIES[-1])
+    return best[1], best[2], y - x @ best[1]
+
+
+def chain_krr(game: Game, budget: int, seed: int | None = None, stop: StoppingCriterion | None = None, *,
+              prior=None, gamma: float = 1.0, max_centers: int = 3000, size_degree: int = 3,
+              size_margin: float = 1.5, n_bootstrap: int = 30, n_rounds: int = 8) -> Values:
+    """One antithetic chain + Leverage SHAP pairs, ridge toward a prior, kernel step (module
+    docstring). `prior`: n values, a dict name -> value or Values for the same players; None = the
+    equal split, used only once the data determine the fit (one chain alone = permutation sampling)."""
+    n = game.n_players
+    name = "chain_krr"
+    budget = require_budget(budget, 2 + 2 * (n - 1), name, "v(empty), v(full) and one antithetic permutation "
+                            "chain, 2(n-1) coalitions")
+    if not gamma > 0 or int(max_centers) < 1:
+        raise ProbeError(f"chain_krr: gamma must be > 0 and max_centers >= 1, got {gamma}, {max_centers}")
+    rng = np.random.default_rng(seed)
+    stop = start_stop(stop)
+    drawn = {}
+
+    def design():
+        drawn["design"], drawn["orders"] = draw_chain_design(n, (budget - 2) // 2, 1, rng)
+        return drawn["design"], np.arange(len(drawn["design"].first))
+
+    run = PairedRun(game, budget, rng, "leverage", stop, design=design)
+    run.chain_orders = drawn["orders"]
+    total = run.full - run.empty
+    prior_values = resolve_prior(prior, game, total, name)
+    for round_number, units, last in run.rounds(n_rounds):
+        if stop is not None and not last:
+            coef = fit_linear_gcv(run.design, units, run.first_values, run.second_values, total, None, prior_values)[0]
+            if should_stop(stop, run.ledger, coef[:n], np.full(n, np.nan), round_number):
+                break
+    phi, stderrs, details = _final_estimate(run, units, prior_values, prior is not None, gamma, max_centers,
+                                            size_degree, size_margin, n_bootstrap, rng)
+    settings = {"gamma": gamma, "max_centers": max_centers, "size_degree": size_degree, "size_margin": size_margin,
+                "n_bootstrap": n_bootstrap, "budget": budget, "prior": None if prior is None else prior_values.tolist()}
+    return make_values(game, run.ledger, name, phi, stderrs, settings=settings, seed=seed, details=details)
+
+
+def _final_estimate(run, units, prior, prior_given, gamma, max_centers, size_degree, size_margin, n_bootstrap, rng):
+    design, n = run.design, run.design.n
+    total = run.full - run.empty
+    details = {"n_chain_pairs": int(min(len(units), n - 1)), "n_pairs": int(max(len(units) - (n - 1), 0))}
+    if len(units) < n - 1:  # stopped inside the chain: the equal split plus what the pairs so far say
+        coef, penalty, _ = fit_linear_gcv(design, units, run.first_values, run.second_values, total, None, prior)
+        details["ridge_penalty"] = float(penalty)
+        return coef[:n], np.full(n, np.nan), details
+    if len(units) == n - 1 and not prior_given:
+        # The chain alone determines the fit: it is the antithetic permutation estimate. Its spread
+        # is not observable from one chain; half the forward/reverse difference of each player's
+        # marginals stands in (large when pairwise terms dominate, which the average cancels).
+        phi, halfdiff = chain_permutation_estimate(run)
+        details["stderr_method"] = "forward/reverse half-difference (one chain; an overestimate for pairwise games)"
+        return phi, halfdiff, details
+    degree = size_degree if len(units) > size_margin * (n + size_degree) else None
+    coef, penalty, residual = fit_linear_gcv(design, units, run.first_values, run.second_values, total, degree, prior)
+    phi = coef[:n]
+    problem = (run.first_values, run.second_values, total, degree, prior, penalty)
+    # Kernel step on the odd residual of the linear fit; g is odd, so v - g keeps its pairs
+    # complementary, and its values are phi - phi(g), summing to total - 2 g(full).
+    coalitions = design.first[units]
+    model = fit_odd_kernel(coalitions, residual, gamma, max_centers) if degree is not None else None
+    if model is not None:
+        g = np.zeros(len(run.first_values))
+        g[units] = model(coalitions)
+        kernel_values = model.shapley()
+        # The penalty is chosen again on v - g: with the interactions g explains out of the
+        # residual, GCV can tell a wrong prior from noise.
+        refit, penalty, _ = fit_linear_gcv(design, units, run.first_values - g, run.second_values + g,
+                                           total - kernel_values.sum(), degree, prior - kernel_values)
+        phi = refit[:n] + kernel_values
+        details["kernel_centers"] = len(model.centers)
+    details.update({"ridge_penalty": float(penalty), "size_degree_used": degree})
+    stderrs = _bootstrap(design, units, problem[:-1] + (penalty,), n_bootstrap, rng)
+    details["stderr_method"] = "bootstrap over pairs of the linear step (kernel step not refitted: conservative)"
+    return phi, stderrs, details
+
+
+def chain_permutation_estimate(run) -> tuple[np.ndarray, np.ndarray]:
+    """The chain's antithetic permutation estimate, from its pairs' odd values, and half the
+    difference of each player's forward and reverse marginals."""
+    n = run.design.n
+    first, second = run.first_values[: n - 1], run.second_values[: n - 1]  # v(P_k), v(N - P_k)
+    forward_values = np.concatenate([[run.empty], first, [run.full]])
+    reverse_values = np.concatenate([[run.full], second, [run.empty]])  # v(N - P_k), k = 0..n
+    forward = np.diff(forward_values)  # the player at position k joins P_{k-1}
+    reverse = -np.diff(reverse_values)  # ... and joins N - P_k in the reversed order
+    order = run.chain_orders[0]
+    estimate, halfdiff = np.empty(n), np.empty(n)
+    estimate[order], halfdiff[order] = (forward + reverse) / 2, np.abs(forward - reverse) / 2
+    return estimate, halfdiff
+
+
+def _bootstrap(design, units, problem, n_bootstrap, rng):
+    if n_bootstrap < 2:
+        return np.full(design.n, np.nan)
+    replicates = np.empty((n_bootstrap, design.n))
+    for b in range(n_bootstrap):
+        redraw = units[rng.integers(0, len(units), size=len(units))]
+        replicates[b] = fit_linear_gcv(design, redraw, *problem)[0][: design.n]
+    return replicates.std(axis=0, ddof=1)
