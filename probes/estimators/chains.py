@@ -36,10 +36,10 @@ from __future__ import annotations
 import numpy as np
 
 from probes.errors import ProbeError
-from probes.estimators._design import PairedDesign, stratum_mass, stratum_sizes, units_in_stratum
+from probes.estimators._design import PairedDesign, draw_paired_design, stratum_mass
 from probes.estimators.kernel_ridge import fit_odd_kernel
 from probes.estimators.priors import resolve_prior
-from probes.estimators.regression import PairedRun, size_basis, unit_weights
+from probes.estimators.regression import PairedRun, order_units, size_basis, unit_weights
 from probes.estimators._common import make_values, require_budget, should_stop, start_stop
 from probes.game import Game
 from probes.stopping import StoppingCriterion
@@ -48,32 +48,27 @@ from probes.values import Values
 RIDGE_PENALTIES = np.concatenate([[0.0], np.logspace(-4, 3, 15)])  # relative to mean diagonal of the normal matrix
 
 
-def leverage_q(n: int) -> np.ndarray:
-    mass = stratum_mass(n, "leverage")
-    return mass / mass.sum()
-
-
-def draw_chain_design(n: int, n_units: int, n_chains: int, rng: np.random.Generator) -> tuple[PairedDesign, np.ndarray]:
-    """n_chains antithetic chains (n - 1 units each) then independent leverage pairs up to n_units.
-    Returns the design and each chain's order ([n_chains, n])."""
-    ks = stratum_sizes(n)
-    q = leverage_q(n)
-    orders = np.argsort(rng.random((n_chains, n)), axis=1)
-    ranks = np.argsort(orders, axis=1)
-    prefix_sizes = np.arange(1, n)
-    chain_rows = (ranks[:, None, :] < prefix_sizes[None, :, None]).reshape(-1, n)  # chain c, prefix k
-    n_pairs = n_units - len(chain_rows)
-    strata = ks[rng.choice(len(ks), size=n_pairs, p=q)] if n_pairs > 0 else np.zeros(0, dtype=int)
-    keys = rng.random((len(strata), n))
-    pair_rows = np.argsort(np.argsort(keys, axis=1), axis=1) < strata[:, None]
-    first = np.concatenate([chain_rows, pair_rows])
-    sizes = first.sum(1)
+def draw_chain_design(n: int, n_units: int, rng: np.random.Generator):
+    """One antithetic chain (n - 1 units), then Leverage SHAP's own design (draw_paired_design:
+    small strata enumerated, distinct pairs) for the other units. Returns (design, evaluation
+    order, chain order, fit mask): chain units of an enumerated stratum repeat an enumerated
+    unit, so the fit leaves them out (fit mask False); the ledger does not pay for them twice."""
+    order = np.argsort(rng.random(n))
+    ranks = np.argsort(order)
+    chain = ranks[None, :] < np.arange(1, n)[:, None]  # prefix k of the order, k = 1..n-1
+    pairs = draw_paired_design(n, n_units - (n - 1), rng, "leverage")
+    chain_strata = np.minimum(np.arange(1, n), n - np.arange(1, n))
+    chain_sampled = ~np.isin(chain_strata, pairs.saturated_strata)
+    q = pairs.q if pairs.q.sum() > 0 else stratum_mass(n, "leverage") / stratum_mass(n, "leverage").sum()
+    sampled = np.concatenate([chain_sampled, pairs.sampled])
     design = PairedDesign(
-        n=n, first=first, stratum=np.minimum(sizes, n - sizes), sampled=np.ones(len(first), dtype=bool),
-        saturated_strata=np.zeros(0, dtype=int), q=q, n_sampled=len(first),
-        stratum_units=np.array([units_in_stratum(n, int(k)) for k in ks]),
+        n=n, first=np.concatenate([chain, pairs.first]), stratum=np.concatenate([chain_strata, pairs.stratum]),
+        sampled=sampled, saturated_strata=pairs.saturated_strata, q=q, n_sampled=int(sampled.sum()),
+        stratum_units=pairs.stratum_units,
     )
-    return design, orders
+    evaluation_order = np.concatenate([np.arange(n - 1), n - 1 + order_units(pairs, rng)])
+    fit_mask = np.concatenate([chain_sampled, np.ones(len(pairs.first), dtype=bool)])
+    return design, evaluation_order, order, fit_mask
 
 
 def _odd_problem(design, units, first_values, second_values, size_degree):
@@ -113,7 +108,7 @@ def fit_linear_gcv(design, units, first_values, second_values, total, size_degre
     Returns (coef, penalty, odd residual)."""
     n = design.n
     x, y = _odd_problem(design, units, first_values, second_values, size_degree)
-    w = unit_weights(design, units, len(units))
+    w = unit_weights(design, units, int(design.sampled[units].sum()))
     m = len(units)
     if penalty is not None:
         coef = ridge_fit(x, y, w, total, n, prior, penalty)[0]
@@ -134,7 +129,7 @@ def fit_linear_gcv(design, units, first_values, second_values, total, size_degre
 
 def chain_krr(game: Game, budget: int, seed: int | None = None, stop: StoppingCriterion | None = None, *,
               prior=None, gamma: float = 1.0, max_centers: int = 3000, size_degree: int = 3,
-              size_margin: float = 1.5, n_bootstrap: int = 30, n_rounds: int = 8) -> Values:
+              size_margin: float = 1.0, n_bootstrap: int = 30, n_rounds: int = 8) -> Values:
     """One antithetic chain + Leverage SHAP pairs, ridge toward a prior, kernel step (module
     docstring). `prior`: n values, a dict name -> value or Values for the same players; None = the
     equal split, used only once the data determine the fit (one chain alone = permutation sampling)."""
@@ -149,40 +144,45 @@ def chain_krr(game: Game, budget: int, seed: int | None = None, stop: StoppingCr
     drawn = {}
 
     def design():
-        drawn["design"], drawn["orders"] = draw_chain_design(n, (budget - 2) // 2, 1, rng)
-        return drawn["design"], np.arange(len(drawn["design"].first))
+        drawn["design"], order, drawn["chain"], drawn["fit"] = draw_chain_design(n, (budget - 2) // 2, rng)
+        return drawn["design"], order
 
     run = PairedRun(game, budget, rng, "leverage", stop, design=design)
-    run.chain_orders = drawn["orders"]
+    run.chain_order, fit_mask = drawn["chain"], drawn["fit"]
     total = run.full - run.empty
     prior_values = resolve_prior(prior, game, total, name)
-    for round_number, units, last in run.rounds(n_rounds):
+    for round_number, evaluated, last in run.rounds(n_rounds):
+        units = evaluated[fit_mask[evaluated]]
         if stop is not None and not last:
             coef = fit_linear_gcv(run.design, units, run.first_values, run.second_values, total, None, prior_values)[0]
             if should_stop(stop, run.ledger, coef[:n], np.full(n, np.nan), round_number):
                 break
-    phi, stderrs, details = _final_estimate(run, units, prior_values, prior is not None, gamma, max_centers,
-                                            size_degree, size_margin, n_bootstrap, rng)
+    phi, stderrs, details = _final_estimate(run, units, len(evaluated), prior_values, prior is not None, gamma,
+                                            max_centers, size_degree, size_margin, n_bootstrap, rng)
     settings = {"gamma": gamma, "max_centers": max_centers, "size_degree": size_degree, "size_margin": size_margin,
                 "n_bootstrap": n_bootstrap, "budget": budget, "prior": None if prior is None else prior_values.tolist()}
     return make_values(game, run.ledger, name, phi, stderrs, settings=settings, seed=seed, details=details)
 
 
-def _final_estimate(run, units, prior, prior_given, gamma, max_centers, size_degree, size_margin, n_bootstrap, rng):
+def _final_estimate(run, units, n_evaluated, prior, prior_given, gamma, max_centers, size_degree, size_margin,
+                    n_bootstrap, rng):
     design, n = run.design, run.design.n
     total = run.full - run.empty
-    details = {"n_chain_pairs": int(min(len(units), n - 1)), "n_pairs": int(max(len(units) - (n - 1), 0))}
-    if len(units) < n - 1:  # stopped inside the chain: the equal split plus what the pairs so far say
+    details = {"n_chain_pairs": int(min(n_evaluated, n - 1)), "n_pairs": int(max(n_evaluated - (n - 1), 0))}
+    if n_evaluated < n - 1:  # stopped inside the chain: the prior plus what its first pairs say
         coef, penalty, _ = fit_linear_gcv(design, units, run.first_values, run.second_values, total, None, prior)
         details["ridge_penalty"] = float(penalty)
         return coef[:n], np.full(n, np.nan), details
-    if len(units) == n - 1 and not prior_given:
+    chain_estimate, halfdiff = chain_permutation_estimate(run)
+    if n_evaluated == n - 1 and not prior_given:
         # The chain alone determines the fit: it is the antithetic permutation estimate. Its spread
         # is not observable from one chain; half the forward/reverse difference of each player's
         # marginals stands in (large when pairwise terms dominate, which the average cancels).
-        phi, halfdiff = chain_permutation_estimate(run)
         details["stderr_method"] = "forward/reverse half-difference (one chain; an overestimate for pairwise games)"
-        return phi, halfdiff, details
+        return chain_estimate, halfdiff, details
+    # Without a prior the chain's own estimate is the target: GCV keeps the fit near it while the
+    # pairs beyond the chain are too few to determine the regression, and lets go once they are.
+    prior = prior if prior_given else chain_estimate
     degree = size_degree if len(units) > size_margin * (n + size_degree) else None
     coef, penalty, residual = fit_linear_gcv(design, units, run.first_values, run.second_values, total, degree, prior)
     phi = coef[:n]
@@ -216,7 +216,7 @@ def chain_permutation_estimate(run) -> tuple[np.ndarray, np.ndarray]:
     reverse_values = np.concatenate([[run.full], second, [run.empty]])  # v(N - P_k), k = 0..n
     forward = np.diff(forward_values)  # the player at position k joins P_{k-1}
     reverse = -np.diff(reverse_values)  # ... and joins N - P_k in the reversed order
-    order = run.chain_orders[0]
+    order = run.chain_order
     estimate, halfdiff = np.empty(n), np.empty(n)
     estimate[order], halfdiff[order] = (forward + reverse) / 2, np.abs(forward - reverse) / 2
     return estimate, halfdiff
