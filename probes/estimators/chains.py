@@ -1,34 +1,36 @@
-"""Antithetic permutation chains read as a regression design ("chain_krr", the default estimator).
+"""One antithetic permutation chain read as a regression design, then Leverage SHAP ("chain_krr",
+the default estimator).
 
-Why: Leverage SHAP's random pairs need about n of them before the fit of n values is determined,
-so at 2n-5n evaluations it errs more than answering zero, while antithetic permutation sampling,
-which spends the same 2(n - 1) evaluations on one order and its reverse, is already usable.
+Why: Leverage SHAP's random pairs need about n of them before a fit of n values is determined, so
+at 2n-3n evaluations it errs more than answering zero, while antithetic permutation sampling,
+which spends 2(n - 1) evaluations on one order and its reverse, is already usable.
 
-The observation this estimator rests on: the coalitions an antithetic chain evaluates are complementary
-pairs. Prefix k of an order pi and prefix n - k of its reverse are S and N minus S, so one chain
-is n - 1 pairs, one per size k = 1..n-1, each marginally a uniformly drawn pair of its size: a
-Leverage SHAP design (equal mass per size) whose draws are nested instead of independent. On one
-chain the efficient regression interpolates the odd values o(P_k) = (v(P_k) - v(N - P_k)) / 2 and
-phi_{pi_k} = o(P_k) - o(P_{k-1}), which is exactly the antithetic permutation estimate. So the same
-evaluations serve both readings:
+What makes one design serve both: the coalitions of an antithetic chain are complementary pairs.
+Prefix k of an order pi and prefix n - k of its reverse are S and N minus S, so one chain is n - 1
+pairs, one per size k = 1..n-1, each marginally a uniform pair of its size: a Leverage SHAP design
+(equal mass per size) whose draws are nested. On the chain alone the efficient regression
+interpolates the odd values o(P_k) = (v(P_k) - v(N - P_k)) / 2, and phi_{pi_k} = o(P_k) - o(P_{k-1})
+is exactly the antithetic permutation estimate.
 
-1. Design: as many whole chains as `chain_share` of the budget buys (one chain at 2n), the rest
-   independent Leverage SHAP pairs drawn with the same size probabilities, so one weight formula
-   (regression.unit_weights) covers every unit. Rounds follow the order chains-then-pairs.
-2. Linear step: the efficient weighted fit with coalition-size covariates, ridge-penalised toward
-   a prior (default: the equal split of v(full) - v(empty)), penalty chosen by generalized
-   cross-validation in the odd part (penalty 0 is a candidate, so a determined fit is not
-   shrunk). Size covariates are used only once the pairs outnumber the unknowns by `size_margin`.
-3. Kernel step: kernel_ridge.fit_odd_kernel on the odd residual, exact values of the fit, refit
-   (as leverage_shap_krr), used only when GCV prefers it.
-4. Blend: the regression estimate and the chains' permutation estimate are combined with the
-   weight that minimises the summed variance of the blend, estimated from a bootstrap over chains
-   and pairs that refits the linear step (cov included, as both come from the same evaluations);
-   with one chain the permutation estimate is used (the regression then only reproduces it).
+1. Design: the chain first, then Leverage SHAP's own design (regression.draw_paired_design: small
+   strata enumerated, distinct pairs) for the rest of the budget; one weight formula
+   (regression.unit_weights) covers both, as the chain has the leverage size distribution.
+2. Linear step, in the odd part (the only part that carries Shapley value): the efficient weighted
+   fit with odd coalition-size covariates, ridge-penalised toward a target with the penalty chosen
+   by generalized cross-validation (0 is a candidate, so a determined fit is not shrunk). The
+   target is the caller's `prior` if given, else the chain's own permutation estimate: while the
+   pairs beyond the chain are too few to determine the fit, GCV keeps it near the chain's estimate,
+   and lets go as they accumulate.
+3. Kernel step: kernel_ridge.fit_odd_kernel on the odd residual, exact Shapley values of the fit,
+   linear refit of v - g with the penalty chosen again (as leverage_shap_krr); used only when GCV
+   prefers it.
+At budget 2n (the chain alone, no prior) the result is the antithetic permutation estimate.
 
-The standard errors are the bootstrap spread of the blend (linear step; the kernel step's own
-spread is not refitted per replicate, as in leverage_shap_krr). `details["expected_relative_error"]`
-is sqrt(sum stderr^2) / ||phi||, the error this budget is expected to leave.
+Standard errors: a bootstrap over pairs of the linear step (the kernel step is not refitted per
+replicate, so they overstate the error, as leverage_shap_krr's do); for the chain alone, half the
+difference of each player's forward and reverse marginals (no replicate exists; large when pairwise
+terms dominate, which the antithetic average cancels). details["expected_relative_error"] and
+["expected_seed_spearman"] follow from them (reliability.py).
 """
 
 from __future__ import annotations
@@ -174,12 +176,12 @@ def _final_estimate(run, units, n_evaluated, prior, prior_given, gamma, max_cent
         details["ridge_penalty"] = float(penalty)
         return coef[:n], np.full(n, np.nan), details
     chain_estimate, halfdiff = chain_permutation_estimate(run)
-    if n_evaluated == n - 1 and not prior_given:
+    if n_evaluated == n - 1:
         # The chain alone determines the fit: it is the antithetic permutation estimate. Its spread
         # is not observable from one chain; half the forward/reverse difference of each player's
         # marginals stands in (large when pairwise terms dominate, which the average cancels).
         details["stderr_method"] = "forward/reverse half-difference (one chain; an overestimate for pairwise games)"
-        return chain_estimate, halfdiff, details
+        return _toward_prior(chain_estimate, halfdiff, prior, details) if prior_given else chain_estimate, halfdiff, details
     # Without a prior the chain's own estimate is the target: GCV keeps the fit near it while the
     # pairs beyond the chain are too few to determine the regression, and lets go once they are.
     prior = prior if prior_given else chain_estimate
@@ -204,7 +206,23 @@ def _final_estimate(run, units, n_evaluated, prior, prior_given, gamma, max_cent
     details.update({"ridge_penalty": float(penalty), "size_degree_used": degree})
     stderrs = _bootstrap(design, units, problem[:-1] + (penalty,), n_bootstrap, rng)
     details["stderr_method"] = "bootstrap over pairs of the linear step (kernel step not refitted: conservative)"
+    if prior_given:
+        phi = _toward_prior(phi, stderrs, prior, details)
     return phi, stderrs, details
+
+
+def _toward_prior(phi, stderrs, prior, details):
+    """Positive-part James-Stein toward the caller's prior: when the estimate sits within its own
+    noise of the prior, the data cannot tell them apart and the prior is kept; a prior far from
+    the data is left alone. (The GCV ridge alone shrank too little: the interactions it sees as
+    noise dwarf a prior's error.)"""
+    n = len(phi)
+    distance = np.sum((phi - prior) ** 2)
+    if not np.isfinite(stderrs).all() or n < 3:
+        return phi
+    keep = max(0.0, 1.0 - (n - 2) / n * np.sum(stderrs**2) / distance) if distance > 0 else 0.0
+    details["prior_weight"] = float(1.0 - keep)
+    return prior + keep * (phi - prior)
 
 
 def chain_permutation_estimate(run) -> tuple[np.ndarray, np.ndarray]:
