@@ -274,9 +274,10 @@ def rank_estimators(results: dict, budget: str = "10n") -> dict[str, float]:
     ratios: dict[str, list[float]] = {}
     for entry in results["games"].values():
         table = entry["estimators"]
-        best = min(v[budget]["relative_l2"] for v in table.values())
-        for name, v in table.items():
-            ratios.setdefault(name, []).append(v[budget]["relative_l2"] / best)
+        run = {name: v[budget]["relative_l2"] for name, v in table.items() if budget in v}  # slow ones may skip it
+        best = min(run.values())
+        for name, error in run.items():
+            ratios.setdefault(name, []).append(error / best)
     complete = {k: r for k, r in ratios.items() if len(r) == len(results["games"])}
     scores = {k: float(np.exp(np.mean(np.log(r)))) for k, r in complete.items()}
     return dict(sorted(scores.items(), key=lambda item: item[1]))
@@ -294,6 +295,8 @@ def summarize(results: dict, default: str, budget_multipliers: Sequence[int] = B
             if key not in table.get(default, {}):
                 continue
             others = {k: v[key]["relative_l2"] for k, v in table.items() if k != default and key in v}
+            if not others:
+                continue
             best = min(others, key=others.get)
             ours = table[default][key]["relative_l2"]
             per_game[game_name] = {
@@ -301,6 +304,8 @@ def summarize(results: dict, default: str, budget_multipliers: Sequence[int] = B
                 "error_ratio_default_vs_best_alternative": ours / others[best],
                 "default_expected_error": table[default][key].get("expected_relative_l2"),
             }
+        if not per_game:
+            continue
         worst = max(per_game, key=lambda g: per_game[g]["error_ratio_default_vs_best_alternative"])
         per_budget[key] = {
             "worst_error_ratio_default_vs_best_alternative": per_game[worst]["error_ratio_default_vs_best_alternative"],
