@@ -21,6 +21,7 @@ To add a game (e.g. the head game of a tiny model), call `run_benchmark` with yo
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -347,8 +348,6 @@ def main() -> None:
     parser.add_argument("--no-model-game", action="store_true", help="skip the tiny GPT-2 head game")
     args = parser.parse_args()
     start = time.perf_counter()
-    import shapiq
-
     games = default_games(args.quick)
     if not args.no_model_game:
         games["tiny_gpt2_heads_12"] = tiny_model_head_game()
@@ -366,7 +365,7 @@ def main() -> None:
     results["summary"] = summarize(results, DEFAULT_ESTIMATOR)
     results["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
     results["git_commit"] = _git_commit()
-    results["shapiq_versions"] = {"main": shapiq.__version__,
+    results["shapiq_versions"] = {"main": importlib.metadata.version("shapiq"),
                                   "peer": results.get("shapiq_peer", {}).get("version")}
     results["total_seconds"] = time.perf_counter() - start
     args.output.parent.mkdir(parents=True, exist_ok=True)
