@@ -57,9 +57,11 @@ def draw_chain_design(n: int, n_units: int, rng: np.random.Generator):
     unit, so the fit leaves them out (fit mask False); the ledger does not pay for them twice."""
     order = np.argsort(rng.random(n))
     ranks = np.argsort(order)
-    chain = ranks[None, :] < np.arange(1, n)[:, None]  # prefix k of the order, k = 1..n-1
-    pairs = draw_paired_design(n, n_units - (n - 1), rng, "leverage")
-    chain_strata = np.minimum(np.arange(1, n), n - np.arange(1, n))
+    # Prefix k of the order, k = 1..n-1; below 2n evaluations only the first prefixes fit.
+    sizes = np.arange(1, min(n, n_units + 1))
+    chain = ranks[None, :] < sizes[:, None]
+    pairs = draw_paired_design(n, max(n_units - (n - 1), 0), rng, "leverage")
+    chain_strata = np.minimum(sizes, n - sizes)
     chain_sampled = ~np.isin(chain_strata, pairs.saturated_strata)
     q = pairs.q if pairs.q.sum() > 0 else stratum_mass(n, "leverage") / stratum_mass(n, "leverage").sum()
     sampled = np.concatenate([chain_sampled, pairs.sampled])
@@ -68,7 +70,7 @@ def draw_chain_design(n: int, n_units: int, rng: np.random.Generator):
         sampled=sampled, saturated_strata=pairs.saturated_strata, q=q, n_sampled=int(sampled.sum()),
         stratum_units=pairs.stratum_units,
     )
-    evaluation_order = np.concatenate([np.arange(n - 1), n - 1 + order_units(pairs, rng)])
+    evaluation_order = np.concatenate([np.arange(len(chain)), len(chain) + order_units(pairs, rng)]).astype(int)
     fit_mask = np.concatenate([chain_sampled, np.ones(len(pairs.first), dtype=bool)])
     return design, evaluation_order, order, fit_mask
 
@@ -137,8 +139,8 @@ def chain_krr(game: Game, budget: int, seed: int | None = None, stop: StoppingCr
     equal split, used only once the data determine the fit (one chain alone = permutation sampling)."""
     n = game.n_players
     name = "chain_krr"
-    budget = require_budget(budget, 2 + 2 * (n - 1), name, "v(empty), v(full) and one antithetic permutation "
-                            "chain, 2(n-1) coalitions")
+    # As Leverage SHAP: below 2n only part of the chain fits, and the fit leans on the prior.
+    budget = require_budget(budget, n + 2, name, "v(empty), v(full) and n/2 complementary pairs to determine n values")
     if not gamma > 0 or int(max_centers) < 1:
         raise ProbeError(f"chain_krr: gamma must be > 0 and max_centers >= 1, got {gamma}, {max_centers}")
     rng = np.random.default_rng(seed)

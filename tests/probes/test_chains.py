@@ -101,8 +101,11 @@ def test_bad_priors_and_budgets_are_refused_with_the_fix():
         chain_krr(known.game, 80, seed=0, prior=foreign)
     with pytest.raises(ProbeError, match="non-finite"):
         chain_krr(known.game, 80, seed=0, prior=np.full(16, np.nan))
-    with pytest.raises(BudgetTooSmallError, match="at least 32 evaluations"):
-        chain_krr(known.game, 31, seed=0)
+    with pytest.raises(BudgetTooSmallError, match="at least 18 evaluations"):
+        chain_krr(known.game, 17, seed=0)
+    partial = chain_krr(known.game, 18, seed=0)  # the smallest budget: a partial chain, efficient
+    assert partial.n_evaluations <= 18
+    assert np.isclose(partial.means.sum(), partial.full_value - partial.empty_value)
 
 
 def test_a_run_is_replayed_from_its_evaluations_without_new_ones():
