@@ -176,7 +176,9 @@ def _final_estimate(run, units, n_evaluated, prior, prior_given, gamma, max_cent
     if n_evaluated < n - 1:  # stopped inside the chain: the prior plus what its first pairs say
         coef, penalty, _ = fit_linear_gcv(design, units, run.first_values, run.second_values, total, None, prior)
         details["ridge_penalty"] = float(penalty)
-        return coef[:n], np.full(n, np.nan), details
+        details["stderr_method"] = "bootstrap over pairs of the ridge fit (partial chain)"
+        problem = (run.first_values, run.second_values, total, None, prior, penalty)
+        return coef[:n], _bootstrap(design, units, problem, n_bootstrap, rng), details
     chain_estimate, halfdiff = chain_permutation_estimate(run)
     if n_evaluated == n - 1:
         # The chain alone determines the fit: it is the antithetic permutation estimate. Its spread
