@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from probes.errors import BudgetTooSmallError, ProbeError
+from probes.estimators.reliability import reliability_details
 from probes.game import Game, pack_coalitions
 from probes.stopping import Progress, StoppingCriterion
 from probes.values import Values
@@ -108,6 +109,8 @@ def make_values(
     details: dict[str, Any] | None = None,
 ) -> Values:
     empty, full = ledger.empty_and_full()  # already in the ledger for every estimator
+    # What the run's own standard errors say about its error and its ranking (warns when unstable).
+    details = {**reliability_details(estimator, means, stderrs, ledger.n_used), **(details or {})}
     return Values(
         names=list(game.players) if names is None else names,
         means=np.asarray(means, dtype=float),
@@ -119,7 +122,7 @@ def make_values(
         fingerprint=game.fingerprint,
         empty_value=empty,
         full_value=full,
-        details=details or {},
+        details=details,
     )
 
 

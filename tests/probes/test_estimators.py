@@ -22,7 +22,7 @@ from probes.synthetic_games import (
     symmetric_game,
 )
 
-SAMPLERS = ["permutation", "kernel_shap", "leverage_shap", "leverage_shap_size", "leverage_shap_krr", "msr"]
+SAMPLERS = ["permutation", "kernel_shap", "leverage_shap", "leverage_shap_size", "leverage_shap_krr", "chain_krr", "msr"]
 
 
 def extra_settings(name, n):

@@ -1,0 +1,254 @@
+"""One antithetic permutation chain read as a regression design, then Leverage SHAP ("chain_krr",
+the default estimator).
+
+Why: Leverage SHAP's random pairs need about n of them before a fit of n values is determined, so
+at 2n-3n evaluations it errs more than answering zero, while antithetic permutation sampling,
+which spends 2(n - 1) evaluations on one order and its reverse, is already usable.
+
+What makes one design serve both: the coalitions of an antithetic chain are complementary pairs.
+Prefix k of an order pi and prefix n - k of its reverse are S and N minus S, so one chain is n - 1
+pairs, one per size k = 1..n-1, each marginally a uniform pair of its size: a Leverage SHAP design
+(equal mass per size) whose draws are nested. On the chain alone the efficient regression
+interpolates the odd values o(P_k) = (v(P_k) - v(N - P_k)) / 2, and phi_{pi_k} = o(P_k) - o(P_{k-1})
+is exactly the antithetic permutation estimate.
+
+1. Design: the chain first, then Leverage SHAP's own design (regression.draw_paired_design: small
+   strata enumerated, distinct pairs) for the rest of the budget; one weight formula
+   (regression.unit_weights) covers both, as the chain has the leverage size distribution.
+2. Linear step, in the odd part (the only part that carries Shapley value): the efficient weighted
+   fit with odd coalition-size covariates, ridge-penalised toward a target with the penalty chosen
+   by generalized cross-validation (0 is a candidate, so a determined fit is not shrunk). The
+   target is the caller's `prior` if given, else the chain's own permutation estimate: while the
+   pairs beyond the chain are too few to determine the fit, GCV keeps it near the chain's estimate,
+   and lets go as they accumulate.
+3. Kernel step: kernel_ridge.fit_odd_kernel on the odd residual, exact Shapley values of the fit,
+   linear refit of v - g with the penalty chosen again (as leverage_shap_krr); used only when GCV
+   prefers it.
+At budget 2n (the chain alone, no prior) the result is the antithetic permutation estimate.
+
+Standard errors: a bootstrap over pairs of the linear step (the kernel step is not refitted per
+replicate, so they overstate the error, as leverage_shap_krr's do); for the chain alone, half the
+difference of each player's forward and reverse marginals (no replicate exists; large when pairwise
+terms dominate, which the antithetic average cancels). details["expected_relative_error"] and
+["expected_seed_spearman"] follow from them (reliability.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from probes.errors import ProbeError
+from probes.estimators._design import PairedDesign, draw_paired_design, stratum_mass
+from probes.estimators.kernel_ridge import fit_odd_kernel
+from probes.estimators.priors import resolve_prior
+from probes.estimators.regression import PairedRun, order_units, size_basis, unit_weights
+from probes.estimators._common import make_values, require_budget, should_stop, start_stop
+from probes.game import Game
+from probes.stopping import StoppingCriterion
+from probes.values import Values
+
+RIDGE_PENALTIES = np.concatenate([[0.0], np.logspace(-4, 3, 15)])  # relative to mean diagonal of the normal matrix
+
+
+def draw_chain_design(n: int, n_units: int, rng: np.random.Generator):
+    """One antithetic chain (n - 1 units), then Leverage SHAP's own design (draw_paired_design:
+    small strata enumerated, distinct pairs) for the other units. Returns (design, evaluation
+    order, chain order, fit mask): chain units of an enumerated stratum repeat an enumerated
+    unit, so the fit leaves them out (fit mask False); the ledger does not pay for them twice."""
+    order = np.argsort(rng.random(n))
+    ranks = np.argsort(order)
+    # Prefix k of the order, k = 1..n-1; below 2n evaluations only the first prefixes fit.
+    sizes = np.arange(1, min(n, n_units + 1))
+    chain = ranks[None, :] < sizes[:, None]
+    pairs = draw_paired_design(n, max(n_units - (n - 1), 0), rng, "leverage")
+    chain_strata = np.minimum(sizes, n - sizes)
+    chain_sampled = ~np.isin(chain_strata, pairs.saturated_strata)
+    q = pairs.q if pairs.q.sum() > 0 else stratum_mass(n, "leverage") / stratum_mass(n, "leverage").sum()
+    sampled = np.concatenate([chain_sampled, pairs.sampled])
+    design = PairedDesign(
+        n=n, first=np.concatenate([chain, pairs.first]), stratum=np.concatenate([chain_strata, pairs.stratum]),
+        sampled=sampled, saturated_strata=pairs.saturated_strata, q=q, n_sampled=int(sampled.sum()),
+        stratum_units=pairs.stratum_units,
+    )
+    evaluation_order = np.concatenate([np.arange(len(chain)), len(chain) + order_units(pairs, rng)]).astype(int)
+    fit_mask = np.concatenate([chain_sampled, np.ones(len(pairs.first), dtype=bool)])
+    return design, evaluation_order, order, fit_mask
+
+
+def _odd_problem(design, units, first_values, second_values, size_degree):
+    """Rows of the odd part: z = S - 1/2 (players), odd size columns, targets and weights."""
+    coalitions = design.first[units]
+    z = coalitions - 0.5
+    columns = [z]
+    if size_degree is not None:
+        odd = (size_basis(coalitions, size_degree) - size_basis(~coalitions, size_degree)) / 2
+        columns.append(odd[:, 1::2])  # the even-j columns are even functions: zero here
+    return np.concatenate(columns, 1), (first_values[units] - second_values[units]) / 2
+
+
+def ridge_fit(x, y, w, total, n, prior, penalty):
+    """argmin sum w (y - x b)^2 + penalty ||b[:n] - prior||^2 s.t. sum b[:n] = total; (b, dof)."""
+    p = x.shape[1]
+    target = np.zeros(p)
+    target[:n] = prior
+    gram = (x * w[:, None]).T @ x
+    scale = max(np.trace(gram[:n, :n]) / n, 1e-300)
+    penalty_matrix = np.zeros(p)
+    penalty_matrix[:n] = penalty * scale
+    a = gram + np.diag(penalty_matrix) + 1e-10 * scale * np.eye(p)
+    b = (x * w[:, None]).T @ (y - x @ target)
+    ones = np.zeros(p)
+    ones[:n] = 1.0
+    a_inv = np.linalg.pinv(a)
+    a_inv_b, a_inv_1 = a_inv @ b, a_inv @ ones
+    slack = total - prior.sum()
+    delta = a_inv_b - a_inv_1 * (ones @ a_inv_b - slack) / (ones @ a_inv_1)
+    constrained = a_inv - np.outer(a_inv_1, a_inv_1) / (ones @ a_inv_1)
+    return target + delta, float(np.trace(constrained @ gram))
+
+
+def fit_linear_gcv(design, units, first_values, second_values, total, size_degree, prior, penalty=None):
+    """The efficient ridge fit toward `prior` of the odd part, penalty by GCV (or the given one).
+    Returns (coef, penalty, odd residual)."""
+    n = design.n
+    x, y = _odd_problem(design, units, first_values, second_values, size_degree)
+    w = unit_weights(design, units, int(design.sampled[units].sum()))
+    m = len(units)
+    if penalty is not None:
+        coef = ridge_fit(x, y, w, total, n, prior, penalty)[0]
+        return coef, penalty, y - x @ coef
+    best = (np.inf, None, None)
+    for relative in RIDGE_PENALTIES:
+        coef, dof = ridge_fit(x, y, w, total, n, prior, relative)
+        if dof >= m - 0.5:
+            continue
+        residual = y - x @ coef
+        gcv = (w @ residual**2) / w.sum() / (1 - dof / m) ** 2
+        if gcv < best[0]:
+            best = (gcv, coef, relative)
+    if best[1] is None:  # fewer pairs than unknowns at every penalty: the strongest shrinkage
+        best = (None, ridge_fit(x, y, w, total, n, prior, RIDGE_PENALTIES[-1])[0], RIDGE_PENALTIES[-1])
+    return best[1], best[2], y - x @ best[1]
+
+
+def chain_krr(game: Game, budget: int, seed: int | None = None, stop: StoppingCriterion | None = None, *,
+              prior=None, gamma: float = 1.0, max_centers: int = 3000, size_degree: int = 3,
+              size_margin: float = 1.0, n_bootstrap: int = 30, n_rounds: int = 8) -> Values:
+    """One antithetic chain + Leverage SHAP pairs, ridge toward a prior, kernel step (module
+    docstring). `prior`: n values, a dict name -> value or Values for the same players; None = the
+    equal split, used only once the data determine the fit (one chain alone = permutation sampling)."""
+    n = game.n_players
+    name = "chain_krr"
+    # As Leverage SHAP: below 2n only part of the chain fits, and the fit leans on the prior.
+    budget = require_budget(budget, n + 2, name, "v(empty), v(full) and n/2 complementary pairs to determine n values")
+    if not gamma > 0 or int(max_centers) < 1:
+        raise ProbeError(f"chain_krr: gamma must be > 0 and max_centers >= 1, got {gamma}, {max_centers}")
+    rng = np.random.default_rng(seed)
+    stop = start_stop(stop)
+    drawn = {}
+
+    def design():
+        drawn["design"], order, drawn["chain"], drawn["fit"] = draw_chain_design(n, (budget - 2) // 2, rng)
+        return drawn["design"], order
+
+    run = PairedRun(game, budget, rng, "leverage", stop, design=design)
+    run.chain_order, fit_mask = drawn["chain"], drawn["fit"]
+    total = run.full - run.empty
+    prior_values = resolve_prior(prior, game, total, name)
+    for round_number, evaluated, last in run.rounds(n_rounds):
+        units = evaluated[fit_mask[evaluated]]
+        if stop is not None and not last:
+            coef = fit_linear_gcv(run.design, units, run.first_values, run.second_values, total, None, prior_values)[0]
+            if should_stop(stop, run.ledger, coef[:n], np.full(n, np.nan), round_number):
+                break
+    phi, stderrs, details = _final_estimate(run, units, len(evaluated), prior_values, prior is not None, gamma,
+                                            max_centers, size_degree, size_margin, n_bootstrap, rng)
+    settings = {"gamma": gamma, "max_centers": max_centers, "size_degree": size_degree, "size_margin": size_margin,
+                "n_bootstrap": n_bootstrap, "budget": budget, "prior": None if prior is None else prior_values.tolist()}
+    return make_values(game, run.ledger, name, phi, stderrs, settings=settings, seed=seed, details=details)
+
+
+def _final_estimate(run, units, n_evaluated, prior, prior_given, gamma, max_centers, size_degree, size_margin,
+                    n_bootstrap, rng):
+    design, n = run.design, run.design.n
+    total = run.full - run.empty
+    details = {"n_chain_pairs": int(min(n_evaluated, n - 1)), "n_pairs": int(max(n_evaluated - (n - 1), 0))}
+    if n_evaluated < n - 1:  # stopped inside the chain: the prior plus what its first pairs say
+        coef, penalty, _ = fit_linear_gcv(design, units, run.first_values, run.second_values, total, None, prior)
+        details["ridge_penalty"] = float(penalty)
+        details["stderr_method"] = "bootstrap over pairs of the ridge fit (partial chain)"
+        problem = (run.first_values, run.second_values, total, None, prior, penalty)
+        return coef[:n], _bootstrap(design, units, problem, n_bootstrap, rng), details
+    chain_estimate, halfdiff = chain_permutation_estimate(run)
+    if n_evaluated == n - 1:
+        # The chain alone determines the fit: it is the antithetic permutation estimate. Its spread
+        # is not observable from one chain; half the forward/reverse difference of each player's
+        # marginals stands in (large when pairwise terms dominate, which the average cancels).
+        details["stderr_method"] = "forward/reverse half-difference (one chain; an overestimate for pairwise games)"
+        return _toward_prior(chain_estimate, halfdiff, prior, details) if prior_given else chain_estimate, halfdiff, details
+    # Without a prior the chain's own estimate is the target: GCV keeps the fit near it while the
+    # pairs beyond the chain are too few to determine the regression, and lets go once they are.
+    prior = prior if prior_given else chain_estimate
+    degree = size_degree if len(units) > size_margin * (n + size_degree) else None
+    coef, penalty, residual = fit_linear_gcv(design, units, run.first_values, run.second_values, total, degree, prior)
+    phi = coef[:n]
+    problem = (run.first_values, run.second_values, total, degree, prior, penalty)
+    # Kernel step on the odd residual of the linear fit; g is odd, so v - g keeps its pairs
+    # complementary, and its values are phi - phi(g), summing to total - 2 g(full).
+    coalitions = design.first[units]
+    model = fit_odd_kernel(coalitions, residual, gamma, max_centers) if degree is not None else None
+    if model is not None:
+        g = np.zeros(len(run.first_values))
+        g[units] = model(coalitions)
+        kernel_values = model.shapley()
+        # The penalty is chosen again on v - g: with the interactions g explains out of the
+        # residual, GCV can tell a wrong prior from noise.
+        refit, penalty, _ = fit_linear_gcv(design, units, run.first_values - g, run.second_values + g,
+                                           total - kernel_values.sum(), degree, prior - kernel_values)
+        phi = refit[:n] + kernel_values
+        details["kernel_centers"] = len(model.centers)
+    details.update({"ridge_penalty": float(penalty), "size_degree_used": degree})
+    stderrs = _bootstrap(design, units, problem[:-1] + (penalty,), n_bootstrap, rng)
+    details["stderr_method"] = "bootstrap over pairs of the linear step (kernel step not refitted: conservative)"
+    if prior_given:
+        phi = _toward_prior(phi, stderrs, prior, details)
+    return phi, stderrs, details
+
+
+def _toward_prior(phi, stderrs, prior, details):
+    """Positive-part James-Stein toward the caller's prior: when the estimate sits within its own
+    noise of the prior, the data cannot tell them apart and the prior is kept; a prior far from
+    the data is left alone. (The GCV ridge alone shrank too little: the interactions it sees as
+    noise dwarf a prior's error.)"""
+    n = len(phi)
+    distance = np.sum((phi - prior) ** 2)
+    if not np.isfinite(stderrs).all() or n < 3:
+        return phi
+    keep = max(0.0, 1.0 - (n - 2) / n * np.sum(stderrs**2) / distance) if distance > 0 else 0.0
+    details["prior_weight"] = float(1.0 - keep)
+    return prior + keep * (phi - prior)
+
+
+def chain_permutation_estimate(run) -> tuple[np.ndarray, np.ndarray]:
+    """The chain's antithetic permutation estimate, from its pairs' odd values, and half the
+    difference of each player's forward and reverse marginals."""
+    n = run.design.n
+    first, second = run.first_values[: n - 1], run.second_values[: n - 1]  # v(P_k), v(N - P_k)
+    forward_values = np.concatenate([[run.empty], first, [run.full]])
+    reverse_values = np.concatenate([[run.full], second, [run.empty]])  # v(N - P_k), k = 0..n
+    forward = np.diff(forward_values)  # the player at position k joins P_{k-1}
+    reverse = -np.diff(reverse_values)  # ... and joins N - P_k in the reversed order
+    order = run.chain_order
+    estimate, halfdiff = np.empty(n), np.empty(n)
+    estimate[order], halfdiff[order] = (forward + reverse) / 2, np.abs(forward - reverse) / 2
+    return estimate, halfdiff
+
+
+def _bootstrap(design, units, problem, n_bootstrap, rng):
+    if n_bootstrap < 2:
+        return np.full(design.n, np.nan)
+    replicates = np.empty((n_bootstrap, design.n))
+    for b in range(n_bootstrap):
+        redraw = units[rng.integers(0, len(units), size=len(units))]
+        replicates[b] = fit_linear_gcv(design, redraw, *problem)[0][: design.n]
+    return replicates.std(axis=0, ddof=1)
