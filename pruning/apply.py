@@ -65,7 +65,7 @@ def apply_plan(loaded: LoadedModel, plan: PruningPlan, *, calibration: Iterable[
                                   "removal_mode": plan.mlp_removal}
     if plan.layers and plan.layer_repair:
         reference = _calibration_for(calibration, "repairs dropped layers (a least-squares map per span)")
-        work = repair_layers(work, plan.layers, reference, ridge=float(plan.layer_repair.get("ridge", 1e-3)),
+        work = repair_layers(work, plan.layers, reference, ridge=float(plan.layer_repair.get("ridge", 0.1)),
                              copy=False)
         report["layers"] = {"removed": list(plan.layers),
                             "repair": work.model.config.surgery_layer_repair[-1]}
@@ -82,7 +82,7 @@ def _calibration_for(calibration, what: str) -> TokenBatch:
     return concat_batches(calibration)
 
 
-def with_layer_repair(plan: PruningPlan, ridge: float = 1e-3) -> PruningPlan:
+def with_layer_repair(plan: PruningPlan, ridge: float = 0.1) -> PruningPlan:
     """The same plan with its dropped layers repaired by ReplaceMe least-squares maps (surgery/layer_repair.py)."""
     import dataclasses
     if ridge < 0:

@@ -41,11 +41,13 @@ def check_width_ratio(ratio, what: str = "MLP width ratio") -> float:
     return value
 
 
-def channel_scores(loaded, calibration: TokenBatch, method: str = "fluctuation") -> dict[int, torch.Tensor]:
-    """{layer: [width] float64 score} (higher = keep) of every MLP channel on `calibration`."""
+def channel_scores(loaded, calibration: TokenBatch | None, method: str = "fluctuation", *, stats=None
+                   ) -> dict[int, torch.Tensor]:
+    """{layer: [width] float64 score} (higher = keep) of every MLP channel on `calibration` (or on
+    `stats` already taken with `channel_statistics`, to score several ways from one pass)."""
     if method not in WIDTH_SCORES:
         raise PruningError(f"unknown MLP channel score {method!r}: use one of {WIDTH_SCORES} (or pass scores=)")
-    stats = channel_statistics(loaded, calibration)
+    stats = channel_statistics(loaded, calibration) if stats is None else stats
     scores = {}
     for layer, s in stats.items():
         column = down_column_norms(loaded, layer)
@@ -61,7 +63,8 @@ def width_plan(loaded, ratio: float, *, scores: dict[int, torch.Tensor] | None =
                calibration: TokenBatch | None = None, method: str = "fluctuation", layer_values=None,
                lam: float = 0.08, removal: str = "mean_compensated") -> PruningPlan:
     """Remove the lowest-scored `ratio` of every MLP's channels (per-layer ratios around `ratio` from
-    `layer_values` when given). Scores: `scores` as given, else `method` on `calibration`."""
+    `layer_values` when given). Scores: `scores` as given (recorded under the name `method`, e.g.
+    "values"), else `method` on `calibration`."""
     ratio = check_width_ratio(ratio)
     widths = mlp_widths(loaded)
     if scores is None:
@@ -69,8 +72,6 @@ def width_plan(loaded, ratio: float, *, scores: dict[int, torch.Tensor] | None =
             raise PruningError(f"MLP channel scores ({method}) need calibration tokens: pass calibration= "
                                f"(or scores=)")
         scores = channel_scores(loaded, calibration, method)
-    else:
-        method = "values"
     bad = [l for l in range(len(widths)) if l not in scores or len(scores[l]) != widths[l]]
     if bad:
         raise PruningError(f"channel scores missing or of the wrong length for layers {bad[:5]} "

@@ -4,13 +4,16 @@ folded into the down-projection of the block before the span, so the export is a
 Pre-LN blocks (GPT-2, Llama family, GPT-NeoX, parallel residual included) end with `h = r + m`, where
 m is the down-projection's output (the MLP's contribution) and r everything else the block adds to
 its input. When blocks i+1..j go, block i's output should become what block j gave, y. We fit T
-(hidden x hidden) so that r + m T ~= y over the calibration tokens,
+(hidden x hidden) so that r + m T ~= y over the calibration tokens, each token weighted by
+w = 1 / mean(y^2) (the next norm sees y's direction; unweighted, the few tokens with massive
+activations decide the fit: on SmolLM2, 6 dropped layers, held-out error 0.61 vs 0.49 of no repair),
 
-    T = argmin ||m T - (y - r)||^2 + lam ||T||^2 = (m'm + lam I)^-1 m'(y - r),
+    T = argmin sum_tokens w ||m T - (y - r)||^2 + lam ||T||^2 = (m'Wm + lam I)^-1 m'W(y - r),
 
 and fold it into the down-projection: y' = m T is linear in m, so W' = T' W (nn.Linear, [out, in]) or
 W T (GPT-2 Conv1D, [in, out]) and bias' = bias T. The repaired block is the same module with other
-weights: nothing to load but the stock class. lam = ridge * trace(m'm) / hidden (scale-free).
+weights: nothing to load but the stock class. lam = ridge * trace(m'Wm) / hidden (scale-free; 0.1 gave
+the lowest held-out error on SmolLM2 from 640 to 2,032 calibration tokens).
 
 Post-LN blocks (BERT) end with `h = LN(a + m)`. LN is invertible up to each token's mean and scale:
 to hit y we want a + m T = mu + s * (y - beta) / gamma, with mu and s the mean and scale of the token's
@@ -53,7 +56,7 @@ def contiguous_spans(layers: Iterable[int]) -> list[tuple[int, int]]:
 
 
 def repair_layers(loaded_or_model, layers: Iterable[int], calibration: TokenBatch | Iterable[TokenBatch], *,
-                  ridge: float = 1e-3, copy: bool = True) -> LoadedModel:
+                  ridge: float = 0.1, copy: bool = True) -> LoadedModel:
     """Drop `layers` and fold one least-squares map per contiguous span into the block before it.
 
     calibration: the tokens the maps are fitted on (a TokenBatch or several, streamed), at least as
@@ -93,23 +96,17 @@ def repair_layers(loaded_or_model, layers: Iterable[int], calibration: TokenBatc
 @torch.no_grad()
 def fit_span_maps(loaded: LoadedModel, spans: list[tuple[int, int]], batches: list[TokenBatch], ridge: float
                   ) -> tuple[dict[tuple[int, int], torch.Tensor], dict[tuple[int, int], float]]:
-    """{span: T [hidden, hidden] float64} and {span: relative fit error ||m T - t|| / ||t||} on the
-    calibration tokens, where t = (target - r) is what the down-projection's output must become."""
-    adapter = loaded.adapter
-    blocks = adapter.blocks(loaded.model)
+    """{span: T [hidden, hidden] float64} and {span: relative fit error ||m T - t||_w / ||t||_w} on the
+    calibration tokens (token-weighted), where t = (target - r) is what the down-projection's output must become."""
     hidden = int(loaded.model.config.hidden_size)
     gram = {s: torch.zeros(hidden, hidden, dtype=torch.float64) for s in spans}
     cross = {s: torch.zeros(hidden, hidden, dtype=torch.float64) for s in spans}
     target_sq = {s: 0.0 for s in spans}
     for batch in batches:
-        batch = batch.to(loaded.device)
-        seen = _capture(loaded, blocks, spans, batch)
-        mask = batch.attention_mask.bool()
-        for span in spans:
-            m, t = _design(loaded, seen, span, mask)
-            gram[span] += m.T @ m
-            cross[span] += m.T @ t
-            target_sq[span] += float((t * t).sum())
+        for span, (m, t, w) in span_targets(loaded, spans, batch).items():
+            gram[span] += m.T @ (m * w[:, None])
+            cross[span] += m.T @ (t * w[:, None])
+            target_sq[span] += float((t * t * w[:, None]).sum())
     maps, fit = {}, {}
     for span in spans:
         lam = ridge * float(torch.trace(gram[span])) / hidden
@@ -119,6 +116,17 @@ def fit_span_maps(loaded: LoadedModel, spans: list[tuple[int, int]], batches: li
         residual = float(torch.sum(transform * (gram[span] @ transform)) - 2 * torch.sum(transform * cross[span]))
         fit[span] = float(max(residual + target_sq[span], 0.0) ** 0.5 / max(target_sq[span], 1e-30) ** 0.5)
     return maps, fit
+
+
+@torch.no_grad()
+def span_targets(loaded: LoadedModel, spans: list[tuple[int, int]], batch: TokenBatch
+                 ) -> dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """{span: (m, t, w)} over the real tokens of `batch` (one dense forward): the down-projection output
+    of the block before the span [N, hidden], what it must become [N, hidden], the token weights [N]."""
+    batch = batch.to(loaded.device)
+    seen = _capture(loaded, loaded.adapter.blocks(loaded.model), spans, batch)
+    mask = batch.attention_mask.bool()
+    return {span: _design(loaded, seen, span, mask) for span in spans}
 
 
 def fold_into_down_projection(down: nn.Module, transform: torch.Tensor) -> None:
@@ -196,4 +204,7 @@ def _design(loaded: LoadedModel, seen: dict, span: tuple[int, int], mask: torch.
         t = goal - (z - m)
     else:
         t = y - (seen[("out", first - 1)] - m)
-    return m[mask], t[mask]
+    # Each token weighs 1 / mean(y^2): the next block's norm sees directions, not the size of y, and a few
+    # tokens with massive activations (the first token of each sequence) would otherwise decide the fit.
+    weight = 1.0 / y.pow(2).mean(-1).clamp_min(1e-12)
+    return m[mask], t[mask], weight[mask]

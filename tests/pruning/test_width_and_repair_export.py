@@ -82,7 +82,8 @@ def test_constant_channels_score_zero_fluctuation_and_go_first_without_changing_
     calibration = cal(loaded)
     scores = channel_scores(loaded, calibration, "fluctuation")
     assert sorted(torch.argsort(scores[1])[:2].tolist()) == [3, 7] and float(scores[1][[3, 7]].max()) < 1e-12
-    plan = width_plan(loaded, 2 / 128, scores={l: s for l, s in scores.items()})
+    plan = width_plan(loaded, 2 / 128, scores={l: s for l, s in scores.items()}, method="given")
+    assert plan.provenance[0]["settings"]["score"] == "given"
     assert plan.mlp_channels[1] == [3, 7]
     from pruning.apply import apply_plan
     pruned, _ = apply_plan(loaded, PruningPlan(plan.model, mlp_channels={1: [3, 7]}), calibration=calibration)
