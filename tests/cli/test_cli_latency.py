@@ -1,5 +1,5 @@
 """`surgery eval` reports latency: prefill ms and per-token generation ms with tokens/s, in the
-printout and the JSON; bad latency settings are refused before the model is loaded."""
+printout and the JSON; bad latency settings are refused before any evaluation."""
 
 import json
 
@@ -17,6 +17,6 @@ def test_eval_reports_prefill_and_generation_latency(tiny_dir, tmp_path, capsys)
     assert latency["prefill_ms"] > 0 and latency["decode_ms_per_token"] > 0
 
 
-def test_bad_latency_settings_are_refused(capsys):
-    code, _, err = run_cli(capsys, "eval", "--model", "/nonexistent/model", "--prompt-tokens", "0")
+def test_bad_latency_settings_are_refused(tiny_dir, capsys):
+    code, _, err = run_cli(capsys, "eval", "--model", tiny_dir, "--prompt-tokens", "0")
     assert code != 0 and "--prompt-tokens must be >= 1" in err

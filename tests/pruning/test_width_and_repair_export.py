@@ -66,7 +66,7 @@ def test_repaired_layer_export_reloads_with_stock_transformers_and_equals_the_in
     assert manifest["layer_repair"]["method"] == "replaceme_linear"
     assert manifest["layer_repair"]["calibration"]["tokens"] == int(calibration.attention_mask.sum())
     assert manifest["plan"]["layer_repair"] == {"method": "replaceme_linear", "ridge": 1e-3}
-    in_memory = repair_layers(tiny, [1], calibration)
+    in_memory = repair_layers(tiny, [1], calibration, ridge=1e-3)
     batch = token_batch(tiny)
     torch.testing.assert_close(logits(reload(tiny, tmp_path / "out", False), batch), logits(in_memory, batch),
                                rtol=0, atol=1e-5)
