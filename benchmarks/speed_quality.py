@@ -11,7 +11,8 @@ with `export_pruned`, reloaded from disk and evaluated as a user would; `export_
 largest logit difference between the reloaded export and the in-memory pruned model. Latency
 (`pruning.latency.measure_latency`): prefill of one --prompt-tokens prompt and greedy decoding of
 --new-tokens tokens with the KV cache, medians of --repeats runs, on this machine's CPU threads
-(shared machine: timings carry noise; parameters and bytes do not). `export_max_logit_diff` is
+(shared machine: timings carry noise, so the dense model is timed again right before each variant and
+the speed-ups are ratios of those pairs; parameters and bytes carry none). `export_max_logit_diff` is
 checked for the first variant of each kind (drop, repair, width) to save time. Writes
 benchmarks/results/speed_quality.json with the command, git commit and package versions.
 """
@@ -85,6 +86,10 @@ def main() -> None:
     from surgery.mlp_width import channel_statistics
 
     t0 = time.time()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True, cwd=Path(__file__).parent).stdout.strip())
     loaded = surgery.load(args.model)
     n_cal_max = args.n_cal
     text = get_task("text", n=n_cal_max + args.n_eval, seq_len=args.seq_len).batch(loaded, seed=0).tokens
@@ -108,7 +113,8 @@ def main() -> None:
     result["block_influence"] = bi
     plans = []
     for k in args.drop:
-        plan = layer_plan(None, loaded, k=k, scores=bi_scores, scores_are="block_influence")
+        # Layer 0 stays (repair folds each map into the block before its span; BI never picks it on SmolLM2).
+        plan = layer_plan(None, loaded, k=k, scores=bi_scores, scores_are="block_influence", cornerstones=[0])
         plans.append((f"block_influence_drop{k}", plan))
         plans.append((f"block_influence_drop{k}+replaceme", with_layer_repair(plan, ridge=args.ridge)))
     stats = channel_statistics(loaded, cal)  # one pass, every score
@@ -125,6 +131,9 @@ def main() -> None:
             manifest = export_pruned(loaded, plan, out, calibration=cal, force=True)
             reloaded = surgery.load(str(out))
             ppl = next_token_loss(reloaded, [held_out])["perplexity"]
+            # The machine is shared and its load drifts: time the dense model right before each variant
+            # and report the ratio of the pair (dense_* fields), not a ratio to one dense run at the start.
+            dense_now = latency(loaded)
             speed = latency(reloaded)
             diff = None
             kind = "repair" if plan.layer_repair else "width" if plan.mlp_channels else "drop"
@@ -139,8 +148,9 @@ def main() -> None:
                    "repair": plan.layer_repair, "parameters": manifest["parameters"], "bytes": manifest["bytes"],
                    "remote_code": manifest["remote_code"], "perplexity": ppl,
                    "ppl_ratio": ppl / dense_ppl["perplexity"],
-                   "prefill_speedup": dense_speed["prefill_ms"] / speed["prefill_ms"],
-                   "decode_speedup": dense_speed["decode_ms_per_token"] / speed["decode_ms_per_token"],
+                   "prefill_speedup": dense_now["prefill_ms"] / speed["prefill_ms"],
+                   "decode_speedup": dense_now["decode_ms_per_token"] / speed["decode_ms_per_token"],
+                   "dense_prefill_ms": dense_now["prefill_ms"], "dense_decode_ms_per_token": dense_now["decode_ms_per_token"],
                    "export_max_logit_diff": diff, **speed}
             if plan.layer_repair:
                 row["repair_record"] = manifest["layer_repair"]
@@ -154,7 +164,7 @@ def main() -> None:
     # calibration tokens (closed form from one pass), error on the held-out tokens relative to no repair
     # (T = identity), in the token-weighted norm the fit minimises.
     k = max(args.drop)
-    layers = layer_plan(None, loaded, k=k, scores=bi_scores).layers
+    layers = layer_plan(None, loaded, k=k, scores=bi_scores, cornerstones=[0]).layers
     spans = contiguous_spans(layers)
     fit_data, test_data = span_targets(loaded, spans, cal), span_targets(loaded, spans, held_out)
     curve = []
@@ -187,10 +197,8 @@ def main() -> None:
     }
     result["wall_seconds"] = round(time.time() - t0, 1)
     result["command"] = "python " + " ".join(sys.argv)
-    result["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                          cwd=Path(__file__).parent).stdout.strip()
-    result["git_dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                              capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip())
+    result["git_commit"] = commit  # the code that ran (taken at the start)
+    result["git_dirty"] = dirty  # uncommitted changes to tracked files when it started
     result["versions"] = versions()
     result["machine"] = {"cpus": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(),
                          "platform": platform.platform()}
