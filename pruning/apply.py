@@ -1,4 +1,5 @@
-"""Carry out a PruningPlan with surgery's cut functions: sparsify, remove heads, drop layers.
+"""Carry out a PruningPlan with surgery's cut functions: sparsify, remove heads, remove MLP channels,
+drop layers (repaired when the plan says so).
 
 Order matters: sparsity ratios and head names refer to the original layer numbering, so layers are
 dropped last. Heads inside dropped layers are left to the layer removal.
@@ -14,6 +15,8 @@ from pruning.plan import PruningPlan
 from pruning.sparsity import input_norms, sparsify
 from surgery.batch import TokenBatch, concat_batches
 from surgery.cut import mask_heads, remove_heads, remove_layers
+from surgery.layer_repair import repair_layers
+from surgery.mlp_width import remove_mlp_channels
 from surgery.loading import LoadedModel
 
 
@@ -48,14 +51,40 @@ def apply_plan(loaded: LoadedModel, plan: PruningPlan, *, calibration: Iterable[
         cut = remove_heads if plan.head_removal == "physical" else mask_heads
         reference = None
         if plan.removal_mode == "mean_compensated":
-            if calibration is None:
-                raise PruningError("this plan removes heads with mean compensation, which needs calibration tokens "
-                                   "(calibration=TokenBatch or text; `surgery prune --text FILE` or the built-in text)")
-            reference = concat_batches(calibration)
+            reference = _calibration_for(calibration, "removes heads with mean compensation")
         work = cut(work, heads, copy=False, compensate_with=reference)
         report["heads"] = {"removed" if plan.head_removal == "physical" else "masked": heads,
                            "removal_mode": plan.removal_mode}
-    if plan.layers:
+    channels = {l: c for l, c in plan.mlp_channels.items() if l not in dropped}
+    if channels:
+        reference = None
+        if plan.mlp_removal == "mean_compensated":
+            reference = _calibration_for(calibration, "removes MLP channels with mean compensation")
+        work = remove_mlp_channels(work, channels, copy=False, compensate_with=reference)
+        report["mlp_channels"] = {"removed": sum(map(len, channels.values())), "layers": len(channels),
+                                  "removal_mode": plan.mlp_removal}
+    if plan.layers and plan.layer_repair:
+        reference = _calibration_for(calibration, "repairs dropped layers (a least-squares map per span)")
+        work = repair_layers(work, plan.layers, reference, ridge=float(plan.layer_repair.get("ridge", 0.1)),
+                             copy=False)
+        report["layers"] = {"removed": list(plan.layers),
+                            "repair": work.model.config.surgery_layer_repair[-1]}
+    elif plan.layers:
         work = remove_layers(work, plan.layers, copy=False)
         report["layers"] = {"removed": list(plan.layers)}
     return work, report
+
+
+def _calibration_for(calibration, what: str) -> TokenBatch:
+    if calibration is None:
+        raise PruningError(f"this plan {what}, which needs calibration tokens (calibration=TokenBatch or text; "
+                           f"`surgery prune --text FILE` or the built-in text)")
+    return concat_batches(calibration)
+
+
+def with_layer_repair(plan: PruningPlan, ridge: float = 0.1) -> PruningPlan:
+    """The same plan with its dropped layers repaired by ReplaceMe least-squares maps (surgery/layer_repair.py)."""
+    import dataclasses
+    if ridge < 0:
+        raise PruningError(f"ridge={ridge} must be >= 0")
+    return dataclasses.replace(plan, layer_repair={"method": "replaceme_linear", "ridge": float(ridge)})

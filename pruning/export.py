@@ -45,7 +45,10 @@ def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: boo
                                   allow_mismatch=allow_ablation_mismatch)
     batches, calibration_record = calibration, None
     compensated = plan.removal_mode == "mean_compensated" and bool(plan.heads)
-    if calibration is not None and (compensated or isinstance(calibration, (str, os.PathLike))):
+    width_compensated = plan.mlp_removal == "mean_compensated" and bool(plan.mlp_channels)
+    repaired = bool(plan.layers and plan.layer_repair)
+    needs_tokens = compensated or width_compensated or repaired
+    if calibration is not None and (needs_tokens or isinstance(calibration, (str, os.PathLike))):
         batch, calibration_record = calibration_batch(loaded, calibration)
         batches = batch
         expected = (plan.calibration or {}).get("digest")
@@ -60,7 +63,7 @@ def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: boo
     if target_dtype is not None:
         pruned.model.to(target_dtype)  # a private copy: cast in place instead of copying again
     after = parameter_count(pruned)
-    shrinks = plan.head_removal == "physical" and bool(plan.heads) or bool(plan.layers)
+    shrinks = plan.head_removal == "physical" and bool(plan.heads) or bool(plan.layers) or bool(plan.mlp_channels)
     notes = []
     if plan.heads and plan.head_removal == "masked":
         notes.append("heads are MASKED (zeroed output-projection columns): same file size, loads anywhere")
@@ -69,6 +72,14 @@ def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: boo
                      "attention output bias (logits equal mean ablation of those heads)")
     elif plan.heads:
         notes.append("removed heads are ZERO-removed: nothing replaces their output (logits equal zero ablation)")
+    if width_compensated:
+        notes.append("removed MLP channels are MEAN-COMPENSATED: their mean over the calibration tokens times their "
+                     "down-projection column is in the down-projection bias")
+    elif plan.mlp_channels:
+        notes.append("removed MLP channels are ZERO-removed: nothing replaces them")
+    if repaired:
+        notes.append("dropped layers are REPAIRED: a least-squares map per dropped span, fitted on the calibration "
+                     "tokens, is folded into the down-projection of the block before it (plain checkpoint)")
     if plan.sparsity:
         notes.append("unstructured sparsity zeroes weights inside dense tensors: the file does not shrink; "
                      "nonzero_parameters counts what is left")
@@ -76,6 +87,9 @@ def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: boo
         "format": EXPORT_FORMAT, "version": 1,
         "source_model": plan.model, "plan": plan.to_json_dict(), "applied": report,
         "removal": {"mode": plan.removal_mode, "calibration": calibration_record if compensated else None},
+        "mlp_width": ({"mode": plan.mlp_removal, "calibration": calibration_record if width_compensated else None}
+                      if plan.mlp_channels else None),
+        "layer_repair": ({**report["layers"]["repair"], "calibration": calibration_record} if repaired else None),
         "before": before, "after": after, "file_shrinks": shrinks, "notes": notes,
         "components_after": pruned.components.describe(),
         "dtype": dtype_name(next(pruned.model.parameters()).dtype),

@@ -8,7 +8,6 @@ a plan made for another model and anyone can rerun the step that made it.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +46,13 @@ class PruningPlan:
     # says which tokens (source, digest); the export records the batch it actually used.
     removal_mode: str = "zero"
     calibration: dict | None = None
+    # MLP width (pruning/width.py): intermediate channels removed per layer (original numbering) and
+    # what replaces them ("mean_compensated": their calibration mean, in the down-projection bias).
+    mlp_channels: dict[int, list[int]] = field(default_factory=dict)
+    mlp_removal: str = "mean_compensated"
+    # How dropped layers are replaced: None (nothing) or {"method": "replaceme_linear", "ridge": ...};
+    # the fitted maps are weights of the export, its manifest records the calibration tokens.
+    layer_repair: dict | None = None
 
     def __post_init__(self):
         self.layers = sorted(int(l) for l in self.layers)
@@ -61,6 +67,7 @@ class PruningPlan:
                                f"{self.layers}; drop layers in a plan with removal_mode='zero'")
         from pruning.sparsity import check_n_m
         self.n_m = list(check_n_m(self.n_m)) if self.n_m is not None else None
+        _check_width_and_repair(self)
         for layer, ratio in self.sparsity.items():
             if not 0.0 <= ratio <= 1.0:
                 raise PruningError(f"sparsity of layer {layer} is {ratio}, outside [0, 1]")
@@ -94,7 +101,10 @@ class PruningPlan:
                            {**self.sparsity, **other.sparsity}, other.sparsity_method or self.sparsity_method,
                            other.n_m or self.n_m, self.head_removal, sorted(set(self.cornerstones) | set(other.cornerstones)),
                            self.provenance + other.provenance, mode,
-                           self.calibration if self.heads else other.calibration)
+                           self.calibration if self.heads else other.calibration,
+                           {**self.mlp_channels, **other.mlp_channels},
+                           other.mlp_removal if other.mlp_channels else self.mlp_removal,
+                           other.layer_repair or self.layer_repair)
 
     def check_model(self, loaded: LoadedModel) -> None:
         from probes.model_game import is_legacy_digest
@@ -114,6 +124,11 @@ class PruningPlan:
             parts.append(f"remove {len(self.heads)} heads ({self.head_removal}, {self.removal_mode} removal)")
         if self.layers:
             parts.append(f"drop layers {self.layers}")
+        if self.mlp_channels:
+            parts.append(f"remove {sum(map(len, self.mlp_channels.values()))} MLP channels in "
+                         f"{len(self.mlp_channels)} layers ({self.mlp_removal} removal)")
+        if self.layer_repair:
+            parts.append(f"repair dropped layers ({self.layer_repair.get('method')})")
         if self.sparsity:
             mean = sum(self.sparsity.values()) / len(self.sparsity)
             parts.append(f"{self.sparsity_method} sparsity, mean {mean:.2f} over {len(self.sparsity)} layers")
@@ -122,6 +137,7 @@ class PruningPlan:
     def to_json_dict(self) -> dict:
         data = asdict(self)
         data["sparsity"] = {str(k): v for k, v in self.sparsity.items()}
+        data["mlp_channels"] = {str(k): v for k, v in self.mlp_channels.items()}
         return {"format": PLAN_FORMAT, "version": PLAN_VERSION, **data}
 
     def save(self, path) -> Path:
@@ -153,6 +169,29 @@ class PruningPlan:
             if isinstance(err, PruningError):
                 raise
             raise PruningError(f"{source}: malformed plan ({err})") from None
+
+
+def _check_width_and_repair(plan: "PruningPlan") -> None:
+    """MLP channels as {layer: sorted unique ints}, a known removal, repair only with dropped layers
+    (channel indices are checked against the model when the plan is applied)."""
+    try:
+        plan.mlp_channels = {int(k): sorted({int(c) for c in v}) for k, v in plan.mlp_channels.items() if v}
+    except (TypeError, ValueError, AttributeError):
+        raise PruningError("mlp_channels must map layers to lists of channel indices, e.g. {\"3\": [0, 17]}") from None
+    if any(c < 0 for v in plan.mlp_channels.values() for c in v):
+        raise PruningError("mlp_channels holds a negative channel index")
+    if plan.mlp_removal not in REMOVAL_MODES:
+        raise PruningError(f"mlp_removal must be one of {REMOVAL_MODES}, got {plan.mlp_removal!r}")
+    if plan.layer_repair is not None:
+        if not isinstance(plan.layer_repair, dict) or plan.layer_repair.get("method") != "replaceme_linear":
+            raise PruningError(f"layer_repair must be None or {{'method': 'replaceme_linear', 'ridge': ..}}, got "
+                               f"{plan.layer_repair!r}")
+        if not plan.layers:
+            raise PruningError("the plan asks for layer repair but drops no layers")
+    n_layers = int(plan.model.get("n_layers", 0))
+    bad = [l for l in plan.mlp_channels if not 0 <= l < n_layers]
+    if bad:
+        raise PruningError(f"mlp_channels for layers {bad} out of range 0..{n_layers - 1} for the plan's model")
 
 
 def values_ablation(values) -> str | None:

@@ -49,7 +49,7 @@ from surgery.components import ComponentIndex
 from surgery.errors import SurgeryError
 from surgery.loading import LoadedModel, load
 from surgery.modeling.pruned_attention import (gather_map, layer_heads, quiet_global_head_counts,
-                                               set_attention_attributes, shared_kv_projection)
+                                               set_attention_attributes, shared_kv_projection, sync_mlp_widths)
 
 PARTIAL_GROUPS = ("share", "duplicate", "error")
 EMPTY_LAYERS = ("error", "keep_zeroed_head")
@@ -331,6 +331,12 @@ def _global(config, name, default=None):
 @quiet_global_head_counts()  # reading the original global counts is intended here
 def _write_head_counts(model: nn.Module, n_q: list[int], n_kv: list[int], head_dim: int,
                        kv_maps: dict[int, list[int]] | None = None) -> None:
+    _write_attention_counts(model, n_q, n_kv, head_dim, kv_maps)
+    sync_mlp_widths(model)  # the head counts rewrite per_layer_config: put back per-layer MLP widths
+
+
+def _write_attention_counts(model: nn.Module, n_q: list[int], n_kv: list[int], head_dim: int,
+                            kv_maps: dict[int, list[int]] | None = None) -> None:
     """Record per-layer head counts in the config: plain fields when possible, else per_layer_config
     (always when some layer gathers uneven key/value groups, whose maps go in surgery_kv_of_query)."""
     config = model.config

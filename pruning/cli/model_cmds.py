@@ -40,10 +40,13 @@ def cmd_prune(args) -> int:
     return 0
 
 
-def evaluate(loaded, tasks: list[str], text: str | None, n: int, seq_len: int, seed: int) -> dict:
-    """Perplexity on text and the accuracy-like metric of each task, plus size and forward time."""
+def evaluate(loaded, tasks: list[str], text: str | None, n: int, seq_len: int, seed: int, *,
+             prompt_tokens: int = 128, new_tokens: int = 16) -> dict:
+    """Perplexity on text and the accuracy-like metric of each task, plus size, forward time and latency
+    (prefill of a prompt, per-token generation with the cache: pruning/latency.py)."""
     from probes.tasks import get_task
     from pruning.evaluate import forward_seconds, next_token_loss, parameter_count, task_score
+    from pruning.latency import measure_latency
 
     results: dict = {"model": str(loaded.source), **parameter_count(loaded)}
     with warnings.catch_warnings(record=True) as caught:
@@ -69,6 +72,7 @@ def evaluate(loaded, tasks: list[str], text: str | None, n: int, seq_len: int, s
             update(1)
     results["tasks"] = scores
     results["forward_seconds"] = forward_seconds(loaded, text_batch.tokens)
+    results["latency"] = measure_latency(loaded, prompt_tokens=prompt_tokens, new_tokens=new_tokens, seed=seed)
     return results
 
 
@@ -80,7 +84,11 @@ def cmd_eval(args) -> int:
         raise CLIError(f"unknown task(s) {unknown}; built-in tasks: {', '.join(EVAL_METRICS)}")
     loaded = load_model(args)
     check_seq_len(loaded, args.seq_len)
-    results = evaluate(loaded, tasks, args.text, args.n, args.seq_len, args.seed)
+    if args.prompt_tokens < 1 or args.new_tokens < 0:
+        raise CLIError(f"--prompt-tokens must be >= 1 and --new-tokens >= 0, got {args.prompt_tokens} and "
+                       f"{args.new_tokens}")
+    results = evaluate(loaded, tasks, args.text, args.n, args.seq_len, args.seed,
+                       prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens)
     t = results["text"]
     print(f"{loaded.source}: {results['parameters']:,} parameters ({results['nonzero_parameters']:,} nonzero), "
           f"{results['parameter_bytes'] / 2**20:.1f} MiB")
@@ -88,6 +96,13 @@ def cmd_eval(args) -> int:
     for name, s in results["tasks"].items():
         print(f"  {name:<13} {s['metric']:<14} {s['value']:.3f}")
     print(f"  forward {results['forward_seconds'] * 1000:.0f} ms for {t['sequences']} x {args.seq_len} tokens")
+    lat = results["latency"]
+    line = (f"  latency on {lat['device']} ({lat['threads']} threads): prefill {lat['prefill_ms']:.1f} ms for "
+            f"{lat['prompt_tokens']} tokens ({lat['prefill_tokens_per_s']:.0f} tokens/s)")
+    if "decode_ms_per_token" in lat:
+        line += (f", generation {lat['decode_ms_per_token']:.1f} ms/token "
+                 f"({lat['decode_tokens_per_s']:.1f} tokens/s)")
+    print(line)
     if out:
         write_json(out, {"format": EVAL_FORMAT, **_finite(results)})
         print(f"wrote {out}")
@@ -131,6 +146,9 @@ def register(sub) -> None:
     p.add_argument("--n", type=int, default=16, help="sequences / prompts per task")
     p.add_argument("--seq-len", type=int, default=64, help="tokens per text sequence")
     p.add_argument("--seed", type=int, default=1000, help="seed of the evaluation examples")
+    p.add_argument("--prompt-tokens", type=int, default=128, help="prompt length for the prefill latency")
+    p.add_argument("--new-tokens", type=int, default=16,
+                   help="tokens generated (greedy, with the cache) for the per-token latency; 0: prefill only")
     p.add_argument("--out", default=None, help="also write the results as JSON")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_eval)

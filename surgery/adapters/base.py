@@ -42,6 +42,14 @@ class ArchitectureAdapter:
     # Config flag that gives the attention projections biases when the output projection has none
     # (compensated removal writes a bias there; None: the output projection always has one).
     attn_bias_attr: str | None = None
+    # MLP width (surgery/mlp_width.py): paths from a block to the projections that make the
+    # intermediate channels (Llama: gate and up) and to the down-projection that reads them.
+    mlp_in_paths: tuple[str, ...] = ()
+    mlp_down: str = ""
+    # Config flag that gives the MLP projections biases when the down-projection has none (None:
+    # it always has one). Post-LN families name the norm applied after the MLP's residual add.
+    mlp_bias_attr: str | None = None
+    mlp_post_norm: str | None = None
 
     def get(self, root: nn.Module, path: str) -> nn.Module:
         return root.get_submodule(path)

@@ -14,4 +14,7 @@ ADAPTER = ArchitectureAdapter(
     qkv_layout="separate",
     qkv_paths=("attention.self.query", "attention.self.key", "attention.self.value"),
     causal=False,
+    mlp_in_paths=("intermediate.dense",),
+    mlp_down="output.dense",
+    mlp_post_norm="output.LayerNorm",
 )

@@ -11,4 +11,6 @@ ADAPTER = ArchitectureAdapter(
     qkv_layout="fused_conv1d",
     qkv_paths=("attn.c_attn",),
     out_proj_transposed=True,
+    mlp_in_paths=("mlp.c_fc",),
+    mlp_down="mlp.c_proj",
 )

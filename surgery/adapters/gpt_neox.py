@@ -11,4 +11,6 @@ ADAPTER = ArchitectureAdapter(
     qkv_layout="fused_interleaved",
     qkv_paths=("attention.query_key_value",),
     attn_bias_attr="attention_bias",
+    mlp_in_paths=("mlp.dense_h_to_4h",),
+    mlp_down="mlp.dense_4h_to_h",
 )

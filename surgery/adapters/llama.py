@@ -13,4 +13,7 @@ ADAPTER = ArchitectureAdapter(
     qkv_paths=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
     kv_heads_attr="num_key_value_heads",
     attn_bias_attr="attention_bias",
+    mlp_in_paths=("mlp.gate_proj", "mlp.up_proj"),
+    mlp_down="mlp.down_proj",
+    mlp_bias_attr="mlp_bias",
 )

@@ -21,6 +21,10 @@ per query head (`config.surgery_kv_of_query = {"<layer>": [kv index of each quer
 attention runs with one key/value head per query head and no weight is stored twice. Rotary
 embeddings and per-head norms act on every head alike, so gathering before them is exact.
 
+MLP width works the same way: a layer whose MLP keeps its own number of intermediate channels has
+that number in its `per_layer_config` entry (`intermediate_size`; GPT-2: `n_inner`), and the class
+below resizes that layer's MLP projections after the stock __init__ built them at the global size.
+
 `model-surgery` imports the same functions to shrink models in memory, so the in-memory model and
 the reloaded one are built alike.
 """
@@ -214,6 +218,86 @@ def quiet_global_head_counts():
         _QUIET.active -= 1
 
 
+# Config field holding the MLP width of each family, and where its projections live in a block:
+# (paths that make the intermediate channels, path of the down-projection that reads them).
+MLP_SIZE_ATTR = {"llama": "intermediate_size", "gpt2": "n_inner", "gpt_neox": "intermediate_size",
+                 "bert": "intermediate_size"}
+MLP_PATHS = {"llama": (("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj"),
+             "gpt2": (("mlp.c_fc",), "mlp.c_proj"),
+             "gpt_neox": (("mlp.dense_h_to_4h",), "mlp.dense_4h_to_h"),
+             "bert": (("intermediate.dense",), "output.dense")}
+
+
+def mlp_width(block: nn.Module) -> int:
+    """Number of intermediate channels of a block's MLP (input features of its down-projection)."""
+    down = block.get_submodule(MLP_PATHS[attention_kind(block)][1])
+    return int(down.weight.shape[0] if isinstance(down, Conv1D) else down.in_features)
+
+
+def layer_mlp_width(config, layer: int) -> int | None:
+    """The per-layer MLP width `per_layer_config` gives this layer, or None (global size)."""
+    if not getattr(config, "is_heterogeneous", False):
+        return None
+    overrides = config._heterogeneity_spec.per_layer_overrides.get(layer, {})
+    for attr in set(MLP_SIZE_ATTR.values()):
+        if overrides.get(attr) is not None:
+            return int(overrides[attr])
+    return None
+
+
+def build_mlp(block: nn.Module, width: int) -> None:
+    """Replace a block's MLP projections by empty ones with `width` intermediate channels."""
+    in_paths, down_path = MLP_PATHS[attention_kind(block)]
+    for path in (*in_paths, down_path):
+        parent_path, _, name = path.rpartition(".")
+        parent = block.get_submodule(parent_path)
+        old = getattr(parent, name)
+        if isinstance(old, Conv1D):  # weight [in, out]
+            n_in, n_out = old.weight.shape
+            new = Conv1D(width if path != down_path else n_out, width if path == down_path else n_in).to(old.weight)
+        else:
+            n_in, n_out = (width, old.out_features) if path == down_path else (old.in_features, width)
+            new = _linear(old, n_in, n_out)
+        setattr(parent, name, new)
+
+
+def sync_mlp_widths(model: nn.Module) -> None:
+    """Write every block's actual MLP width into the config: the global field when all layers agree,
+    else an entry per layer in `per_layer_config` (kept beside any per-layer head counts)."""
+    blocks = layer_list(model)
+    widths = [mlp_width(b) for b in blocks]
+    config = model.config
+    attr = MLP_SIZE_ATTR[attention_kind(blocks[0])]
+    overrides = {}
+    if getattr(config, "is_heterogeneous", False):
+        overrides = {int(k): {a: v for a, v in o.items() if a != attr}
+                     for k, o in config._heterogeneity_spec.per_layer_overrides.items()}
+    config.per_layer_config = None
+    if len(set(widths)) == 1:
+        if widths[0] != _global_mlp_width(config, attr):
+            setattr(config, attr, widths[0])
+    else:
+        for layer, width in enumerate(widths):
+            overrides.setdefault(layer, {})[attr] = width
+    overrides = {k: v for k, v in overrides.items() if v}
+    if overrides:
+        config.allow_global_per_layer_attribute_access = True
+        config.per_layer_config = {str(k): v for k, v in sorted(overrides.items())}
+
+
+def _global_mlp_width(config, attr: str) -> int:
+    value = getattr(config, attr, None)
+    return int(value) if value is not None else 4 * int(config.hidden_size)  # GPT-2: n_inner None = 4 x hidden
+
+
+def apply_per_layer_mlp(model: nn.Module) -> None:
+    """Resize every layer's MLP whose `per_layer_config` entry gives it its own width."""
+    for i, block in enumerate(layer_list(model)):
+        width = layer_mlp_width(model.config, i)
+        if width is not None and width != mlp_width(block):
+            build_mlp(block, width)
+
+
 def _pruned_class(base: type) -> type:
     class Pruned(base):
         def __init__(self, config, *args, **kwargs):
@@ -227,6 +311,7 @@ def _pruned_class(base: type) -> type:
             finally:
                 config.allow_global_per_layer_attribute_access = allow
             apply_per_layer_heads(self)
+            apply_per_layer_mlp(self)
 
     Pruned.__name__ = Pruned.__qualname__ = f"Pruned{base.__name__}"
     return Pruned
