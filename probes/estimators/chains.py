@@ -38,10 +38,10 @@ from __future__ import annotations
 import numpy as np
 
 from probes.errors import ProbeError
-from probes.estimators._design import PairedDesign, draw_paired_design, stratum_mass
+from probes.estimators._design import PairedDesign, PairedSequence, stratum_mass, total_units
 from probes.estimators.kernel_ridge import fit_odd_kernel
 from probes.estimators.priors import resolve_prior
-from probes.estimators.regression import PairedRun, order_units, size_basis, unit_weights
+from probes.estimators.regression import PairedRun, size_basis, unit_weights
 from probes.estimators._common import make_values, require_budget, should_stop, start_stop
 from probes.game import Game
 from probes.stopping import StoppingCriterion
@@ -50,29 +50,40 @@ from probes.values import Values
 RIDGE_PENALTIES = np.concatenate([[0.0], np.logspace(-4, 3, 15)])  # relative to mean diagonal of the normal matrix
 
 
-def draw_chain_design(n: int, n_units: int, rng: np.random.Generator):
-    """One antithetic chain (n - 1 units), then Leverage SHAP's own design (draw_paired_design:
-    small strata enumerated, distinct pairs) for the other units. Returns (design, evaluation
-    order, chain order, fit mask): chain units of an enumerated stratum repeat an enumerated
-    unit, so the fit leaves them out (fit mask False); the ledger does not pay for them twice."""
-    order = np.argsort(rng.random(n))
-    ranks = np.argsort(order)
-    # Prefix k of the order, k = 1..n-1; below 2n evaluations only the first prefixes fit.
-    sizes = np.arange(1, min(n, n_units + 1))
-    chain = ranks[None, :] < sizes[:, None]
-    pairs = draw_paired_design(n, max(n_units - (n - 1), 0), rng, "leverage")
-    chain_strata = np.minimum(sizes, n - sizes)
-    chain_sampled = ~np.isin(chain_strata, pairs.saturated_strata)
-    q = pairs.q if pairs.q.sum() > 0 else stratum_mass(n, "leverage") / stratum_mass(n, "leverage").sum()
-    sampled = np.concatenate([chain_sampled, pairs.sampled])
-    design = PairedDesign(
-        n=n, first=np.concatenate([chain, pairs.first]), stratum=np.concatenate([chain_strata, pairs.stratum]),
-        sampled=sampled, saturated_strata=pairs.saturated_strata, q=q, n_sampled=int(sampled.sum()),
-        stratum_units=pairs.stratum_units,
-    )
-    evaluation_order = np.concatenate([np.arange(len(chain)), len(chain) + order_units(pairs, rng)]).astype(int)
-    fit_mask = np.concatenate([chain_sampled, np.ones(len(pairs.first), dtype=bool)])
-    return design, evaluation_order, order, fit_mask
+class ChainSequence:
+    """One antithetic chain (n - 1 units), then Leverage SHAP's nested pair sequence (small strata
+    enumerated, distinct pairs), served lazily like _design.PairedSequence: design(upto) holds the
+    units evaluated so far, so memory follows the evaluations, not the budget, and a larger budget
+    with the same seed extends a smaller one. Chain units of an enumerated stratum repeat an
+    enumerated unit, so the fit leaves them out (fit_mask); the ledger does not pay for them twice."""
+
+    def __init__(self, n: int, n_units: int, rng: np.random.Generator) -> None:
+        self.n = n
+        self.order = np.argsort(rng.random(n))
+        ranks = np.argsort(self.order)
+        # Prefix k of the order, k = 1..n-1; below 2n evaluations only the first prefixes fit.
+        sizes = np.arange(1, min(n, n_units + 1))
+        self.chain = ranks[None, :] < sizes[:, None]
+        self.strata = np.minimum(sizes, n - sizes)
+        self.pairs = PairedSequence(n, rng, "leverage")
+        self.ks = self.pairs.ks
+        self.max_units = len(self.chain) + total_units(n)
+
+    def design(self, upto: int) -> PairedDesign:
+        pairs = self.pairs.design(max(int(upto) - len(self.chain), 0))
+        chain_sampled = ~np.isin(self.strata, pairs.saturated_strata)
+        mass = stratum_mass(self.n, "leverage")
+        q = pairs.q if pairs.q.sum() > 0 else mass / mass.sum()
+        sampled = np.concatenate([chain_sampled, pairs.sampled])
+        return PairedDesign(
+            n=self.n, first=np.concatenate([self.chain, pairs.first]),
+            stratum=np.concatenate([self.strata, pairs.stratum]), sampled=sampled,
+            saturated_strata=pairs.saturated_strata, q=q, n_sampled=int(sampled.sum()),
+            stratum_units=pairs.stratum_units)
+
+    def fit_mask(self, design: PairedDesign) -> np.ndarray:
+        return np.concatenate([~np.isin(self.strata, design.saturated_strata),
+                               np.ones(len(design.first) - len(self.chain), dtype=bool)])
 
 
 def _odd_problem(design, units, first_values, second_values, size_degree):
@@ -145,18 +156,13 @@ def chain_krr(game: Game, budget: int, seed: int | None = None, stop: StoppingCr
         raise ProbeError(f"chain_krr: gamma must be > 0 and max_centers >= 1, got {gamma}, {max_centers}")
     rng = np.random.default_rng(seed)
     stop = start_stop(stop)
-    drawn = {}
-
-    def design():
-        drawn["design"], order, drawn["chain"], drawn["fit"] = draw_chain_design(n, (budget - 2) // 2, rng)
-        return drawn["design"], order
-
-    run = PairedRun(game, budget, rng, "leverage", stop, design=design)
-    run.chain_order, fit_mask = drawn["chain"], drawn["fit"]
+    sequence = ChainSequence(n, (budget - 2) // 2, rng)
+    run = PairedRun(game, budget, rng, "leverage", stop, sequence=sequence)
+    run.chain_order = sequence.order
     total = run.full - run.empty
     prior_values = resolve_prior(prior, game, total, name)
     for round_number, evaluated, last in run.rounds(n_rounds):
-        units = evaluated[fit_mask[evaluated]]
+        units = evaluated[sequence.fit_mask(run.design)[evaluated]]
         if stop is not None and not last:
             coef = fit_linear_gcv(run.design, units, run.first_values, run.second_values, total, None, prior_values)[0]
             if should_stop(stop, run.ledger, coef[:n], np.full(n, np.nan), round_number):

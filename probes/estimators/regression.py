@@ -91,20 +91,6 @@ def order_units(design: PairedDesign, rng: np.random.Generator) -> np.ndarray:
     return np.arange(len(design.first))
 
 
-class FixedSequence:
-    """A design drawn whole (chains.py), served like PairedSequence. Its units must already be in
-    evaluation order (callers index units by position, e.g. chains.py's fit mask)."""
-
-    def __init__(self, design: PairedDesign, order: np.ndarray) -> None:
-        if not np.array_equal(order, np.arange(len(design.first))):
-            raise ValueError("a fixed design must list its units in evaluation order")
-        self._design = design
-        self.ks = np.unique(design.stratum)
-
-    def design(self, upto: int) -> PairedDesign:
-        return self._design
-
-
 class PairedRun:
     """A paired design drawn for a game and evaluated in rounds, shared by the regression and MSR
     estimators: v(empty), v(full), then complementary pairs in the nested sequence's order, so every
@@ -116,25 +102,21 @@ class PairedRun:
     CHUNK = 1 << 14  # units generated and evaluated per request to the game
 
     def __init__(self, game: Game, budget: int, rng: np.random.Generator, distribution: str, stop,
-                 design=None) -> None:
-        """design: None draws the nested paired design of `distribution`; a callable returning
-        (PairedDesign, evaluation order) supplies another one (chains.py), evaluated in that order."""
+                 sequence=None) -> None:
+        """sequence: None draws the nested paired sequence of `distribution`; another object with
+        .design(upto), .ks and .max_units (chains.ChainSequence) supplies another nested design."""
         n = game.n_players
         self.ledger = Ledger(game)
         self.empty, self.full = self.ledger.empty_and_full()
         self.capped_to = None
-        if design is not None:
-            fixed, order = design()
-            self.sequence = FixedSequence(fixed, np.asarray(order, dtype=int))
-            self.n_units = len(order)
-        else:
-            self.n_units = (budget - 2) // 2
-            if self.n_units > total_units(n):
-                self.n_units = total_units(n)
-                self.capped_to = 2 ** n
-                warnings.warn(f"budget {budget} exceeds the 2^{n} = {2 ** n} distinct coalitions of this {n}-player "
-                              f"game; using all {2 ** n} (the values are then exact)", stacklevel=3)
-            self.sequence = PairedSequence(n, rng, distribution)
+        self.sequence = sequence if sequence is not None else PairedSequence(n, rng, distribution)
+        self.n_units = (budget - 2) // 2
+        most = getattr(self.sequence, "max_units", total_units(n))
+        if self.n_units > most:
+            self.n_units = most
+            self.capped_to = 2 ** n
+            warnings.warn(f"budget {budget} exceeds the 2^{n} = {2 ** n} distinct coalitions of this {n}-player "
+                          f"game; using all {2 ** n} (the values are then exact)", stacklevel=3)
         self.design = self.sequence.design(0)
         self.order = np.arange(0)
         self.first_values = np.zeros(0)
