@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from probes.errors import ProbeError
-from probes.estimators._design import PairedDesign, PairedSequence, stratum_mass, total_units
+from probes.estimators._design import PairedDesign, PairedSequence, total_units
 from probes.estimators.kernel_ridge import fit_odd_kernel
 from probes.estimators.priors import resolve_prior
 from probes.estimators.regression import PairedRun, size_basis, unit_weights
@@ -72,12 +72,15 @@ class ChainSequence:
     def design(self, upto: int) -> PairedDesign:
         pairs = self.pairs.design(max(int(upto) - len(self.chain), 0))
         chain_sampled = ~np.isin(self.strata, pairs.saturated_strata)
-        mass = stratum_mass(self.n, "leverage")
-        q = pairs.q if pairs.q.sum() > 0 else mass / mass.sum()
         sampled = np.concatenate([chain_sampled, pairs.sampled])
+        stratum = np.concatenate([self.strata, pairs.stratum])
+        # Each stratum's share among the sampled units, chain included: never 0 where a sampled unit
+        # lies (the importance weights divide by it), whatever prefix of the pair sequence is drawn.
+        counts = np.bincount(stratum[sampled] - 1, minlength=len(pairs.q)).astype(float)
+        q = counts / max(counts.sum(), 1.0)
         return PairedDesign(
             n=self.n, first=np.concatenate([self.chain, pairs.first]),
-            stratum=np.concatenate([self.strata, pairs.stratum]), sampled=sampled,
+            stratum=stratum, sampled=sampled,
             saturated_strata=pairs.saturated_strata, q=q, n_sampled=int(sampled.sum()),
             stratum_units=pairs.stratum_units)
 

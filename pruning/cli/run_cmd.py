@@ -37,7 +37,8 @@ def cmd_run(args) -> int:
                                ("--max-rows", args.max_rows, 1), ("--eval-n", args.eval_n, 1),
                                ("--cal-n", args.cal_n, 1), ("--seq-len", args.seq_len, 2)):
         if value < least:
-            raise CLIError(f"{flag} must be at least {least}, got {value}")
+            raise CLIError(f"{flag} {value} must be a positive whole number" if least == 1 else
+                           f"{flag} {value} must be at least {least}")
     out = Path(args.out)
     export_dir = check_run_outputs(out, args)
     started = time.perf_counter()

@@ -186,12 +186,15 @@ def test_model_path_spelling_does_not_split_a_store_and_a_bigger_budget_extends_
 
     short = ["values", "heads", "--task", "factual", "--n", "4", "--seed", "7", "--store", tmp_path / "store"]
     code, text, err = run_cli(capsys, *short, "--budget", "120", "--model", tiny_dir, "--out", tmp_path / "a.json")
-    assert code == 0 and computed_now(text) == 120, err
+    # The default's chain units that fall in an enumerated coalition size repeat an enumerated
+    # coalition: the store pays for them once, so a run may compute a little under its budget.
+    first = computed_now(text)
+    assert code == 0 and 110 <= first <= 120, err
     relative = os.path.relpath(tiny_dir)
     code, text, err = run_cli(capsys, *short, "--budget", "120", "--model", f"{relative}/", "--out", tmp_path / "b.json")
     assert code == 0 and computed_now(text) == 0, err
     code, text, err = run_cli(capsys, *short, "--budget", "240", "--model", tiny_dir, "--out", tmp_path / "c.json")
-    assert code == 0 and computed_now(text) == 120, err
+    assert code == 0 and 110 <= computed_now(text) <= 240 - first, err  # nothing of the first run computed again
 
 
 def test_regrouping_coalitions_into_other_forwards_changes_values_only_within_the_stated_tolerance(
