@@ -37,7 +37,7 @@ import surgery  # noqa: E402
 from pruning import importance  # noqa: E402
 from pruning.keep_model import keep_model_head_plan  # noqa: E402
 from pruning.plan import PruningPlan, model_identity  # noqa: E402
-from pruning.screening import candidates, gate_gradient_screen  # noqa: E402
+from pruning.screening import candidates as lowest, gate_gradient_screen  # noqa: E402
 from surgery.engine import AblationEngine  # noqa: E402
 
 from pruning_bench_common import evaluate_model, export_and_measure, judge_row, task_batches_for, text_split  # noqa: E402
@@ -50,11 +50,7 @@ def plan_removing(loaded, heads, removal_mode, method, calibration=None):
                        calibration=calibration, provenance=[{"policy": method}])
 
 
-def lowest(scores: dict[str, float], k: int) -> list[str]:
-    return candidates(scores, k)
-
-
-def michel_iterative(screen, n_heads: int, k: int, step: int) -> list[str]:
+def michel_iterative(screen, k: int, step: int) -> list[str]:
     removed: list[str] = []
     while len(removed) < k:
         removed += lowest(screen(removed), min(step, k - len(removed)))
@@ -110,7 +106,7 @@ def main() -> None:
             seconds[f"keep_model_{fraction}"] = round(time.perf_counter() - t0, 1)
             evaluations = sum(s["n_evaluations"] for s in ours.provenance[0]["steps"])
             t0 = time.perf_counter()
-            iterative = michel_iterative(screen, n_heads, k, max(1, round(0.1 * n_heads)))
+            iterative = michel_iterative(screen, k, max(1, round(0.1 * n_heads)))
             seconds[f"michel_iterative_{fraction}"] = round(time.perf_counter() - t0, 1)
             plans = {"keep_model": ours}
             for name, heads in [("michel", lowest(michel, k)), ("michel_iterative", iterative),

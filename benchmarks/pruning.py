@@ -32,10 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import surgery  # noqa: E402
-from pruning_bench_common import TASK_METRICS, evaluate_model, export_and_measure, judge_row, text_split  # noqa: E402
+from pruning_bench_common import evaluate_model, export_and_measure, judge_row, task_batches_for, text_split  # noqa: E402
 from probes.estimators import DEFAULT_ESTIMATOR, estimate  # noqa: E402
 from probes.model_game import batch_digest, model_game  # noqa: E402
-from probes.tasks import get_task  # noqa: E402
 from pruning import importance  # noqa: E402
 from pruning.policies import find_cornerstones, head_plan, layer_plan, sparsity_plan  # noqa: E402
 from pruning.sparsity import input_norms, outlier_ratios  # noqa: E402
@@ -70,8 +69,7 @@ def main() -> None:
     loaded = surgery.load(args.model)
     calibration, held_out, text_source = text_split(loaded, args.text, args.n_cal, args.n_eval, args.seq_len,
                                                     args.seed)
-    task_batches = {name: get_task(name, n=args.task_n).batch(loaded, seed=10_000 + args.seed)
-                    for name in TASK_METRICS}
+    task_batches = task_batches_for(loaded, args.task_n, args.seed)
     base_metrics, _ = evaluate_model(loaded, held_out, task_batches)
     print(f"unpruned: perplexity {base_metrics['perplexity']:.2f}, task mean {base_metrics['task_mean']:.3f}",
           flush=True)
