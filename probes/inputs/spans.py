@@ -107,8 +107,9 @@ def span_names(spans: Sequence[Span]) -> list[str]:
 def owners_of_tokens(spans: Sequence[Span], token_offsets: Sequence[tuple[int, int]]) -> list[int]:
     """For each token (char offsets; (0, 0) or empty = special token), the index of the span it belongs to, or -1.
 
-    A token belongs to the span holding most of its characters (ties: the earlier span); a token with
-    no character inside any span (template text, special tokens) belongs to none and is never removed."""
+    A token belongs to the span holding most of its characters (ties: the earlier span), if that span
+    holds at least half of them; otherwise (template text, special tokens, a span cutting a sliver off
+    a token) it belongs to none and is never removed."""
     owners = []
     for start, end in token_offsets:
         best, best_overlap = -1, 0
@@ -119,5 +120,5 @@ def owners_of_tokens(spans: Sequence[Span], token_offsets: Sequence[tuple[int, i
                 overlap = min(end, span.end) - max(start, span.start)
                 if overlap > best_overlap:
                     best, best_overlap = i, overlap
-        owners.append(best)
+        owners.append(best if 2 * best_overlap >= end - start else -1)
     return owners
