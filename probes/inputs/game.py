@@ -89,3 +89,17 @@ def _reducer(metric, n_target: int):
 
 def _no_per_token(coalitions):
     raise ProbeError("per_token log-probs are not defined for a user metric; build the game with metric='total'")
+
+
+def input_values(model, prompt: str, target=None, players="words", *, estimator: str | None = "exact",
+                 budget: int | None = None, seed: int | None = 0, **game_options):
+    """Values of the prompt's players (a `Values`, details holding the text and spans for rendering).
+
+    estimator: 'exact' (default; up to 20 players) or any probes.estimators name with a budget."""
+    from probes.estimators import get_estimator
+    from probes.inputs.render import span_details
+
+    game = input_game(model, prompt, target, players, **game_options)
+    values = get_estimator(estimator)(game, budget=budget, seed=seed)
+    values.details.update(span_details(game.prepared))
+    return values
