@@ -8,6 +8,9 @@ projects to the vocabulary only at the positions that predict target tokens.
 
 from __future__ import annotations
 
+import copy
+import inspect
+
 import torch
 
 from surgery.batch import check_sequence_length
@@ -55,34 +58,67 @@ def replaced_embeddings(embeds: torch.Tensor, keep: torch.Tensor, mode: str,
     return torch.where(keep, embeds.unsqueeze(0), replacement.unsqueeze(0))
 
 
+class SharedPrefix:
+    """Keys and values of the first `length` inputs that every row shares, computed once.
+
+    When a removal keeps positions and the first removable token comes late (a chat template, a
+    fixed instruction), rows differ only after it; each forward then runs the rows' suffixes
+    against copies of this cache instead of recomputing the prefix for every coalition."""
+
+    def __init__(self, loaded: LoadedModel, length: int, input_ids: torch.Tensor | None = None,
+                 inputs_embeds: torch.Tensor | None = None):
+        self.loaded, self.length = loaded, int(length)
+        body = loaded.model.get_submodule(loaded.adapter.body)
+        kwargs = ({"input_ids": input_ids[None, :length].to(loaded.device)} if input_ids is not None
+                  else {"inputs_embeds": inputs_embeds[None, :length].to(loaded.device)})
+        self.cache_argument = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+        with torch.inference_mode():
+            result = body(use_cache=True, position_ids=torch.arange(length, device=loaded.device)[None], **kwargs)
+        self.cache = result.past_key_values
+        if not hasattr(self.cache, "batch_repeat_interleave"):
+            raise SurgeryError(f"{type(body).__name__} returns no expandable KV cache; build the game with "
+                               "reuse_prefix=False")
+
+    def for_rows(self, rows: int):
+        """A private copy of the cache repeated for `rows` rows (the forward appends to it)."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return {self.cache_argument: cache, "use_cache": True}
+
+
 def target_logprobs(loaded: LoadedModel, *, score_positions: torch.Tensor, targets: torch.Tensor,
                     input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                     attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                    logits_fn=None) -> torch.Tensor:
+                    logits_fn=None, prefix: SharedPrefix | None = None) -> torch.Tensor:
     """log p(targets[r, k] | row r up to score_positions[r, k]) for every row: [rows, K] (float64).
 
     Give input_ids [rows, L] or inputs_embeds [rows, L, d]. logits_fn(logits [rows, K, vocab],
-    targets) -> [rows] replaces the log-probabilities by a user metric of the logits."""
+    targets) -> [rows] replaces the log-probabilities by a user metric of the logits. prefix: the
+    rows' shared first inputs, already computed (score positions must lie after it)."""
     source = input_ids if input_ids is not None else inputs_embeds
     if source is None:
         raise SurgeryError("target_logprobs needs input_ids or inputs_embeds")
     rows, length = source.shape[:2]
     check_sequence_length(loaded, length, "prompt + target length")
-    device = loaded.device
-    kwargs = {"use_cache": False}
+    device, skip = loaded.device, prefix.length if prefix is not None else 0
+    if skip and int(score_positions.min()) < skip:
+        raise SurgeryError("a scored position lies inside the shared prefix; build the game with reuse_prefix=False")
+    kwargs = prefix.for_rows(rows) if prefix is not None else {"use_cache": False}
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask.to(device)
+    if position_ids is None and skip:
+        position_ids = torch.arange(length).expand(rows, length)
     if position_ids is not None:
-        kwargs["position_ids"] = position_ids.to(device)
+        kwargs["position_ids"] = position_ids[:, skip:].to(device)
     if input_ids is not None:
-        kwargs["input_ids"] = input_ids.to(device)
+        kwargs["input_ids"] = input_ids[:, skip:].to(device)
     else:
-        kwargs["inputs_embeds"] = inputs_embeds.to(device)
+        kwargs["inputs_embeds"] = inputs_embeds[:, skip:].to(device)
     body = loaded.model.get_submodule(loaded.adapter.body)
     with torch.inference_mode():
         result = body(**kwargs)
         hidden = result[0] if not hasattr(result, "last_hidden_state") else result.last_hidden_state
-        positions = score_positions.to(device)
+        positions = (score_positions - skip).to(device)
         picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         logits = loaded.model.get_submodule(loaded.adapter.unembed)(picked).float()
         targets = targets.to(device)

@@ -27,7 +27,7 @@ def input_game(model, prompt: str, target: str | Sequence[int] | None = None, pl
                removal: str = "replace", metric: str | int | Callable = "total", filler="pad",
                embedding_mode: str = "zero", reference: str | None = None, chat: bool = False,
                include_special: bool = False, max_new_tokens: int = DEFAULT_NEW_TOKENS, max_rows: int = 64,
-               store=None) -> Game:
+               store=None, reuse_prefix: bool | None = None) -> Game:
     """A Game whose players are the prompt's `players` and whose value is the target's log-probability.
 
     players: 'tokens' | 'words' | 'sentences' | a compiled regex | [(start, end), ...] char offsets.
@@ -37,6 +37,8 @@ def input_game(model, prompt: str, target: str | Sequence[int] | None = None, pl
         or a callable metric(logits [m, K, vocab], targets [m, K]) -> [m] (e.g. a judge's logit).
     target: the continuation to score; None = the model's greedy continuation (max_new_tokens).
     max_rows: coalitions per batched forward (memory bound). store: a directory for the resumable store.
+    reuse_prefix: run the tokens before the first player once (KV cache) in the position-keeping
+        removals; None = when that saves at least MIN_SHARED_PREFIX tokens per coalition.
     The game also offers `per_token(coalitions)` -> [m, K] log-probs and `prepared` (text, spans, tokens).
     """
     loaded = load(model)
@@ -45,7 +47,7 @@ def input_game(model, prompt: str, target: str | Sequence[int] | None = None, pl
     logits_fn = metric if callable(metric) else None
     reduce = _reducer(metric, len(prep.target))
     removal_mode = make_removal(loaded, prep, removal, filler=filler, embedding_mode=embedding_mode,
-                                reference=reference, logits_fn=logits_fn)
+                                reference=reference, logits_fn=logits_fn, reuse_prefix=reuse_prefix)
     if max_rows < 1:
         raise ProbeError(f"max_rows must be >= 1 coalitions per forward, got {max_rows}")
 

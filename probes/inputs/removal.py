@@ -22,11 +22,14 @@ import torch
 
 from probes.errors import ProbeError
 from probes.inputs.prompt import PreparedPrompt, tokenizer_of
-from surgery.input_forward import (EMBEDDING_MODES, check_causal, input_embeddings, replaced_embeddings,
-                                   target_logprobs)
+from surgery.input_forward import (EMBEDDING_MODES, SharedPrefix, check_causal, input_embeddings,
+                                   replaced_embeddings, target_logprobs)
 
 REMOVALS = ("drop", "replace", "attention", "embedding")
 FILLERS = {"space": " ", "...": "..."}
+# Shared prefixes shorter than this are recomputed: copying and expanding the KV cache costs more
+# than it saves (see benchmarks/results/input_values.json, "prefix_reuse").
+MIN_SHARED_PREFIX = 8
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Removal:
     embedding_mode: str = "zero"
     reference_embeds: torch.Tensor | None = None
     logits_fn: object = None
+    prefix: SharedPrefix | None = None
 
     def describe(self) -> dict:
         """What identifies the removal in a game fingerprint."""
@@ -65,7 +69,7 @@ class Removal:
         sequence = torch.cat([self.prep.ids, self.prep.target])
         positions = (T - 1 + torch.arange(K)).expand(m, K).clone()
         targets = self.prep.target.expand(m, K)
-        common = dict(score_positions=positions, targets=targets, logits_fn=self.logits_fn)
+        common = dict(score_positions=positions, targets=targets, logits_fn=self.logits_fn, prefix=self.prefix)
         if self.mode == "replace":
             ids = sequence.repeat(m, 1)
             ids[:, :T][~keep] = self.filler_id
@@ -122,9 +126,19 @@ class Removal:
         return int(self.prep.start_id)
 
 
+def shared_prefix_length(prep: PreparedPrompt) -> int:
+    """Inputs every coalition shares in the position-keeping modes: the tokens before the first removable
+    one, less one (attention removal may read the first target's prediction at the last of them)."""
+    owned = (prep.owners >= 0).nonzero()
+    return max(0, int(owned[0]) - 1) if len(owned) else 0
+
+
 def make_removal(loaded, prep: PreparedPrompt, mode: str = "replace", *, filler="pad", embedding_mode: str = "zero",
-                 reference: str | None = None, logits_fn=None) -> Removal:
-    """Bind a removal mode to a prepared prompt, refusing what the model or tokenizer cannot do."""
+                 reference: str | None = None, logits_fn=None, reuse_prefix: bool | None = None) -> Removal:
+    """Bind a removal mode to a prepared prompt, refusing what the model or tokenizer cannot do.
+
+    reuse_prefix: compute the tokens every coalition shares once (KV cache) in the position-keeping
+    modes; None = when they are at least MIN_SHARED_PREFIX tokens."""
     check_causal(loaded)
     if mode not in REMOVALS:
         raise ProbeError(f"unknown removal {mode!r}; use one of {', '.join(REMOVALS)}")
@@ -140,6 +154,9 @@ def make_removal(loaded, prep: PreparedPrompt, mode: str = "replace", *, filler=
             removal.reference_embeds = _reference_embeddings(loaded, prep, reference)
     if mode == "attention":
         _check_position_ids(loaded)
+    shared = shared_prefix_length(prep)
+    if mode != "drop" and shared > 0 and (reuse_prefix or (reuse_prefix is None and shared >= MIN_SHARED_PREFIX)):
+        removal.prefix = SharedPrefix(loaded, shared, input_ids=prep.ids)
     return removal
 
 

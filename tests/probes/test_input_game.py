@@ -140,3 +140,14 @@ def test_estimators_run_and_the_store_resumes(model, tmp_path, estimator, budget
     again = input_game(model, PROMPT, " and", players="words", store=tmp_path / "store")
     assert np.allclose(get_estimator(estimator)(again, budget=budget, seed=0).means, values.means)
     assert again.n_evaluations == 0  # everything came from the store
+
+
+@pytest.mark.parametrize("removal", ["replace", "attention", "embedding"])
+def test_shared_prefix_from_the_kv_cache_gives_the_same_values(model, removal):
+    prompt = "one two three four five six seven eight nine ten. Mary gave John a"
+    spans = [(54, 59), (59, 64), (64, 66)]  # only " gave John a" are players: many shared tokens first
+    plain = input_game(model, prompt, " banana", players=spans, removal=removal, reuse_prefix=False)
+    cached = input_game(model, prompt, " banana", players=spans, removal=removal, reuse_prefix=True)
+    assert cached.removal.prefix is not None and cached.removal.prefix.length >= 8
+    coalitions = np.array([[1, 1, 1], [0, 0, 0], [1, 0, 1], [0, 1, 0]], dtype=bool)
+    np.testing.assert_allclose(cached(coalitions), plain(coalitions), atol=1e-4)
