@@ -1,5 +1,9 @@
 """A tiny causal model with a byte-level BPE tokenizer, in memory, for input-game tests (no download)."""
 
+from itertools import permutations
+from math import factorial
+
+import numpy as np
 import torch
 import transformers as tf
 
@@ -20,3 +24,25 @@ def tiny_text_model(seed: int = 0):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return surgery.load(model, tokenizer=tok)
+
+
+def brute_force_shapley(value_of, n):
+    """Average marginal contribution over all n! orders, each coalition valued on its own (once)."""
+    memo = {}
+
+    def value(present):
+        key = present.tobytes()
+        if key not in memo:
+            memo[key] = value_of(present.copy())
+        return memo[key]
+
+    phi = np.zeros(n)
+    for order in permutations(range(n)):
+        present = np.zeros(n, dtype=bool)
+        before = value(present)
+        for i in order:
+            present[i] = True
+            after = value(present)
+            phi[i] += after - before
+            before = after
+    return phi / factorial(n)

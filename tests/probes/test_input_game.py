@@ -1,16 +1,13 @@
 """The input game on a tiny model: exact = brute force, batched = one at a time, the removal modes
 do what they say (attention mask with positions kept = dropping with positions kept), store resumes."""
 
-from itertools import permutations
-from math import factorial
-
 import numpy as np
 import pytest
 import torch
 
 from probes.estimators import get_estimator
 from probes.inputs import input_game
-from tiny_text_model import PROMPT, tiny_text_model
+from tiny_text_model import PROMPT, brute_force_shapley, tiny_text_model
 
 REMOVALS = ("drop", "replace", "attention", "embedding")
 
@@ -18,20 +15,6 @@ REMOVALS = ("drop", "replace", "attention", "embedding")
 @pytest.fixture(scope="module")
 def model():
     return tiny_text_model()
-
-
-def brute_force_shapley(value_of, n):
-    """Average marginal contribution over all n! orders, each coalition valued on its own."""
-    phi = np.zeros(n)
-    for order in permutations(range(n)):
-        present = np.zeros(n, dtype=bool)
-        before = value_of(present)
-        for i in order:
-            present[i] = True
-            after = value_of(present)
-            phi[i] += after - before
-            before = after
-    return phi / factorial(n)
 
 
 @pytest.mark.parametrize("removal", REMOVALS)
