@@ -74,7 +74,9 @@ class SharedPrefix:
         self.cache_argument = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
         with torch.inference_mode():
             result = body(use_cache=True, position_ids=torch.arange(length, device=loaded.device)[None], **kwargs)
-        self.cache = result.past_key_values
+        # transformers 5 names the output `cache` (reading `past_key_values` warns); older ones do not.
+        cache = getattr(result, "cache", None)
+        self.cache = cache if cache is not None else result.past_key_values
         if not hasattr(self.cache, "batch_repeat_interleave"):
             raise SurgeryError(f"{type(body).__name__} returns no expandable KV cache; build the game with "
                                "reuse_prefix=False")
