@@ -172,6 +172,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="values JSON to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_values)
+    from pruning.cli.tokens_cmd import extend_values_parser  # `surgery values tokens` (input players)
+    extend_values_parser(p)
 
     p = sub.add_parser("cluster", help="cluster heads by their values across tasks",
                        description="Cluster heads by their value vectors across tasks (one head-values file per "

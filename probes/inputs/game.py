@@ -1,0 +1,107 @@
+"""The input game: players are spans of a prompt, the value is how well the model predicts a target.
+
+v(S) = log p(target | prompt with the spans outside S removed), teacher-forced, summed over the
+target's tokens (or their mean, one token's log-prob, or a user metric of the target logits). The
+game is a probes.Game, so it streams to the coalition store and every estimator works on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from probes.errors import ProbeError
+from probes.game import Game
+from probes.inputs.prompt import DEFAULT_NEW_TOKENS, prepare_prompt
+from probes.inputs.removal import make_removal
+from probes.model_game import metric_name, model_digest
+from surgery.loading import load
+
+VALUE_METRICS = ("total", "mean")
+
+
+def input_game(model, prompt: str, target: str | Sequence[int] | None = None, players="words", *,
+               removal: str = "replace", metric: str | int | Callable = "total", filler="pad",
+               embedding_mode: str = "zero", reference: str | None = None, chat: bool = False,
+               include_special: bool = False, max_new_tokens: int = DEFAULT_NEW_TOKENS, max_rows: int = 64,
+               store=None, reuse_prefix: bool | None = None) -> Game:
+    """A Game whose players are the prompt's `players` and whose value is the target's log-probability.
+
+    players: 'tokens' | 'words' | 'sentences' | a compiled regex | [(start, end), ...] char offsets.
+    removal: 'drop' | 'replace' (filler=) | 'attention' | 'embedding' (embedding_mode=, reference=);
+        see probes.inputs.removal.
+    metric: 'total' (sum of the target tokens' log-probs), 'mean', an int k (target token k alone),
+        or a callable metric(logits [m, K, vocab], targets [m, K]) -> [m] (e.g. a judge's logit).
+    target: the continuation to score; None = the model's greedy continuation (max_new_tokens).
+    max_rows: coalitions per batched forward (memory bound). store: a directory for the resumable store.
+    reuse_prefix: run the tokens before the first player once (KV cache) in the position-keeping
+        removals; None = when that saves at least MIN_SHARED_PREFIX tokens per coalition.
+    The game also offers `per_token(coalitions)` -> [m, K] log-probs and `prepared` (text, spans, tokens).
+    """
+    loaded = load(model)
+    prep = prepare_prompt(loaded, prompt, target, players, chat=chat, include_special=include_special,
+                          max_new_tokens=max_new_tokens)
+    logits_fn = metric if callable(metric) else None
+    reduce = _reducer(metric, len(prep.target))
+    removal_mode = make_removal(loaded, prep, removal, filler=filler, embedding_mode=embedding_mode,
+                                reference=reference, logits_fn=logits_fn, reuse_prefix=reuse_prefix)
+    if max_rows < 1:
+        raise ProbeError(f"max_rows must be >= 1 coalitions per forward, got {max_rows}")
+
+    def per_token(coalitions: np.ndarray) -> np.ndarray:
+        coalitions = np.asarray(coalitions, dtype=bool).reshape(-1, len(prep.spans))
+        parts = [removal_mode.logprobs(coalitions[i:i + max_rows]) for i in range(0, len(coalitions), max_rows)]
+        return torch.cat(parts).numpy()
+
+    def value_function(coalitions: np.ndarray) -> np.ndarray:
+        return reduce(per_token(coalitions))
+
+    fingerprint = {
+        "model": str(loaded.source), "model_digest": model_digest(loaded), "kind": "input",
+        "prompt_digest": hashlib.sha256(prep.text.encode()).hexdigest()[:16], "chat": chat,
+        "target_ids": prep.target.tolist(), "players_unit": players if isinstance(players, str) else "spans",
+        "metric": metric_name(metric) if callable(metric) else str(metric), **removal_mode.describe(),
+    }
+    game = Game(prep.names, value_function, fingerprint, batch_size=max(max_rows, 1) * 16, store=store)
+    game.prepared = prep
+    game.removal = removal_mode
+    game.per_token = per_token if logits_fn is None else _no_per_token
+    game.objective = {"name": "input", "metric": fingerprint["metric"], "target": prep.target_text}
+    return game
+
+
+def _reducer(metric, n_target: int):
+    if callable(metric):
+        return lambda values: values.reshape(-1)
+    if isinstance(metric, (int, np.integer)) and not isinstance(metric, bool):
+        if not -n_target <= metric < n_target:
+            raise ProbeError(f"metric={metric} names target token {metric}, but the target has {n_target} tokens; "
+                             f"use an index in [0, {n_target - 1}]")
+        return lambda logp: logp[:, metric]
+    if metric == "total":
+        return lambda logp: logp.sum(axis=1)
+    if metric == "mean":
+        return lambda logp: logp.mean(axis=1)
+    raise ProbeError(f"unknown metric {metric!r}; use 'total', 'mean', a target token index, or a callable "
+                     "metric(logits, targets) -> [m]")
+
+
+def _no_per_token(coalitions):
+    raise ProbeError("per_token log-probs are not defined for a user metric; build the game with metric='total'")
+
+
+def input_values(model, prompt: str, target=None, players="words", *, estimator: str | None = "exact",
+                 budget: int | None = None, seed: int | None = 0, **game_options):
+    """Values of the prompt's players (a `Values`, details holding the text and spans for rendering).
+
+    estimator: 'exact' (default; up to 20 players) or any probes.estimators name with a budget."""
+    from probes.estimators import get_estimator
+    from probes.inputs.render import span_details
+
+    game = input_game(model, prompt, target, players, **game_options)
+    values = get_estimator(estimator)(game, budget=budget, seed=seed)
+    values.details.update(span_details(game.prepared))
+    return values

@@ -1,0 +1,69 @@
+"""`surgery values tokens`: Shapley values of a prompt's tokens, words or sentences for a target."""
+
+from __future__ import annotations
+
+import time
+
+from pruning.cli.common import CLIError, check_output, check_store, load_model
+
+TOKEN_ONLY_FLAGS = (("prompt", "--prompt"), ("target", "--target"), ("players", "--players"),
+                    ("removal", "--removal"), ("filler", "--filler"), ("figure", "--figure"))
+
+
+def cmd_tokens(args) -> int:
+    from probes.inputs import input_game
+    from probes.inputs.render import span_details, values_png
+    from probes.estimators import get_estimator
+
+    if not args.prompt:
+        raise CLIError("surgery values tokens needs --prompt '<text>' (the input whose parts are valued)")
+    out = check_output(args.out, args.force, inputs=[args.model])
+    check_store(args.store, inputs=[args.model])
+    loaded = load_model(args)
+    filler = int(args.filler) if args.filler.isdigit() else args.filler
+    game = input_game(loaded, args.prompt, args.target, players=args.players, removal=args.removal, filler=filler,
+                      max_rows=args.max_rows, store=args.store)
+    # Exact up to 8 players (256 forwards); beyond, the default estimator at 10 evaluations per player.
+    estimator = args.estimator or ("exact" if game.n_players <= 8 else None)
+    budget = args.budget if args.budget is not None or estimator == "exact" else 10 * game.n_players
+    t0 = time.perf_counter()
+    values = get_estimator(estimator)(game, budget=budget, seed=args.seed)
+    values.details.update(span_details(game.prepared))
+    values.details["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    values.save(out)
+    print(f"{game.n_players} {args.players} of the prompt, target {game.prepared.target_text!r}, removal "
+          f"{args.removal}: {values.estimator}, {values.n_evaluations} evaluations, {values.details['wall_seconds']} s")
+    print("top 5: " + ", ".join(f"{name} {v:+.4f}" for name, v in values.top_k(5)))
+    if args.figure:
+        values_png(values, check_output(args.figure, args.force))
+        print(f"figure: {args.figure}")
+    print(f"wrote {out}")
+    return 0
+
+
+def extend_values_parser(p) -> None:
+    """Add the `tokens` kind and its flags to `surgery values`; other kinds refuse the token flags."""
+    for action in p._actions:  # argparse keeps positionals here; widening choices is the public effect
+        if action.dest == "kind":
+            action.choices = list(action.choices) + ["tokens"]
+    p.add_argument("--prompt", default=None, help="tokens: the text whose parts are valued")
+    p.add_argument("--target", default=None, help="tokens: continuation to score (default: the model's greedy one)")
+    p.add_argument("--players", default=None, choices=["words", "tokens", "sentences"],
+                   help="tokens: the players (default words)")
+    p.add_argument("--removal", default=None, choices=["drop", "replace", "attention", "embedding"],
+                   help="tokens: how absent players are removed (default replace)")
+    p.add_argument("--filler", default=None, help="tokens, replace: pad, unk, space, '...', one-token text or an id")
+    p.add_argument("--figure", default=None, help="tokens: also save the coloured text as a PNG")
+    components = p.get_default("func")
+
+    def dispatch(args) -> int:
+        if args.kind != "tokens":
+            given = [flag for attr, flag in TOKEN_ONLY_FLAGS if getattr(args, attr) is not None]
+            if given:
+                raise CLIError(f"{', '.join(given)} only apply to `surgery values tokens`; drop them")
+            return components(args)
+        args.players, args.removal = args.players or "words", args.removal or "replace"
+        args.filler = args.filler or "pad"
+        return cmd_tokens(args)
+
+    p.set_defaults(func=dispatch)
