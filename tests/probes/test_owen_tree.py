@@ -123,3 +123,15 @@ def test_exact_refuses_a_tree_too_large_and_names_the_sampler():
     known = soum_game(30, seed=0)
     with pytest.raises(TooManyPlayersError, match="budget"):
         exact_owen_tree(known.game, list(range(30)))
+
+
+def test_binary_tree_values_equal_shap_partition_explainer():
+    shap = pytest.importorskip("shap")  # dev extra; shap's Partition explainer walks the same binary tree
+    known = soum_game(6, seed=3)
+    # Linkage rows (left, right, distance, size) for the tree (((0, 1), (2, (3, 4))), 5); new nodes are 6, 7, ...
+    linkage = np.array([[0, 1, 1, 2], [3, 4, 1, 2], [2, 7, 2, 3], [6, 8, 3, 5], [5, 9, 4, 6]], dtype=float)
+    explainer = shap.PartitionExplainer(lambda x: known.game(np.asarray(x) > 0.5),
+                                        shap.maskers.Partition(np.zeros((1, 6)), clustering=linkage))
+    theirs = explainer(np.ones((1, 6)), max_evals=5000).values[0]
+    ours = exact_owen_tree(known.game, [[[0, 1], [2, [3, 4]]], 5])
+    np.testing.assert_allclose(ours.players.means, theirs, atol=1e-10)
