@@ -140,11 +140,14 @@ class ScarRewards:
     """Per-token rewards of one response and where they came from.
 
     rewards: float tensor, one per response token, summing to `full_reward`.
+    text, spans: the response text and the segments' (start, end) characters in it (segment_game's input).
     values: the segments' Owen values (TreeValues; players are the segments, named s0, s1, ...).
     seconds, reward_calls: the cost of this response (wall time, texts scored by the reward)."""
 
     rewards: torch.Tensor
     token_ids: list[int]
+    text: str
+    spans: list[tuple[int, int]]
     segments: list[str]
     segment_last_token: list[int]
     values: TreeValues
@@ -206,7 +209,7 @@ def scar_rewards(prompt: str, response: str | Sequence[int], reward, tokenizer, 
     np.add.at(dense, last, phi)
     rewards = alpha * dense
     rewards[-1] += (1.0 - alpha) * full
-    return ScarRewards(rewards=torch.tensor(rewards, dtype=torch.float32), token_ids=ids,
+    return ScarRewards(rewards=torch.tensor(rewards, dtype=torch.float32), token_ids=ids, text=text, spans=spans,
                        segments=[text[lo:hi] for lo, hi in spans], segment_last_token=last, values=values,
                        full_reward=full, empty_reward=empty, alpha=alpha, seconds=time.perf_counter() - started,
                        reward_calls=reward.calls - calls_before)
