@@ -142,7 +142,8 @@ class ScarRewards:
     rewards: float tensor, one per response token, summing to `full_reward`.
     text, spans: the response text and the segments' (start, end) characters in it (segment_game's input).
     values: the segments' Owen values (TreeValues; players are the segments, named s0, s1, ...).
-    seconds, reward_calls: the cost of this response (wall time, texts scored by the reward)."""
+    seconds, reward_calls: the cost of this response (wall time, texts scored by the reward).
+    game: the segment game (its memory answers coalitions already scored, e.g. for meta_attribution)."""
 
     rewards: torch.Tensor
     token_ids: list[int]
@@ -156,6 +157,27 @@ class ScarRewards:
     alpha: float
     seconds: float
     reward_calls: int
+    game: Game | None = None
+
+    def with_alpha(self, alpha: float) -> torch.Tensor:
+        """The per-token rewards for another alpha, from the same values (no reward call)."""
+        return _place(self.values.players.means, self.empty_reward, self.full_reward, self.segment_last_token,
+                      len(self.token_ids), alpha)
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ProbeError(f"alpha must be in [0, 1] (1 = all reward dense, 0 = all at the last token); got {alpha}")
+
+
+def _place(phi: np.ndarray, empty: float, full: float, last: list[int], n_tokens: int, alpha: float) -> torch.Tensor:
+    """SCAR's per-token reward: values at segments' last tokens, v(empty) spread, alpha mix with the terminal reward."""
+    _check_alpha(alpha)
+    dense = np.full(n_tokens, empty / n_tokens)
+    np.add.at(dense, last, phi)
+    rewards = alpha * dense
+    rewards[-1] += (1.0 - alpha) * full
+    return torch.tensor(rewards, dtype=torch.float32)
 
 
 def segment_game(prompt: str, text: str, spans: list[tuple[int, int]], reward: TextReward, **game_options) -> Game:
@@ -187,8 +209,7 @@ def scar_rewards(prompt: str, response: str | Sequence[int], reward, tokenizer, 
     tree: "sentences" (segments grouped by sentence), "flat" (plain Shapley) or nested lists of segment indices.
     budget: None = exact Owen values (refused above the exact limit, naming a budget); else sampled with seed.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ProbeError(f"alpha must be in [0, 1] (1 = all reward dense, 0 = all at the last token); got {alpha}")
+    _check_alpha(alpha)
     started = time.perf_counter()
     reward = as_text_reward(reward, tokenizer)
     calls_before = reward.calls
@@ -202,17 +223,13 @@ def scar_rewards(prompt: str, response: str | Sequence[int], reward, tokenizer, 
                          "(e.g. 20 * segments) and seed, or tree='sentences'")
     game = segment_game(prompt, text, spans, reward, store=store)
     values = owen_tree(game, shape, budget, seed)
-    phi = values.players.means
     empty, full = values.players.empty_value, values.players.full_value
     last = [next((t for t, end in enumerate(ends) if end >= hi), len(ids) - 1) for _, hi in spans]
-    dense = np.full(len(ids), empty / len(ids))
-    np.add.at(dense, last, phi)
-    rewards = alpha * dense
-    rewards[-1] += (1.0 - alpha) * full
-    return ScarRewards(rewards=torch.tensor(rewards, dtype=torch.float32), token_ids=ids, text=text, spans=spans,
+    rewards = _place(values.players.means, empty, full, last, len(ids), alpha)
+    return ScarRewards(rewards=rewards, token_ids=ids, text=text, spans=spans,
                        segments=[text[lo:hi] for lo, hi in spans], segment_last_token=last, values=values,
                        full_reward=full, empty_reward=empty, alpha=alpha, seconds=time.perf_counter() - started,
-                       reward_calls=reward.calls - calls_before)
+                       reward_calls=reward.calls - calls_before, game=game)
 
 
 def dense_rewards(prompts: Sequence[str], responses: Sequence, reward, tokenizer, **options) -> list[torch.Tensor]:

@@ -135,3 +135,17 @@ def test_binary_tree_values_equal_shap_partition_explainer():
     theirs = explainer(np.ones((1, 6)), max_evals=5000).values[0]
     ours = exact_owen_tree(known.game, [[[0, 1], [2, [3, 4]]], 5])
     np.testing.assert_allclose(ours.players.means, theirs, atol=1e-10)
+
+
+def test_sampled_tree_values_resume_from_the_coalition_store(tmp_path):
+    from probes.game import Game
+
+    known = soum_game(8, seed=4)
+    def make():
+        return Game(known.game.players, known.game.value_function, {"game": "soum", "seed": 4}, store=tmp_path / "s")
+    first_game = make()
+    first = owen_tree(first_game, TREE, 300, seed=2)
+    again_game = make()
+    again = owen_tree(again_game, TREE, 300, seed=2)
+    assert first_game.n_evaluations > 0 and again_game.n_evaluations == 0  # every coalition read back
+    np.testing.assert_array_equal(first.players.means, again.players.means)

@@ -100,3 +100,14 @@ def test_classifier_reward_is_batched_and_dense_rewards_serve_a_batch(tokenizer)
 def test_bad_input_is_refused_with_the_fix(tokenizer, response, reward, options, error, message):
     with pytest.raises(error, match=message):
         scar_rewards(PROMPT, response, reward, tokenizer, **options)
+
+
+def test_with_alpha_reuses_the_values_and_the_game_remembers_every_coalition(tokenizer):
+    calls = []
+    reward = TextReward(lambda text: calls.append(text) or fruit_reward(text))
+    result = scar_rewards(PROMPT, RESPONSE, reward, tokenizer, alpha=1.0)
+    scored = len(calls)
+    again = scar_rewards(PROMPT, RESPONSE, fruit_reward, tokenizer, alpha=0.3)
+    torch.testing.assert_close(result.with_alpha(0.3), again.rewards)
+    result.game(np.ones((1, 4), dtype=bool))
+    assert len(calls) == scored == result.reward_calls
