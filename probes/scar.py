@@ -6,7 +6,7 @@ Steps, as in SCAR's paper and code:
    segment before it, as SCAR's `parse_sentence`; or spans the user gives);
 2. the segments are players; a coalition's value is the reward of prompt + the response with every
    absent segment replaced by a space;
-3. the segments' Owen values over a tree (sentences -> segments by default; SCAR used a parse tree
+3. the segments' Owen values over a tree (paragraphs -> sentences -> segments by default; SCAR used a parse tree
    through shap's Partition explainer) are computed exactly when small, sampled with a budget
    otherwise;
 4. per token: each segment's value at the segment's last token, v(empty) spread evenly over the
@@ -31,9 +31,9 @@ import torch
 from probes.errors import ProbeError
 from probes.estimators.owen_tree import TreeValues, owen_tree
 from probes.game import Game
+from probes.text_tree import text_tree
 
 SEGMENT_END = re.compile(r"[.,;?!]")  # SCAR's delimiters
-SENTENCE_END = re.compile(r"[.?!]")
 DEFAULT_MAX_EXACT_SEGMENTS = 12
 
 
@@ -110,19 +110,6 @@ def _check_spans(spans: Sequence[tuple[int, int]], text: str) -> list[tuple[int,
             raise ProbeError(f"segment ({lo}, {hi}) overlaps or precedes the one before; give sorted, disjoint spans")
         previous_end = hi
     return spans
-
-
-def _sentence_tree(text: str, spans: list[tuple[int, int]]) -> list:
-    """Segments grouped by sentence (a sentence ends at a segment ending in .?!); flat if one sentence."""
-    groups, current = [], []
-    for k, (lo, hi) in enumerate(spans):
-        current.append(k)
-        if SENTENCE_END.search(text[lo:hi].rstrip()[-1:] or ""):
-            groups.append(current)
-            current = []
-    if current:
-        groups.append(current)
-    return list(range(len(spans))) if len(groups) == 1 else groups
 
 
 def _token_ends(response: str | Sequence[int], tokenizer) -> tuple[list[int], str, list[int]]:
@@ -206,7 +193,7 @@ def scar_rewards(prompt: str, response: str | Sequence[int], reward, tokenizer, 
 
     reward: callable text -> float, a `TextReward`, or a sequence-classification model (with tokenizer).
     segments: (start, end) character spans of the response to use as players (default: SCAR's split).
-    tree: "sentences" (segments grouped by sentence), "flat" (plain Shapley) or nested lists of segment indices.
+    tree: "sentences" (segments grouped by paragraph and sentence, probes.text_tree), "flat" (plain Shapley) or nested lists of segment indices.
     budget: None = exact Owen values (refused above the exact limit, naming a budget); else sampled with seed.
     """
     _check_alpha(alpha)
@@ -217,7 +204,8 @@ def scar_rewards(prompt: str, response: str | Sequence[int], reward, tokenizer, 
     if not ids or not text.strip():
         raise ProbeError("the response is empty (no tokens or only whitespace); SCAR needs a response to spread the reward over")
     spans = _check_spans(segments, text) if segments is not None else _split_segments(text)
-    shape = _sentence_tree(text, spans) if tree == "sentences" else list(range(len(spans))) if tree == "flat" else tree
+    shape = text_tree(text, spans, ("paragraph", "sentence")) if tree == "sentences" else \
+        list(range(len(spans))) if tree == "flat" else tree
     if budget is None and shape == list(range(len(spans))) and len(spans) > DEFAULT_MAX_EXACT_SEGMENTS:
         raise ProbeError(f"{len(spans)} segments in one flat group is too many for exact values; pass budget=... "
                          "(e.g. 20 * segments) and seed, or tree='sentences'")

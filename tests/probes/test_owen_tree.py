@@ -149,3 +149,20 @@ def test_sampled_tree_values_resume_from_the_coalition_store(tmp_path):
     again = owen_tree(again_game, TREE, 300, seed=2)
     assert first_game.n_evaluations > 0 and again_game.n_evaluations == 0  # every coalition read back
     np.testing.assert_array_equal(first.players.means, again.players.means)
+
+
+def test_text_tree_groups_token_spans_by_paragraph_sentence_and_word():
+    from probes.text_tree import text_tree
+
+    text = "Anna went to Rome. She liked it.\n\nThe end."
+    words = [(m.start(), m.end()) for m in __import__("re").finditer(r"\S+", text)]
+    tokens = [(lo, lo + 2) if hi - lo > 4 else (lo, hi) for lo, hi in words]  # split long words in two
+    tokens = sorted(tokens + [(lo + 2, hi) for lo, hi in words if hi - lo > 4])
+    tree = text_tree(text, tokens)
+    # paragraphs -> sentences -> words -> tokens; "Rome." (5 chars) and "liked" are two tokens each
+    assert tree == [[[0, 1, 2, [3, 4]], [5, [6, 7], 8]], [9, 10]]
+    assert text_tree(text, tokens, ["word"])[3] == [3, 4]
+    with pytest.raises(ProbeError, match="unknown text level"):
+        text_tree(text, tokens, ["chapter"])
+    result = exact_owen_tree(soum_game(11, seed=0).game, tree)
+    assert [round(level.efficiency_gap, 10) for level in result.levels] == [0.0] * len(result.levels)
