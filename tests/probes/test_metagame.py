@@ -120,3 +120,31 @@ def test_matrix_round_trips_json_and_bad_input_is_refused(tmp_path):
         meta_attribution(soum_game(16, seed=0).game)
     with pytest.raises(ProbeError, match="finite"):
         meta_attribution(known.game, base=lambda i, rows: np.full(len(rows), np.nan))
+
+
+def test_meta_attribution_and_layer_tree_on_the_heads_of_a_tiny_model():
+    import transformers as tf
+    from conftest import token_batch
+
+    import surgery
+    from probes.estimators.owen_tree import exact_owen_tree
+    from probes.model_game import model_game
+
+    torch.manual_seed(1)
+    model = tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=32, vocab_size=97))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    loaded = surgery.load(model.eval())
+
+    def logprob(logits, batch):
+        tgt = batch.targets.expand(logits.shape[0], -1, -1).unsqueeze(-1)
+        return logits.log_softmax(-1).gather(-1, tgt).squeeze(-1).mean(dim=(1, 2))
+
+    game = model_game(loaded, token_batch(loaded), logprob, "heads")
+    meta = meta_attribution(game, base="shapley")
+    assert meta.names[:2] == ["L0.H0", "L0.H1"] and meta.asymmetry < 1e-9
+    np.testing.assert_allclose(meta.attributions, exact_shapley(game).means, atol=1e-9)
+    np.testing.assert_allclose(meta.decomposition_gap(), 0.0, atol=1e-9)
+    layers = exact_owen_tree(game, [[f"L{layer}.H{h}" for h in range(4)] for layer in range(2)])
+    assert abs(layers.levels[0].efficiency_gap) < 1e-9 and layers.levels[0].names == ["g0", "g1"]
