@@ -286,7 +286,7 @@ def _tree_result(game, ledger, structure: SpanTree, samples: np.ndarray, *, exac
         nodes = structure.level(depth)
         columns = np.stack([samples[:, structure.nodes[k].players].sum(axis=1) for k in nodes], axis=1)
         level_means, level_stderrs = summarise(columns)
-        levels.append(make_values(game, ledger, f"{estimator}_level{depth}", level_means, level_stderrs,
+        levels.append(make_values(game, ledger, estimator, level_means, level_stderrs,
                                   settings=settings, seed=seed, names=[structure.nodes[k].name for k in nodes],
                                   details={"depth": depth}))
     parents = {node.name: None if node.parent is None else structure.nodes[node.parent].name for node in structure.nodes}

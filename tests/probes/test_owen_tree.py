@@ -166,3 +166,9 @@ def test_text_tree_groups_token_spans_by_paragraph_sentence_and_word():
         text_tree(text, tokens, ["chapter"])
     result = exact_owen_tree(soum_game(11, seed=0).game, tree)
     assert [round(level.efficiency_gap, 10) for level in result.levels] == [0.0] * len(result.levels)
+
+
+def test_exact_tree_values_count_as_exact_intervals():
+    result = exact_owen_tree(soum_game(5, seed=0).game, [[0, 1], [2, 3, 4]])
+    assert result.players.has_interval().all() and result.levels[0].has_interval().all()
+    assert result.levels[0].details["depth"] == 1
