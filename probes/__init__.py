@@ -18,6 +18,10 @@ from probes.stopping import MaxEvaluations, RankStable, StandardErrorBelow, Stop
 from probes.store import CoalitionStore
 from probes.tasks import BUILTIN_TASKS, Task, TaskBatch, TaskError, get_task
 from probes.values import Values
+from probes.estimators.owen_tree import TreeValues, owen_tree
+from probes.estimators.metagame import gradient_base, interaction_matrix, meta_attribution
+from probes.interaction_matrix import InteractionMatrix
+from probes.scar import ScarRewards, TextReward, dense_rewards, scar_rewards
 
 __all__ = [
     "BudgetTooSmallError", "FingerprintMismatchError", "InvalidGameOutputError", "MalformedValuesFileError",
@@ -29,4 +33,6 @@ __all__ = [
     "layer_values", "CoalitionSurrogate", "HeadFeatures", "ValueDataset", "ValuePredictor", "build_dataset",
     "control_variate_shapley", "head_features", "Objective", "keep_model_objective", "objective_game",
     "task_objective", "gate_gradient_prior",
+    "TreeValues", "owen_tree", "gradient_base", "interaction_matrix", "meta_attribution", "InteractionMatrix",
+    "ScarRewards", "TextReward", "dense_rewards", "scar_rewards",
 ]

@@ -26,7 +26,7 @@ VALUES_VERSION = 1
 HEAD_NAME = re.compile(r"^L(\d+)\.H(\d+)$")
 # Estimators whose standard error of 0 means the value is exact. Any other zero (sliding window,
 # neighbourhood: an approximation with no sampling error to estimate) means no interval exists.
-EXACT_ESTIMATORS = ("exact", "exact_interaction")
+EXACT_ESTIMATORS = ("exact", "exact_interaction", "exact_owen_tree")
 
 
 @dataclass

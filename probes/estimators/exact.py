@@ -36,6 +36,20 @@ def evaluate_all(game: Game, ledger: Ledger, max_players: int) -> np.ndarray:
     return values
 
 
+def shapley_from_table(values: np.ndarray, n: int) -> np.ndarray:
+    """Shapley values from v(S) for every coalition, indexed by its integer code (bit i = player i)."""
+    codes = np.arange(1 << n, dtype=np.int64)
+    sizes = np.bitwise_count(codes).astype(np.int64)
+    w = shapley_weights(n)
+    with_weight = np.where(sizes > 0, w[np.maximum(sizes - 1, 0)], 0.0) * values  # S contains i: +w(|S|-1) v(S)
+    without_weight = np.where(sizes < n, w[np.minimum(sizes, n - 1)], 0.0) * values  # S lacks i: -w(|S|) v(S)
+    means = np.empty(n)
+    for i in range(n):
+        member = ((codes >> i) & 1).astype(bool)
+        means[i] = with_weight[member].sum() - without_weight[~member].sum()
+    return means
+
+
 def exact_shapley(
     game: Game,
     budget: int | None = None,
@@ -52,15 +66,7 @@ def exact_shapley(
         raise BudgetTooSmallError(f"exact needs a budget of at least 2^{n} = {needed} evaluations; got {budget}")
     ledger = Ledger(game)
     values = evaluate_all(game, ledger, max_players)
-    codes = np.arange(1 << n, dtype=np.int64)
-    sizes = np.bitwise_count(codes).astype(np.int64)
-    w = shapley_weights(n)
-    with_weight = np.where(sizes > 0, w[np.maximum(sizes - 1, 0)], 0.0) * values  # S contains i: +w(|S|-1) v(S)
-    without_weight = np.where(sizes < n, w[np.minimum(sizes, n - 1)], 0.0) * values  # S lacks i: -w(|S|) v(S)
-    means = np.empty(n)
-    for i in range(n):
-        member = ((codes >> i) & 1).astype(bool)
-        means[i] = with_weight[member].sum() - without_weight[~member].sum()
+    means = shapley_from_table(values, n)
     return make_values(game, ledger, "exact", means, np.zeros(n), settings={"max_players": max_players}, seed=None)
 
 

@@ -4,7 +4,9 @@ I_ij = sum_{S without i, j} |S|! (n - |S| - 2)! / (n - 1)! * [v(S+i+j) - v(S+i) 
 Positive: i and j need each other (the pair is worth more than its parts); negative: they are
 redundant. Under those weights |S| is uniform on 0..n-2 and S uniform given its size, so each
 sample is one such S, paired with its complement within N minus {i, j} (antithetic), costing up to
-8 evaluations. Results come back as a `Values` whose names are "a*b".
+8 evaluations. Results come back as a `Values` whose names are "a*b" (pairs in details["pairs"]);
+`InteractionMatrix.from_pair_values` turns them into a named matrix, and
+probes.estimators.metagame computes the whole matrix and the directed meta-attributions.
 """
 
 from __future__ import annotations
@@ -41,6 +43,37 @@ def _pair_names(game: Game, pairs: list[tuple[int, int]]) -> list[str]:
     return [f"{game.players[i]}*{game.players[j]}" for i, j in pairs]
 
 
+def sample_pair_deltas(ledger: Ledger, rng: np.random.Generator, resolved: list[tuple[int, int]], n: int,
+                       n_units: int, size_weights: np.ndarray | None = None) -> np.ndarray:
+    """[pairs, n_units] antithetic samples of the discrete derivative v(S+i+j) - v(S+i) - v(S+j) + v(S),
+    S of a uniform size in 0..n-2 and uniform given its size (the Shapley interaction index's
+    weights). size_weights[s] reweights a sample of size s, so that another size weighting q(s)
+    is estimated with size_weights[s] = q(s) (n - 1) C(n - 2, s) (importance sampling)."""
+    blocks, sizes_drawn = [], []
+    for i, j in resolved:
+        others = np.setdiff1d(np.arange(n), [i, j])
+        sizes = rng.integers(0, n - 1, size=n_units)
+        keys = rng.random((n_units, n - 2))
+        ranks = np.argsort(np.argsort(keys, axis=1), axis=1)
+        base = np.zeros((n_units, n), dtype=bool)
+        base[:, others] = ranks < sizes[:, None]
+        complement = base.copy()
+        complement[:, others] = ~base[:, others]
+        sizes_drawn += [sizes, n - 2 - sizes]
+        for s in (base, complement):
+            with_i, with_j, with_both = s.copy(), s.copy(), s.copy()
+            with_i[:, i] = True
+            with_j[:, j] = True
+            with_both[:, [i, j]] = True
+            blocks.append(np.stack([with_both, with_i, with_j, s], axis=1))
+    stacked = np.stack(blocks)  # [pairs * 2, units, 4, n]
+    values = ledger(stacked.reshape(-1, n)).reshape(stacked.shape[:3])
+    deltas = values[..., 0] - values[..., 1] - values[..., 2] + values[..., 3]
+    if size_weights is not None:
+        deltas = deltas * size_weights[np.stack(sizes_drawn)]
+    return deltas.reshape(len(resolved), 2, n_units).mean(axis=1)  # antithetic average per unit
+
+
 def interaction_values(
     game: Game,
     budget: int,
@@ -50,7 +83,10 @@ def interaction_values(
     players: Sequence[str] | None = None,
     pairs: Sequence[tuple[str, str]] | None = None,
     n_rounds: int = 8,
+    size_weights: np.ndarray | None = None,
 ) -> Values:
+    """Sampled pairwise interaction index; with size_weights (see sample_pair_deltas), any index
+    that weights the discrete derivatives by the coalition's size, e.g. a meta-attribution."""
     n = game.n_players
     if n < 2:
         raise ProbeError("interactions need at least two players")
@@ -67,26 +103,7 @@ def interaction_values(
     round_number = 0
     while budget - ledger.spent >= per_unit:
         n_units = max(1, min(units_per_round, (budget - ledger.spent) // per_unit))
-        blocks = []
-        for i, j in resolved:
-            others = np.setdiff1d(np.arange(n), [i, j])
-            sizes = rng.integers(0, n - 1, size=n_units)
-            keys = rng.random((n_units, n - 2))
-            ranks = np.argsort(np.argsort(keys, axis=1), axis=1)
-            base = np.zeros((n_units, n), dtype=bool)
-            base[:, others] = ranks < sizes[:, None]
-            complement = base.copy()
-            complement[:, others] = ~base[:, others]
-            for s in (base, complement):
-                with_i, with_j, with_both = s.copy(), s.copy(), s.copy()
-                with_i[:, i] = True
-                with_j[:, j] = True
-                with_both[:, [i, j]] = True
-                blocks.append(np.stack([with_both, with_i, with_j, s], axis=1))
-        stacked = np.stack(blocks)  # [pairs * 2, units, 4, n]
-        values = ledger(stacked.reshape(-1, n)).reshape(stacked.shape[:3])
-        deltas = values[..., 0] - values[..., 1] - values[..., 2] + values[..., 3]
-        deltas = deltas.reshape(len(resolved), 2, n_units).mean(axis=1)  # antithetic average per unit
+        deltas = sample_pair_deltas(ledger, rng, resolved, n, n_units, size_weights)
         samples.append(deltas.T)
         round_number += 1
         means, stderrs = mean_and_stderr(np.concatenate(samples))

@@ -7,6 +7,8 @@ Sampling exactly those orders (with antithetic reversal, which keeps groups cont
 - group values: the sum of a group's Owen values, which equals the Shapley value of the game
   played by whole groups (quotient game), e.g. a layer's value as a unit.
 Groups come from a function of the player name, an explicit list, or names like `L3.H7`.
+Deeper trees (documents -> sentences -> words -> tokens): probes.estimators.owen_tree, or
+`estimate(game, tree=[...])`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from probes.errors import ProbeError
 from probes.estimators._common import Ledger, make_values, mean_and_stderr, require_budget, should_stop, start_stop
+from probes.estimators.owen_tree import owen_tree
 from probes.estimators.permutation import walk_marginals
 from probes.game import Game
 from probes.stopping import StoppingCriterion
@@ -102,6 +105,15 @@ def owen_values(
     return HierarchicalValues(groups=group_values, players=players)
 
 
-def estimate(game: Game, budget: int, seed: int | None = None, stop: StoppingCriterion | None = None, **settings) -> Values:
-    """Player-level Owen values (group values in details); use owen_values for both as Values."""
+def estimate(game: Game, budget: int | None = None, seed: int | None = None, stop: StoppingCriterion | None = None,
+             *, tree: Sequence | None = None, **settings) -> Values:
+    """Player-level Owen values (group values in details); use owen_values for both as Values.
+
+    With tree=[nested lists of player indices or names], the values of that nested tree instead
+    (owen_tree: exact when budget is None, sampled otherwise; every level's values in
+    details["levels"]; owen_tree returns them as a TreeValues)."""
+    if tree is not None:
+        result = owen_tree(game, tree, budget, seed, stop, **settings)
+        result.players.details["levels"] = [level.as_dict() for level in result.levels]
+        return result.players
     return owen_values(game, budget, seed, stop, **settings).players
