@@ -43,13 +43,14 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
+from surgery.adapters.layouts import head_rows, replace_parameter
 from surgery.batch import TokenBatch
 from surgery.compensation import enable_output_bias, fold_head_means, head_means
-from surgery.components import ComponentIndex
+from surgery.components import ComponentIndex, head_name, layer_name
 from surgery.errors import SurgeryError
-from surgery.loading import LoadedModel, load
-from surgery.modeling.pruned_attention import (gather_map, layer_heads, quiet_global_head_counts,
-                                               set_attention_attributes, shared_kv_projection, sync_mlp_widths)
+from surgery.loading import LoadedModel, load, parameter_count  # noqa: F401 - parameter_count: re-exported
+from surgery.modeling.pruned_attention import (layer_heads, quiet_global_head_counts, set_attention_attributes,
+                                               sync_mlp_widths)
 
 PARTIAL_GROUPS = ("share", "duplicate", "error")
 EMPTY_LAYERS = ("error", "keep_zeroed_head")
@@ -125,7 +126,7 @@ def mask_heads(loaded_or_model, heads, *, copy: bool = True, compensate_with: To
             for head in dropped:
                 _zero_out_columns(proj, adapter, head, comps.head_dim)
     previous = list(getattr(model.config, "surgery_masked_heads", None) or [])
-    names = [f"L{l}.H{h}" for l, hs in sorted(drop.items()) for h in hs]
+    names = [head_name(l, h) for l, hs in sorted(drop.items()) for h in hs]
     model.config.surgery_masked_heads = sorted(set(previous) | set(names))
     return LoadedModel(model, loaded.tokenizer, adapter, comps,
                        f"{loaded.source} [MASKED, same size: {len(names)} heads zeroed]")
@@ -137,7 +138,7 @@ def remove_layers(loaded_or_model, layers: Iterable[int | str], *, copy: bool = 
     comps, adapter = loaded.components, loaded.adapter
     drop = set()
     for item in ([layers] if isinstance(layers, (int, str)) else layers):
-        name = item if isinstance(item, str) else f"L{int(item)}"
+        name = item if isinstance(item, str) else layer_name(item)
         component = comps.parse(name)
         if component.kind != "layer":
             raise SurgeryError(f"remove_layers takes layers ('L5' or 5), got {name!r}")
@@ -181,10 +182,6 @@ def head_counts(config, n_layers: int) -> tuple[list[int], list[int]]:
     return [c[0] for c in counts], [c[1] for c in counts]
 
 
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 # ---------------------------------------------------------------------------------------------
 
 def _heads_by_layer(comps: ComponentIndex, heads) -> dict[int, list[int]]:
@@ -192,7 +189,7 @@ def _heads_by_layer(comps: ComponentIndex, heads) -> dict[int, list[int]]:
     if isinstance(heads, dict):
         for layer, hs in heads.items():
             for head in hs:
-                c = comps.parse(f"L{int(layer)}.H{int(head)}")
+                c = comps.parse(head_name(layer, head))
                 drop.setdefault(c.layer, set()).add(c.head)
     else:
         if isinstance(heads, str):
@@ -240,74 +237,21 @@ def _plan_layer(comps, layer, dropped, partial_groups, empty_layers):
     return keep_q, kv_src, kv_map, placeholder
 
 
-def _rows(heads: list[int], width: int, offset: int = 0) -> torch.Tensor:
-    return torch.cat([torch.arange(offset + h * width, offset + (h + 1) * width) for h in heads])
-
-
-def _replace(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
-    old = getattr(module, name)
-    setattr(module, name, nn.Parameter(tensor.contiguous(), requires_grad=old.requires_grad))
-
-
-def _shrink_out(linear: nn.Linear, rows: torch.Tensor) -> None:
-    """Keep output features `rows` of an nn.Linear (weight [out, in])."""
-    _replace(linear, "weight", linear.weight[rows.to(linear.weight.device)])
-    if linear.bias is not None:
-        _replace(linear, "bias", linear.bias[rows.to(linear.bias.device)])
-    linear.out_features = len(rows)
-
-
 def _cut_layer(block, adapter, comps, layer, keep_q, kv_src, kv_map, placeholder):
     D = comps.head_dim
-    n_q_old, n_kv_old = comps.n_heads[layer], comps.n_kv_heads[layer]
-    q_rows = _rows(keep_q, D)
-    kv_rows = _rows(kv_src, D)
-    if adapter.qkv_layout == "separate":
-        q, k, v = (block.get_submodule(p) for p in adapter.qkv_paths)
-        _shrink_out(q, q_rows)
-        _shrink_out(k, kv_rows)
-        _shrink_out(v, kv_rows)
-        for path, module in zip(adapter.qkv_paths[1:], (k, v)):
-            _set_kv_layout(block, path, module, kv_map, D)
-    elif adapter.qkv_layout == "fused_conv1d":  # weight [in, q|k|v]
-        (fused_path,) = adapter.qkv_paths
-        fused = block.get_submodule(fused_path)
-        q_width, kv_width = n_q_old * D, n_kv_old * D
-        cols = torch.cat([q_rows, _rows(kv_src, D, q_width), _rows(kv_src, D, q_width + kv_width)])
-        _replace(fused, "weight", fused.weight[:, cols])
-        _replace(fused, "bias", fused.bias[cols])
-        fused.nf = len(cols)
-    elif adapter.qkv_layout == "fused_interleaved":  # weight [per head q_h|k_h|v_h, in]
-        if kv_src != keep_q:
-            raise SurgeryError("interleaved q/k/v layout with grouped key/value heads is not supported")
-        (fused_path,) = adapter.qkv_paths
-        _shrink_out(block.get_submodule(fused_path), _rows(keep_q, 3 * D))
-    else:
-        raise SurgeryError(f"unknown qkv_layout {adapter.qkv_layout!r} in the {adapter.family} adapter")
+    adapter.layout.cut(block, adapter.qkv_paths, comps.n_heads[layer], comps.n_kv_heads[layer], D,
+                       keep_q, kv_src, kv_map)
+    q_rows = head_rows(keep_q, D)
     out = block.get_submodule(adapter.attn_out_proj)
     if adapter.out_proj_transposed:  # Conv1D weight [in, out]
-        _replace(out, "weight", out.weight[q_rows])
+        replace_parameter(out, "weight", out.weight[q_rows])
         out.nx = len(q_rows)
     else:
-        _replace(out, "weight", out.weight[:, q_rows])
+        replace_parameter(out, "weight", out.weight[:, q_rows])
         out.in_features = len(q_rows)
     if placeholder:
         _zero_out_columns(out, adapter, 0, D)
     set_attention_attributes(block, len(keep_q), len(kv_src), D)
-
-
-def _set_kv_layout(block, path, linear: nn.Linear, kv_map, head_dim: int) -> None:
-    """Make a shrunk key/value projection gather by `kv_map` (uneven groups) or be a plain Linear."""
-    if kv_map is None and gather_map(linear) is None:
-        return
-    if kv_map is None:
-        new = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                        device=linear.weight.device, dtype=linear.weight.dtype)
-    else:
-        new = shared_kv_projection(linear, head_dim, kv_map)
-    new.weight, new.bias = linear.weight, linear.bias
-    parent, _, name = path.rpartition(".")
-    setattr(block.get_submodule(parent) if parent else block, name, new)
 
 
 def _zero_out_columns(proj, adapter, head, D):

@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
+from surgery.adapters.layouts import replace_parameter
 from surgery.batch import TokenBatch
-from surgery.cut import _replace
 from surgery.errors import SurgeryError
 from surgery.loading import LoadedModel, load
 from surgery.modeling.pruned_attention import mlp_width, sync_mlp_widths
@@ -193,16 +193,16 @@ def _cut_channels(block: nn.Module, adapter, removed: list[int]) -> None:
     for path in adapter.mlp_in_paths:
         module = block.get_submodule(path)
         if isinstance(module, Conv1D):  # [in, out]: keep output columns
-            _replace(module, "weight", module.weight[:, keep])
+            replace_parameter(module, "weight", module.weight[:, keep])
             module.nf = len(keep)
         else:
-            _replace(module, "weight", module.weight[keep])
+            replace_parameter(module, "weight", module.weight[keep])
             module.out_features = len(keep)
         if module.bias is not None:
-            _replace(module, "bias", module.bias[keep])
+            replace_parameter(module, "bias", module.bias[keep])
     if isinstance(down, Conv1D):
-        _replace(down, "weight", down.weight[keep])
+        replace_parameter(down, "weight", down.weight[keep])
         down.nx = len(keep)
     else:
-        _replace(down, "weight", down.weight[:, keep])
+        replace_parameter(down, "weight", down.weight[:, keep])
         down.in_features = len(keep)

@@ -1,14 +1,20 @@
 """What an architecture family looks like to the ablation engine and the cutter.
 
 An adapter is data, not code: dotted module paths and a few facts about the attention layout.
-The engine only ever asks an adapter where things are; it never branches on the family.
+The engine, the backends, the cutter and the exporter only ever ask an adapter where things are and
+which layout they have; none of them branches on the family. Register one with
+`surgery.register_family(adapter)`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
+
+from surgery.adapters.layouts import QKV_LAYOUTS, QKVLayout
+from surgery.errors import SurgeryError
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,33 @@ class ArchitectureAdapter:
     # it always has one). Post-LN families name the norm applied after the MLP's residual add.
     mlp_bias_attr: str | None = None
     mlp_post_norm: str | None = None
+    # Which block layout of the exported modeling file (surgery/modeling/pruned_attention.py:
+    # "llama", "gpt2", "gpt_neox", "bert") rebuilds this family's blocks with per-layer head counts
+    # or MLP widths. None: exports that need per-layer counts are refused (uniform cuts, layer
+    # removal and masking still export as plain checkpoints). That file travels inside exports and
+    # may import only torch and transformers, so it recognises its layouts by their module names.
+    export_layout: str | None = None
+
+    def __post_init__(self):
+        if self.qkv_layout not in QKV_LAYOUTS:
+            raise SurgeryError(f"adapter {self.family!r}: unknown qkv_layout {self.qkv_layout!r}; use one of "
+                               f"{sorted(QKV_LAYOUTS)} (surgery/adapters/layouts.py)")
+        if not self.model_types:
+            raise SurgeryError(f"adapter {self.family!r} serves no model_type; name the config.model_type values")
+
+    @property
+    def layout(self) -> QKVLayout:
+        """The q/k/v storage layout (surgery/adapters/layouts.py)."""
+        return QKV_LAYOUTS[self.qkv_layout]
+
+    def query_weights(self, block: nn.Module, n_heads: int, head_dim: int) -> torch.Tensor:
+        """Query-projection weights of each head of `block` as [n_heads, head_dim, hidden]."""
+        return self.layout.query_weights(block, self.qkv_paths, n_heads, head_dim)
+
+    def out_proj_weight(self, block: nn.Module) -> torch.Tensor:
+        """The attention output projection's weight as [hidden, n_heads * head_dim], whatever its storage."""
+        weight = block.get_submodule(self.attn_out_proj).weight
+        return weight.T if self.out_proj_transposed else weight
 
     def get(self, root: nn.Module, path: str) -> nn.Module:
         return root.get_submodule(path)

@@ -1,6 +1,7 @@
 from surgery.adapters.base import ArchitectureAdapter
+from surgery.adapters.registry import register_family
 
-ADAPTER = ArchitectureAdapter(
+ADAPTER = register_family(ArchitectureAdapter(
     family="gpt2",
     model_types=("gpt2",),
     body="transformer",
@@ -13,4 +14,5 @@ ADAPTER = ArchitectureAdapter(
     out_proj_transposed=True,
     mlp_in_paths=("mlp.c_fc",),
     mlp_down="mlp.c_proj",
-)
+    export_layout="gpt2",
+))

@@ -60,7 +60,8 @@ def bridge_from_hf(model, tokenizer=None, *, copy_model: bool = True):
     return bridge
 
 
-def _bridge_dims(bridge) -> tuple[int, int, int]:
+def bridge_dims(bridge) -> tuple[int, int, int]:
+    """(n_layers, n_query_heads, head_dim) of a TransformerBridge; refuses anything else by name."""
     cfg = getattr(bridge, "cfg", None)
     if cfg is None or not hasattr(bridge, "hook_dict"):
         raise UnsupportedArchitectureError(
@@ -91,7 +92,7 @@ def bridge_masked_logits(bridge, input_ids: torch.Tensor, attention_mask: torch.
     position_ids: default 0..T-1 per row, as a plain HF forward uses (the bridge would otherwise
                  derive positions from a left-padded mask).
     """
-    n_layers, n_heads, head_dim = _bridge_dims(bridge)
+    n_layers, n_heads, head_dim = bridge_dims(bridge)
     check_inputs(input_ids, attention_mask)
     head_keep = check_head_keep(head_keep, n_layers, n_heads)
     replacement = check_replacement(replacement, n_layers, n_heads, head_dim)
