@@ -86,11 +86,6 @@ def head_leave_one_out(loaded: LoadedModel, task_batch, metric: str | None = Non
     return _leave_one_out(engine, task_batch, metric, progress)
 
 
-def layer_leave_one_out(loaded: LoadedModel, task_batch, metric: str | None = None, *, max_rows: int = 64
-                        ) -> dict[str, float]:
-    return _leave_one_out(AblationEngine(loaded, "layers", max_rows=max_rows), task_batch, metric, None)
-
-
 def _leave_one_out(engine: AblationEngine, task_batch, metric, progress) -> dict[str, float]:
     fn = task_batch.metric(metric)
     v = metric_sign(fn) * engine.evaluate(leave_one_out_masks(engine.n_players), task_batch.tokens, fn, progress=progress)

@@ -27,9 +27,6 @@ from surgery.errors import SurgeryError
 from surgery.players import resolve_players
 from surgery.reference import record_sites
 
-REMOVALS = ("zero", "mean")
-
-
 def head_means(loaded, drop: dict[int, list[int]], batch: TokenBatch) -> dict[int, torch.Tensor]:
     """{layer: [H, D]} mean of every head's output-projection input over the real tokens of `batch`
     (the engine's mean-ablation values), for the layers that lose heads."""

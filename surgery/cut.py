@@ -41,16 +41,18 @@ import math
 from collections.abc import Iterable
 
 import torch
-import torch.nn as nn
 
 from surgery.adapters.layouts import head_rows, replace_parameter
 from surgery.batch import TokenBatch
 from surgery.compensation import enable_output_bias, fold_head_means, head_means
 from surgery.components import ComponentIndex, head_name, layer_name
+from surgery.config_counts import clear_per_layer, head_counts, write_head_counts
 from surgery.errors import SurgeryError
-from surgery.loading import LoadedModel, load, parameter_count  # noqa: F401 - parameter_count: re-exported
-from surgery.modeling.pruned_attention import (layer_heads, quiet_global_head_counts, set_attention_attributes,
-                                               sync_mlp_widths)
+from surgery.loading import LoadedModel, load, parameter_count
+
+# head_counts and parameter_count live in config_counts / loading; callers import them from here too.
+__all__ = ["remove_heads", "mask_heads", "remove_layers", "head_counts", "parameter_count", "PARTIAL_GROUPS",
+           "EMPTY_LAYERS"]
 
 PARTIAL_GROUPS = ("share", "duplicate", "error")
 EMPTY_LAYERS = ("error", "keep_zeroed_head")
@@ -97,7 +99,7 @@ def remove_heads(loaded_or_model, heads, *, copy: bool = True, partial_groups: s
             kv_maps.pop(layer, None)
             if kv_map is not None:
                 kv_maps[layer] = kv_map
-    _write_head_counts(model, n_q, n_kv, comps.head_dim, kv_maps)
+    write_head_counts(model, adapter, n_q, n_kv, comps.head_dim, kv_maps)
     return LoadedModel(model, loaded.tokenizer, adapter, ComponentIndex(n_q, n_kv, comps.head_dim, kv_maps),
                        f"{loaded.source} [heads removed: {sum(len(h) for h in drop.values())}]")
 
@@ -167,19 +169,13 @@ def remove_layers(loaded_or_model, layers: Iterable[int | str], *, copy: bool = 
     cfg = model.config
     layer_types = getattr(cfg, "layer_types", None)
     # per_layer_config is keyed by layer index: clear it before the count changes, rewrite after.
-    _clear_per_layer(cfg)
+    clear_per_layer(cfg)
     cfg.num_hidden_layers = len(keep)
     if isinstance(layer_types, (list, tuple)) and len(layer_types) == comps.n_layers:
         cfg.layer_types = [layer_types[i] for i in keep]
-    _write_head_counts(model, n_q, n_kv, comps.head_dim, kv_maps)
+    write_head_counts(model, adapter, n_q, n_kv, comps.head_dim, kv_maps)
     return LoadedModel(model, loaded.tokenizer, adapter, ComponentIndex(n_q, n_kv, comps.head_dim, kv_maps),
                        f"{loaded.source} [layers removed: {sorted(drop)}]")
-
-
-def head_counts(config, n_layers: int) -> tuple[list[int], list[int]]:
-    """Per-layer (query heads, key/value heads) that a config describes (per_layer_config aware)."""
-    counts = [layer_heads(config, i) for i in range(n_layers)]
-    return [c[0] for c in counts], [c[1] for c in counts]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,7 +247,7 @@ def _cut_layer(block, adapter, comps, layer, keep_q, kv_src, kv_map, placeholder
         out.in_features = len(q_rows)
     if placeholder:
         _zero_out_columns(out, adapter, 0, D)
-    set_attention_attributes(block, len(keep_q), len(kv_src), D)
+    adapter.set_attention_counts(block, len(keep_q), len(kv_src), D)
 
 
 def _zero_out_columns(proj, adapter, head, D):
@@ -260,59 +256,3 @@ def _zero_out_columns(proj, adapter, head, D):
         proj.weight[cols, :] = 0
     else:
         proj.weight[:, cols] = 0
-
-
-def _clear_per_layer(config) -> None:
-    if getattr(config, "is_heterogeneous", False):
-        config.per_layer_config = None
-
-
-def _global(config, name, default=None):
-    getter = getattr(config, "_getattr_without_heterogeneous_validation", None)
-    return getter(name, default) if getter else getattr(config, name, default)
-
-
-@quiet_global_head_counts()  # reading the original global counts is intended here
-def _write_head_counts(model: nn.Module, n_q: list[int], n_kv: list[int], head_dim: int,
-                       kv_maps: dict[int, list[int]] | None = None) -> None:
-    _write_attention_counts(model, n_q, n_kv, head_dim, kv_maps)
-    sync_mlp_widths(model)  # the head counts rewrite per_layer_config: put back per-layer MLP widths
-
-
-def _write_attention_counts(model: nn.Module, n_q: list[int], n_kv: list[int], head_dim: int,
-                            kv_maps: dict[int, list[int]] | None = None) -> None:
-    """Record per-layer head counts in the config: plain fields when possible, else per_layer_config
-    (always when some layer gathers uneven key/value groups, whose maps go in surgery_kv_of_query)."""
-    config = model.config
-    _clear_per_layer(config)
-    config.head_dim = head_dim
-    if hasattr(config, "surgery_kv_of_query"):
-        del config.surgery_kv_of_query
-    if kv_maps:
-        config.surgery_kv_of_query = {str(layer): list(m) for layer, m in sorted(kv_maps.items())}
-    global_q = int(_global(config, "num_attention_heads"))
-    global_kv = int(_global(config, "num_key_value_heads", None) or global_q)
-    uniform = len(set(n_q)) == 1 and len(set(n_kv)) == 1 and not kv_maps
-    if uniform and (n_q[0], n_kv[0]) == (global_q, global_kv):
-        return
-    if uniform and hasattr(config, "num_key_value_heads") and _plain_config_ok(config, n_q[0], n_kv[0]):
-        config.num_attention_heads = n_q[0]
-        config.num_key_value_heads = n_kv[0]
-        return
-    # Stock config validators read the global counts when the config is loaded; they stay the
-    # original (valid) ones, and reading them is allowed so the config round-trips through JSON.
-    config.allow_global_per_layer_attribute_access = True
-    config.per_layer_config = {str(i): {"num_attention_heads": q, "num_key_value_heads": kv}
-                               for i, (q, kv) in enumerate(zip(n_q, n_kv))}
-
-
-def _plain_config_ok(config, n_q: int, n_kv: int) -> bool:
-    """Whether the stock config class accepts these counts (e.g. Llama needs hidden % heads == 0)."""
-    data = config.to_dict()
-    data.update(num_attention_heads=n_q, num_key_value_heads=n_kv)
-    data.pop("per_layer_config", None)
-    try:
-        type(config).from_dict(data)
-    except Exception:  # noqa: BLE001 - any validator refusal means "not expressible plainly"
-        return False
-    return True

@@ -161,7 +161,7 @@ def _write_model(loaded: LoadedModel, directory: Path) -> bool:
         config_path = directory / "config.json"
         data = json.loads(config_path.read_text())
         data["architectures"] = [base]  # as a first export writes it
-        auto = "AutoModelForMaskedLM" if "MaskedLM" in base else "AutoModelForCausalLM"
+        auto = "AutoModelForCausalLM" if loaded.adapter.causal else "AutoModelForMaskedLM"
         data["auto_map"] = {auto: AUTO_MAP_TARGET}
         data["allow_global_per_layer_attribute_access"] = True
         config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -172,14 +172,14 @@ def _check_remote_supported(loaded: LoadedModel) -> None:
     """Per-layer counts need the exported modeling file to rebuild this family's blocks from a stock class."""
     from surgery.modeling.pruned_attention import attention_kind
     model, adapter = loaded.model, loaded.adapter
-    if stock_base_class(type(model)) is None:
-        raise SurgeryError(f"{type(model).__name__} is not derived from a transformers class; models with per-layer "
-                           f"head counts can only be exported from stock transformers classes (Llama family, GPT-2, "
-                           f"GPT-NeoX, BERT) and model-surgery's own exports of them")
     if adapter.export_layout is None:
         raise SurgeryError(f"the {adapter.family} adapter names no export_layout, so a model of it with per-layer head "
                            f"counts or MLP widths cannot be exported; cut the same heads in every layer, or declare "
                            f"which layout of surgery/modeling/pruned_attention.py rebuilds its blocks")
+    if stock_base_class(type(model)) is None:
+        raise SurgeryError(f"{type(model).__name__} is not derived from a transformers class; models with per-layer "
+                           f"head counts can only be exported from stock transformers classes (Llama family, GPT-2, "
+                           f"GPT-NeoX, BERT) and model-surgery's own exports of them")
     for block in adapter.blocks(model):
         try:
             kind = attention_kind(block)

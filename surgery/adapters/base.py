@@ -12,9 +12,16 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
 
 from surgery.adapters.layouts import QKV_LAYOUTS, QKVLayout
 from surgery.errors import SurgeryError
+from surgery.modeling.pruned_attention import gather_map
+
+# n_q / n_kv: query / key-value heads of the layer; head_dim; q_width = n_q * head_dim; kv_groups:
+# query heads per key/value head as the attention sees them (1 when the key projection already
+# gathers one key/value head per query head, see SharedKVProjection).
+ATTENTION_QUANTITIES = ("n_q", "n_kv", "head_dim", "q_width", "kv_groups")
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,11 @@ class ArchitectureAdapter:
     # it always has one). Post-LN families name the norm applied after the MLP's residual add.
     mlp_bias_attr: str | None = None
     mlp_post_norm: str | None = None
+    # Config field holding the MLP width (GPT-2: n_inner), rewritten when channels are cut.
+    mlp_size_attr: str = "intermediate_size"
+    # What the attention forward reads besides the weight shapes, set after heads are cut: pairs of
+    # (attribute path from a block, quantity), quantity one of ATTENTION_QUANTITIES.
+    attention_attrs: tuple[tuple[str, str], ...] = ()
     # Which block layout of the exported modeling file (surgery/modeling/pruned_attention.py:
     # "llama", "gpt2", "gpt_neox", "bert") rebuilds this family's blocks with per-layer head counts
     # or MLP widths. None: exports that need per-layer counts are refused (uniform cuts, layer
@@ -64,6 +76,10 @@ class ArchitectureAdapter:
     export_layout: str | None = None
 
     def __post_init__(self):
+        unknown = sorted({q for _, q in self.attention_attrs} - set(ATTENTION_QUANTITIES))
+        if unknown:
+            raise SurgeryError(f"adapter {self.family!r}: unknown attention_attrs quantities {unknown}; use "
+                               f"{', '.join(ATTENTION_QUANTITIES)}")
         if self.qkv_layout not in QKV_LAYOUTS:
             raise SurgeryError(f"adapter {self.family!r}: unknown qkv_layout {self.qkv_layout!r}; use one of "
                                f"{sorted(QKV_LAYOUTS)} (surgery/adapters/layouts.py)")
@@ -100,3 +116,18 @@ class ArchitectureAdapter:
         if self.kv_heads_attr and getattr(config, self.kv_heads_attr, None):
             return int(getattr(config, self.kv_heads_attr))
         return int(config.num_attention_heads)
+
+    def set_attention_counts(self, block: nn.Module, n_q: int, n_kv: int, head_dim: int) -> None:
+        """Set the attributes (attention_attrs) the attention forward reads for n_q / n_kv heads."""
+        key = block.get_submodule(self.qkv_paths[1]) if self.qkv_layout == "separate" else None
+        shared = key is not None and gather_map(key) is not None
+        values = {"n_q": n_q, "n_kv": n_kv, "head_dim": head_dim, "q_width": n_q * head_dim,
+                  "kv_groups": 1 if shared else n_q // n_kv}
+        for path, quantity in self.attention_attrs:
+            owner, _, name = path.rpartition(".")
+            setattr(block.get_submodule(owner) if owner else block, name, values[quantity])
+
+    def mlp_width(self, block: nn.Module) -> int:
+        """Intermediate channels of a block's MLP (input features of its down-projection)."""
+        down = block.get_submodule(self.mlp_down)
+        return int(down.weight.shape[0] if isinstance(down, Conv1D) else down.in_features)  # Conv1D: [in, out]

@@ -20,6 +20,8 @@ ADAPTER = register_family(ArchitectureAdapter(
     mlp_in_paths=("intermediate.dense",),
     mlp_down="output.dense",
     mlp_post_norm="output.LayerNorm",
+    attention_attrs=(("attention.self.num_attention_heads", "n_q"), ("attention.self.attention_head_size", "head_dim"),
+                     ("attention.self.all_head_size", "q_width")),
     export_layout="bert",
 ))
 

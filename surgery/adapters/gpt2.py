@@ -14,5 +14,7 @@ ADAPTER = register_family(ArchitectureAdapter(
     out_proj_transposed=True,
     mlp_in_paths=("mlp.c_fc",),
     mlp_down="mlp.c_proj",
+    mlp_size_attr="n_inner",
+    attention_attrs=(("attn.num_heads", "n_q"), ("attn.head_dim", "head_dim"), ("attn.split_size", "q_width")),
     export_layout="gpt2",
 ))

@@ -14,5 +14,6 @@ ADAPTER = register_family(ArchitectureAdapter(
     attn_bias_attr="attention_bias",
     mlp_in_paths=("mlp.dense_h_to_4h",),
     mlp_down="mlp.dense_4h_to_h",
+    attention_attrs=(("attention.head_size", "head_dim"),),
     export_layout="gpt_neox",
 ))

@@ -17,5 +17,6 @@ ADAPTER = register_family(ArchitectureAdapter(
     mlp_in_paths=("mlp.gate_proj", "mlp.up_proj"),
     mlp_down="mlp.down_proj",
     mlp_bias_attr="mlp_bias",
+    attention_attrs=(("self_attn.num_key_value_groups", "kv_groups"), ("self_attn.head_dim", "head_dim")),
     export_layout="llama",
 ))
