@@ -16,7 +16,7 @@ from transformers.pytorch_utils import Conv1D
 
 from surgery.adapters.layouts import QKV_LAYOUTS, QKVLayout
 from surgery.errors import SurgeryError
-from surgery.modeling.pruned_attention import gather_map
+from surgery.modeling.pruned_attention import MLP_PATHS
 
 # n_q / n_kv: query / key-value heads of the layer; head_dim; q_width = n_q * head_dim; kv_groups:
 # query heads per key/value head as the attention sees them (1 when the key projection already
@@ -83,6 +83,9 @@ class ArchitectureAdapter:
         if self.qkv_layout not in QKV_LAYOUTS:
             raise SurgeryError(f"adapter {self.family!r}: unknown qkv_layout {self.qkv_layout!r}; use one of "
                                f"{sorted(QKV_LAYOUTS)} (surgery/adapters/layouts.py)")
+        if self.export_layout is not None and self.export_layout not in MLP_PATHS:
+            raise SurgeryError(f"adapter {self.family!r}: export_layout {self.export_layout!r} is not a layout of "
+                               f"surgery/modeling/pruned_attention.py ({', '.join(MLP_PATHS)}) nor None")
         if not self.model_types:
             raise SurgeryError(f"adapter {self.family!r} serves no model_type; name the config.model_type values")
 
@@ -119,8 +122,7 @@ class ArchitectureAdapter:
 
     def set_attention_counts(self, block: nn.Module, n_q: int, n_kv: int, head_dim: int) -> None:
         """Set the attributes (attention_attrs) the attention forward reads for n_q / n_kv heads."""
-        key = block.get_submodule(self.qkv_paths[1]) if self.qkv_layout == "separate" else None
-        shared = key is not None and gather_map(key) is not None
+        shared = self.layout.gathers_kv(block, self.qkv_paths)
         values = {"n_q": n_q, "n_kv": n_kv, "head_dim": head_dim, "q_width": n_q * head_dim,
                   "kv_groups": 1 if shared else n_q // n_kv}
         for path, quantity in self.attention_attrs:

@@ -51,6 +51,10 @@ class QKVLayout:
             keep_q: list[int], kv_src: list[int], kv_map: list[int] | None) -> None:
         raise NotImplementedError
 
+    def gathers_kv(self, block: nn.Module, paths: tuple[str, ...]) -> bool:
+        """Whether the key projection already hands one key/value head per query head (uneven groups)."""
+        return False
+
 
 class Separate(QKVLayout):
     name = "separate"
@@ -66,6 +70,9 @@ class Separate(QKVLayout):
         keep_output_rows(v, kv_rows)
         for path, module in zip(paths[1:], (k, v)):
             _set_kv_gather(block, path, module, kv_map, head_dim)
+
+    def gathers_kv(self, block, paths):
+        return gather_map(block.get_submodule(paths[1])) is not None
 
 
 class FusedConv1D(QKVLayout):

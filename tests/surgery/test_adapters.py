@@ -51,3 +51,5 @@ def test_a_bad_declaration_is_refused_when_the_adapter_is_built():
         ArchitectureAdapter(qkv_layout="fused_sideways", **base)
     with pytest.raises(SurgeryError, match="unknown attention_attrs quantities"):
         ArchitectureAdapter(qkv_layout="separate", attention_attrs=(("a.heads", "n_heads"),), **base)
+    with pytest.raises(SurgeryError, match="export_layout 'phi' is not a layout"):
+        ArchitectureAdapter(qkv_layout="separate", export_layout="phi", **base)
