@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from surgery.adapters import bert, gpt2, gpt_neox, llama
 from surgery.adapters.base import ArchitectureAdapter
-from surgery.adapters.registry import (adapter_for, family_of, register_family, registered_families,
-                                       unregister_family)
+from surgery.adapters.registry import adapter_for, family_of, register_family, registered_families
 
 # The built-in families (registered_families() also lists those registered later).
 ADAPTERS: tuple[ArchitectureAdapter, ...] = (gpt2.ADAPTER, llama.ADAPTER, gpt_neox.ADAPTER, bert.ADAPTER,
                                              bert.ROBERTA_ADAPTER)
 
-__all__ = ["ArchitectureAdapter", "ADAPTERS", "adapter_for", "family_of", "register_family", "registered_families",
-           "unregister_family"]
+__all__ = ["ArchitectureAdapter", "ADAPTERS", "adapter_for", "family_of", "register_family", "registered_families"]

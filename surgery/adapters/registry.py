@@ -33,13 +33,6 @@ def register_family(adapter: ArchitectureAdapter, *, replace: bool = False) -> A
     return adapter
 
 
-def unregister_family(adapter: ArchitectureAdapter) -> None:
-    """Stop `adapter` serving its model_types (those another adapter took over are left alone)."""
-    for model_type in adapter.model_types:
-        if _BY_MODEL_TYPE.get(model_type) == adapter:
-            del _BY_MODEL_TYPE[model_type]
-
-
 def registered_families() -> tuple[ArchitectureAdapter, ...]:
     """Every registered adapter once, in registration order."""
     return tuple(dict.fromkeys(_BY_MODEL_TYPE.values()))
