@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from probes.values import Values, values_from_arrays
-from pruning.errors import PruningError
+from surgery.components import head_name, layer_name
 from surgery.engine import AblationEngine, leave_one_out_masks
 from surgery.loading import LoadedModel
 
@@ -44,27 +44,14 @@ def head_magnitude(loaded: LoadedModel) -> dict[str, float]:
     with torch.no_grad():
         for layer in range(comps.n_layers):
             block = blocks[layer]
-            out = adapter.get(block, adapter.attn_out_proj).weight
-            out = out if not adapter.out_proj_transposed else out.T  # -> [hidden, H * D]
+            out = adapter.out_proj_weight(block)  # [hidden, H * D]
             n_heads = comps.n_heads[layer]
             D = out.shape[1] // n_heads
-            q = _query_rows(adapter, block, n_heads, D)  # [H, D, hidden]
+            q = adapter.query_weights(block, n_heads, D)  # [H, D, hidden]
             for h in range(n_heads):
                 o_part = out[:, h * D:(h + 1) * D].float().pow(2).sum()
-                scores[f"L{layer}.H{h}"] = float((o_part + q[h].float().pow(2).sum()).sqrt())
+                scores[head_name(layer, h)] = float((o_part + q[h].float().pow(2).sum()).sqrt())
     return scores
-
-
-def _query_rows(adapter, block, n_heads: int, D: int) -> torch.Tensor:
-    """Query-projection weights of each head as [H, D, hidden], whatever the qkv layout."""
-    first = adapter.get(block, adapter.qkv_paths[0]).weight
-    if adapter.qkv_layout == "separate":
-        return first[: n_heads * D].reshape(n_heads, D, -1)
-    if adapter.qkv_layout == "fused_conv1d":  # GPT-2 Conv1D weight [hidden, 3 * H * D], q first
-        return first[:, : n_heads * D].T.reshape(n_heads, D, -1)
-    if adapter.qkv_layout == "fused_interleaved":  # GPT-NeoX [H * 3 * D, hidden], per head [q | k | v]
-        return first.reshape(n_heads, 3 * D, -1)[:, :D]
-    raise PruningError(f"head_magnitude does not know qkv layout {adapter.qkv_layout!r}")
 
 
 # Metrics with no gradient (step functions) and the smooth metric that measures the same thing.
@@ -97,11 +84,6 @@ def head_leave_one_out(loaded: LoadedModel, task_batch, metric: str | None = Non
     """v(all) - v(all without h) for every head (zero ablation, as physical removal does)."""
     engine = AblationEngine(loaded, "heads", max_rows=max_rows)
     return _leave_one_out(engine, task_batch, metric, progress)
-
-
-def layer_leave_one_out(loaded: LoadedModel, task_batch, metric: str | None = None, *, max_rows: int = 64
-                        ) -> dict[str, float]:
-    return _leave_one_out(AblationEngine(loaded, "layers", max_rows=max_rows), task_batch, metric, None)
 
 
 def _leave_one_out(engine: AblationEngine, task_batch, metric, progress) -> dict[str, float]:
@@ -137,14 +119,14 @@ def block_influence(loaded: LoadedModel, batch) -> dict[str, float]:
     finally:
         for handle in handles:
             handle.remove()
-    return {f"L{layer}": float(1.0 - sums[layer]) for layer in range(len(blocks))}
+    return {layer_name(layer): float(1.0 - sums[layer]) for layer in range(len(blocks))}
 
 
 def last_layer_scores(loaded: LoadedModel) -> dict[str, float]:
     """Deeper = less important, except the final layer, which is kept (scored above everything)."""
     n = loaded.components.n_layers
-    scores = {f"L{layer}": float(n - layer) for layer in range(n)}
-    scores[f"L{n - 1}"] = float(n + 1)
+    scores = {layer_name(layer): float(n - layer) for layer in range(n)}
+    scores[layer_name(n - 1)] = float(n + 1)
     return scores
 
 

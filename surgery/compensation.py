@@ -22,17 +22,15 @@ import torch
 import torch.nn as nn
 
 from surgery.batch import TokenBatch
+from surgery.components import head_name
 from surgery.errors import SurgeryError
 from surgery.players import resolve_players
 from surgery.reference import record_sites
 
-REMOVALS = ("zero", "mean")
-
-
 def head_means(loaded, drop: dict[int, list[int]], batch: TokenBatch) -> dict[int, torch.Tensor]:
     """{layer: [H, D]} mean of every head's output-projection input over the real tokens of `batch`
     (the engine's mean-ablation values), for the layers that lose heads."""
-    names = [f"L{layer}.H{head}" for layer, heads in sorted(drop.items()) for head in heads]
+    names = [head_name(layer, head) for layer, heads in sorted(drop.items()) for head in heads]
     if not names:
         return {}
     layout = resolve_players(loaded.components, names)

@@ -15,7 +15,9 @@ from surgery.adapters.base import ArchitectureAdapter
 from surgery.errors import SurgeryError
 from surgery.modeling.pruned_attention import gather_map, layer_heads
 
-_NAME = re.compile(r"^L(\d+)(?:\.(H(\d+)|mlp|attn))?$")
+# The one grammar of component names: L<layer>, L<layer>.H<head>, L<layer>.mlp, L<layer>.attn.
+COMPONENT_NAME = re.compile(r"^L(\d+)(?:\.(H(\d+)|mlp|attn))?$")
+NAME_FORMS = "'L<layer>' (layer), 'L<layer>.H<head>' (attention head), 'L<layer>.mlp' or 'L<layer>.attn'"
 
 
 @dataclass(frozen=True)
@@ -27,10 +29,40 @@ class Component:
     @property
     def name(self) -> str:
         if self.kind == "head":
-            return f"L{self.layer}.H{self.head}"
+            return head_name(self.layer, self.head)
         if self.kind == "layer":
-            return f"L{self.layer}"
-        return f"L{self.layer}.{self.kind}"
+            return layer_name(self.layer)
+        return f"{layer_name(self.layer)}.{self.kind}"
+
+
+def head_name(layer: int, head: int) -> str:
+    """The name of query head `head` of layer `layer`: 'L<layer>.H<head>'."""
+    return f"L{int(layer)}.H{int(head)}"
+
+
+def layer_name(layer: int) -> str:
+    """The name of layer `layer` (the whole block): 'L<layer>'."""
+    return f"L{int(layer)}"
+
+
+def parse_component(name: str) -> Component:
+    """The Component a name denotes, by its form alone (no model: counts are not checked).
+
+    Raises SurgeryError naming the accepted forms."""
+    match = COMPONENT_NAME.match(name.strip()) if isinstance(name, str) else None
+    if not match:
+        raise SurgeryError(f"bad component name {name!r}: use {NAME_FORMS}")
+    if match.group(3) is not None:
+        return Component("head", int(match.group(1)), int(match.group(3)))
+    return Component(match.group(2) or "layer", int(match.group(1)))
+
+
+def parse_head_name(name: str) -> tuple[int, int]:
+    """(layer, head) of a head name 'L<layer>.H<head>'; anything else raises SurgeryError."""
+    component = parse_component(name)
+    if component.kind != "head":
+        raise SurgeryError(f"{name!r} is not a head; use 'L<layer>.H<head>'")
+    return component.layer, component.head
 
 
 class ComponentIndex:
@@ -83,23 +115,23 @@ class ComponentIndex:
 
     @property
     def heads(self) -> list[str]:
-        return [f"L{l}.H{h}" for l in range(self.n_layers) for h in range(self.n_heads[l])]
+        return [head_name(l, h) for l in range(self.n_layers) for h in range(self.n_heads[l])]
 
     @property
     def layers(self) -> list[str]:
-        return [f"L{l}" for l in range(self.n_layers)]
+        return [layer_name(l) for l in range(self.n_layers)]
 
     @property
     def mlps(self) -> list[str]:
-        return [f"L{l}.mlp" for l in range(self.n_layers)]
+        return [Component("mlp", l).name for l in range(self.n_layers)]
 
     @property
     def attns(self) -> list[str]:
-        return [f"L{l}.attn" for l in range(self.n_layers)]
+        return [Component("attn", l).name for l in range(self.n_layers)]
 
     def kv_head_of(self, layer: int, head: int) -> int:
         """Index of the key/value head that query head `head` reads (repeat_kv layout, or the layer's map)."""
-        self.parse(f"L{layer}.H{head}")
+        self.parse(head_name(layer, head))
         if layer in self.kv_maps:
             return self.kv_maps[layer][head]
         return head // (self.n_heads[layer] // self.n_kv_heads[layer])
@@ -112,20 +144,15 @@ class ComponentIndex:
         return groups
 
     def parse(self, name: str) -> Component:
-        match = _NAME.match(name.strip()) if isinstance(name, str) else None
-        if not match:
-            raise SurgeryError(f"bad component name {name!r}: use 'L<layer>' (layer), 'L<layer>.H<head>' "
-                               f"(attention head), 'L<layer>.mlp' or 'L<layer>.attn'")
-        layer = int(match.group(1))
+        """The Component `name` denotes in this model; refuses bad forms and out-of-range layers/heads."""
+        component = parse_component(name)
+        layer = component.layer
         if layer >= self.n_layers:
             raise SurgeryError(f"{name}: layer {layer} out of range, this model has layers 0..{self.n_layers - 1}")
-        if match.group(3) is not None:
-            head = int(match.group(3))
-            if head >= self.n_heads[layer]:
-                raise SurgeryError(
-                    f"{name}: head {head} out of range, layer {layer} has heads 0..{self.n_heads[layer] - 1}")
-            return Component("head", layer, head)
-        return Component(match.group(2) or "layer", layer)
+        if component.kind == "head" and component.head >= self.n_heads[layer]:
+            raise SurgeryError(f"{name}: head {component.head} out of range, layer {layer} has heads "
+                               f"0..{self.n_heads[layer] - 1}")
+        return component
 
     def describe(self) -> str:
         total = sum(self.n_heads)

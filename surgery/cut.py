@@ -41,15 +41,18 @@ import math
 from collections.abc import Iterable
 
 import torch
-import torch.nn as nn
 
+from surgery.adapters.layouts import head_rows, replace_parameter
 from surgery.batch import TokenBatch
 from surgery.compensation import enable_output_bias, fold_head_means, head_means
-from surgery.components import ComponentIndex
+from surgery.components import ComponentIndex, head_name, layer_name
+from surgery.config_counts import clear_per_layer, head_counts, write_head_counts
 from surgery.errors import SurgeryError
-from surgery.loading import LoadedModel, load
-from surgery.modeling.pruned_attention import (gather_map, layer_heads, quiet_global_head_counts,
-                                               set_attention_attributes, shared_kv_projection, sync_mlp_widths)
+from surgery.loading import LoadedModel, load, parameter_count
+
+# head_counts and parameter_count live in config_counts / loading; callers import them from here too.
+__all__ = ["remove_heads", "mask_heads", "remove_layers", "head_counts", "parameter_count", "PARTIAL_GROUPS",
+           "EMPTY_LAYERS"]
 
 PARTIAL_GROUPS = ("share", "duplicate", "error")
 EMPTY_LAYERS = ("error", "keep_zeroed_head")
@@ -96,7 +99,7 @@ def remove_heads(loaded_or_model, heads, *, copy: bool = True, partial_groups: s
             kv_maps.pop(layer, None)
             if kv_map is not None:
                 kv_maps[layer] = kv_map
-    _write_head_counts(model, n_q, n_kv, comps.head_dim, kv_maps)
+    write_head_counts(model, adapter, n_q, n_kv, comps.head_dim, kv_maps)
     return LoadedModel(model, loaded.tokenizer, adapter, ComponentIndex(n_q, n_kv, comps.head_dim, kv_maps),
                        f"{loaded.source} [heads removed: {sum(len(h) for h in drop.values())}]")
 
@@ -125,7 +128,7 @@ def mask_heads(loaded_or_model, heads, *, copy: bool = True, compensate_with: To
             for head in dropped:
                 _zero_out_columns(proj, adapter, head, comps.head_dim)
     previous = list(getattr(model.config, "surgery_masked_heads", None) or [])
-    names = [f"L{l}.H{h}" for l, hs in sorted(drop.items()) for h in hs]
+    names = [head_name(l, h) for l, hs in sorted(drop.items()) for h in hs]
     model.config.surgery_masked_heads = sorted(set(previous) | set(names))
     return LoadedModel(model, loaded.tokenizer, adapter, comps,
                        f"{loaded.source} [MASKED, same size: {len(names)} heads zeroed]")
@@ -137,7 +140,7 @@ def remove_layers(loaded_or_model, layers: Iterable[int | str], *, copy: bool = 
     comps, adapter = loaded.components, loaded.adapter
     drop = set()
     for item in ([layers] if isinstance(layers, (int, str)) else layers):
-        name = item if isinstance(item, str) else f"L{int(item)}"
+        name = item if isinstance(item, str) else layer_name(item)
         component = comps.parse(name)
         if component.kind != "layer":
             raise SurgeryError(f"remove_layers takes layers ('L5' or 5), got {name!r}")
@@ -166,23 +169,13 @@ def remove_layers(loaded_or_model, layers: Iterable[int | str], *, copy: bool = 
     cfg = model.config
     layer_types = getattr(cfg, "layer_types", None)
     # per_layer_config is keyed by layer index: clear it before the count changes, rewrite after.
-    _clear_per_layer(cfg)
+    clear_per_layer(cfg)
     cfg.num_hidden_layers = len(keep)
     if isinstance(layer_types, (list, tuple)) and len(layer_types) == comps.n_layers:
         cfg.layer_types = [layer_types[i] for i in keep]
-    _write_head_counts(model, n_q, n_kv, comps.head_dim, kv_maps)
+    write_head_counts(model, adapter, n_q, n_kv, comps.head_dim, kv_maps)
     return LoadedModel(model, loaded.tokenizer, adapter, ComponentIndex(n_q, n_kv, comps.head_dim, kv_maps),
                        f"{loaded.source} [layers removed: {sorted(drop)}]")
-
-
-def head_counts(config, n_layers: int) -> tuple[list[int], list[int]]:
-    """Per-layer (query heads, key/value heads) that a config describes (per_layer_config aware)."""
-    counts = [layer_heads(config, i) for i in range(n_layers)]
-    return [c[0] for c in counts], [c[1] for c in counts]
-
-
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +185,7 @@ def _heads_by_layer(comps: ComponentIndex, heads) -> dict[int, list[int]]:
     if isinstance(heads, dict):
         for layer, hs in heads.items():
             for head in hs:
-                c = comps.parse(f"L{int(layer)}.H{int(head)}")
+                c = comps.parse(head_name(layer, head))
                 drop.setdefault(c.layer, set()).add(c.head)
     else:
         if isinstance(heads, str):
@@ -240,74 +233,21 @@ def _plan_layer(comps, layer, dropped, partial_groups, empty_layers):
     return keep_q, kv_src, kv_map, placeholder
 
 
-def _rows(heads: list[int], width: int, offset: int = 0) -> torch.Tensor:
-    return torch.cat([torch.arange(offset + h * width, offset + (h + 1) * width) for h in heads])
-
-
-def _replace(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
-    old = getattr(module, name)
-    setattr(module, name, nn.Parameter(tensor.contiguous(), requires_grad=old.requires_grad))
-
-
-def _shrink_out(linear: nn.Linear, rows: torch.Tensor) -> None:
-    """Keep output features `rows` of an nn.Linear (weight [out, in])."""
-    _replace(linear, "weight", linear.weight[rows.to(linear.weight.device)])
-    if linear.bias is not None:
-        _replace(linear, "bias", linear.bias[rows.to(linear.bias.device)])
-    linear.out_features = len(rows)
-
-
 def _cut_layer(block, adapter, comps, layer, keep_q, kv_src, kv_map, placeholder):
     D = comps.head_dim
-    n_q_old, n_kv_old = comps.n_heads[layer], comps.n_kv_heads[layer]
-    q_rows = _rows(keep_q, D)
-    kv_rows = _rows(kv_src, D)
-    if adapter.qkv_layout == "separate":
-        q, k, v = (block.get_submodule(p) for p in adapter.qkv_paths)
-        _shrink_out(q, q_rows)
-        _shrink_out(k, kv_rows)
-        _shrink_out(v, kv_rows)
-        for path, module in zip(adapter.qkv_paths[1:], (k, v)):
-            _set_kv_layout(block, path, module, kv_map, D)
-    elif adapter.qkv_layout == "fused_conv1d":  # weight [in, q|k|v]
-        (fused_path,) = adapter.qkv_paths
-        fused = block.get_submodule(fused_path)
-        q_width, kv_width = n_q_old * D, n_kv_old * D
-        cols = torch.cat([q_rows, _rows(kv_src, D, q_width), _rows(kv_src, D, q_width + kv_width)])
-        _replace(fused, "weight", fused.weight[:, cols])
-        _replace(fused, "bias", fused.bias[cols])
-        fused.nf = len(cols)
-    elif adapter.qkv_layout == "fused_interleaved":  # weight [per head q_h|k_h|v_h, in]
-        if kv_src != keep_q:
-            raise SurgeryError("interleaved q/k/v layout with grouped key/value heads is not supported")
-        (fused_path,) = adapter.qkv_paths
-        _shrink_out(block.get_submodule(fused_path), _rows(keep_q, 3 * D))
-    else:
-        raise SurgeryError(f"unknown qkv_layout {adapter.qkv_layout!r} in the {adapter.family} adapter")
+    adapter.layout.cut(block, adapter.qkv_paths, comps.n_heads[layer], comps.n_kv_heads[layer], D,
+                       keep_q, kv_src, kv_map)
+    q_rows = head_rows(keep_q, D)
     out = block.get_submodule(adapter.attn_out_proj)
     if adapter.out_proj_transposed:  # Conv1D weight [in, out]
-        _replace(out, "weight", out.weight[q_rows])
+        replace_parameter(out, "weight", out.weight[q_rows])
         out.nx = len(q_rows)
     else:
-        _replace(out, "weight", out.weight[:, q_rows])
+        replace_parameter(out, "weight", out.weight[:, q_rows])
         out.in_features = len(q_rows)
     if placeholder:
         _zero_out_columns(out, adapter, 0, D)
-    set_attention_attributes(block, len(keep_q), len(kv_src), D)
-
-
-def _set_kv_layout(block, path, linear: nn.Linear, kv_map, head_dim: int) -> None:
-    """Make a shrunk key/value projection gather by `kv_map` (uneven groups) or be a plain Linear."""
-    if kv_map is None and gather_map(linear) is None:
-        return
-    if kv_map is None:
-        new = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                        device=linear.weight.device, dtype=linear.weight.dtype)
-    else:
-        new = shared_kv_projection(linear, head_dim, kv_map)
-    new.weight, new.bias = linear.weight, linear.bias
-    parent, _, name = path.rpartition(".")
-    setattr(block.get_submodule(parent) if parent else block, name, new)
+    adapter.set_attention_counts(block, len(keep_q), len(kv_src), D)
 
 
 def _zero_out_columns(proj, adapter, head, D):
@@ -316,59 +256,3 @@ def _zero_out_columns(proj, adapter, head, D):
         proj.weight[cols, :] = 0
     else:
         proj.weight[:, cols] = 0
-
-
-def _clear_per_layer(config) -> None:
-    if getattr(config, "is_heterogeneous", False):
-        config.per_layer_config = None
-
-
-def _global(config, name, default=None):
-    getter = getattr(config, "_getattr_without_heterogeneous_validation", None)
-    return getter(name, default) if getter else getattr(config, name, default)
-
-
-@quiet_global_head_counts()  # reading the original global counts is intended here
-def _write_head_counts(model: nn.Module, n_q: list[int], n_kv: list[int], head_dim: int,
-                       kv_maps: dict[int, list[int]] | None = None) -> None:
-    _write_attention_counts(model, n_q, n_kv, head_dim, kv_maps)
-    sync_mlp_widths(model)  # the head counts rewrite per_layer_config: put back per-layer MLP widths
-
-
-def _write_attention_counts(model: nn.Module, n_q: list[int], n_kv: list[int], head_dim: int,
-                            kv_maps: dict[int, list[int]] | None = None) -> None:
-    """Record per-layer head counts in the config: plain fields when possible, else per_layer_config
-    (always when some layer gathers uneven key/value groups, whose maps go in surgery_kv_of_query)."""
-    config = model.config
-    _clear_per_layer(config)
-    config.head_dim = head_dim
-    if hasattr(config, "surgery_kv_of_query"):
-        del config.surgery_kv_of_query
-    if kv_maps:
-        config.surgery_kv_of_query = {str(layer): list(m) for layer, m in sorted(kv_maps.items())}
-    global_q = int(_global(config, "num_attention_heads"))
-    global_kv = int(_global(config, "num_key_value_heads", None) or global_q)
-    uniform = len(set(n_q)) == 1 and len(set(n_kv)) == 1 and not kv_maps
-    if uniform and (n_q[0], n_kv[0]) == (global_q, global_kv):
-        return
-    if uniform and hasattr(config, "num_key_value_heads") and _plain_config_ok(config, n_q[0], n_kv[0]):
-        config.num_attention_heads = n_q[0]
-        config.num_key_value_heads = n_kv[0]
-        return
-    # Stock config validators read the global counts when the config is loaded; they stay the
-    # original (valid) ones, and reading them is allowed so the config round-trips through JSON.
-    config.allow_global_per_layer_attribute_access = True
-    config.per_layer_config = {str(i): {"num_attention_heads": q, "num_key_value_heads": kv}
-                               for i, (q, kv) in enumerate(zip(n_q, n_kv))}
-
-
-def _plain_config_ok(config, n_q: int, n_kv: int) -> bool:
-    """Whether the stock config class accepts these counts (e.g. Llama needs hidden % heads == 0)."""
-    data = config.to_dict()
-    data.update(num_attention_heads=n_q, num_key_value_heads=n_kv)
-    data.pop("per_layer_config", None)
-    try:
-        type(config).from_dict(data)
-    except Exception:  # noqa: BLE001 - any validator refusal means "not expressible plainly"
-        return False
-    return True

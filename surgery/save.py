@@ -21,7 +21,6 @@ Masked exports (mask_heads) do not shrink; cut ones do.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
@@ -32,20 +31,19 @@ from typing import Callable
 import torch
 
 from surgery.atomic_io import FileWriteError, fsync_directory, fsync_tree_private
-from surgery.cut import parameter_count
 from surgery.errors import SurgeryError
-from surgery.loading import LoadedModel, load
+from surgery.export_manifest import CorruptExportError, file_sha256, export_files, verify_export
+from surgery.loading import LoadedModel, load, parameter_count
 from surgery.modeling.pruned_attention import quiet_global_head_counts
 from surgery.outputs import EXPORT_MANIFEST, refuse_overwriting_inputs, refuse_unless_ours
-from surgery.remote_code import (AUTO_MAP_TARGET, MODELING_FILE, OPT_IN, code_files, modeling_source,
-                                 stock_base_class)
+from surgery.remote_code import AUTO_MAP_TARGET, MODELING_FILE, modeling_source, stock_base_class
 
 MANIFEST = EXPORT_MANIFEST
 WRITTEN_BY = "model-surgery"
-
-
-class CorruptExportError(SurgeryError):
-    """An export directory whose files do not match its manifest."""
+# verify_export and CorruptExportError live in surgery.export_manifest (loading verifies without
+# importing the exporter); they stay importable from here, where users found them first.
+__all__ = ["CorruptExportError", "save_model", "verify_export", "check_export_target", "model_sources",
+           "parse_dtype", "dtype_name"]
 
 
 def save_model(loaded_or_model, out_dir, *, force: bool = False, manifest: dict | None = None,
@@ -82,7 +80,7 @@ def save_model(loaded_or_model, out_dir, *, force: bool = False, manifest: dict 
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content.encode() if isinstance(content, str) else content)
         report("checksumming")
-        files = {name: _sha256(tmp / name) for name in _list_files(tmp)}
+        files = {name: file_sha256(tmp / name) for name in export_files(tmp)}
         sizes = {name: (tmp / name).stat().st_size for name in files}
         summary = {"files": files, "file_sizes": sizes, "parameters": parameter_count(loaded.model),
                    "bytes": sum(sizes.values()), "remote_code": remote, "written_by": WRITTEN_BY,
@@ -119,47 +117,6 @@ def check_export_target(out_dir, *, force: bool, sources=()) -> Path:
     return target
 
 
-def verify_export(path, *, allow_unlisted_code: bool = False) -> dict:
-    """Check every file listed in manifest.json against its sha256; raise naming the bad file.
-
-    A code file (.py, .pyc, .so, ...) the manifest does not list is refused too: it was added after
-    the export and nothing vouches for it (allow_unlisted_code=True when the user trusts the
-    directory's code anyway)."""
-    root = Path(path)
-    manifest_path = root / MANIFEST
-    if not manifest_path.is_file():
-        raise CorruptExportError(f"{root} has no {MANIFEST}: not a complete model-surgery export "
-                                 f"(an interrupted export leaves only a hidden .{root.name}.tmp-* directory)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-        if not isinstance(files, dict):
-            raise TypeError("'files' is not a map")
-    except (ValueError, KeyError, TypeError) as err:
-        raise CorruptExportError(f"{manifest_path} is unreadable or has no 'files' map ({err}); the export "
-                                 f"is damaged, export the model again") from None
-    sizes = manifest.get("file_sizes", {})
-    for name, digest in sorted(files.items()):
-        file = root / name
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise CorruptExportError(f"{manifest_path} lists {name!r}, which lies outside the export")
-        if not file.is_file():
-            raise CorruptExportError(f"{root}: file {name!r} listed in {MANIFEST} is missing; export again")
-        size = file.stat().st_size
-        if name in sizes and size != sizes[name]:
-            kind = "truncated" if size < sizes[name] else "larger than recorded"
-            raise CorruptExportError(f"{root}: {name!r} is {kind} ({size} bytes, expected {sizes[name]}); "
-                                     f"the copy is damaged, export or download it again")
-        if _sha256(file) != digest:
-            raise CorruptExportError(f"{root}: {name!r} is corrupt (sha256 differs from {MANIFEST}); "
-                                     f"export or download it again")
-    unlisted = [name for name in code_files(root) if name not in files]
-    if unlisted and not allow_unlisted_code:
-        raise CorruptExportError(f"{root}: {', '.join(unlisted)} is code that {MANIFEST} does not list (added after "
-                                 f"the export, nothing vouches for it); delete it, or {OPT_IN}")
-    return manifest
-
-
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}
 
@@ -193,7 +150,7 @@ def _write_model(loaded: LoadedModel, directory: Path) -> bool:
     config = model.config
     remote = bool(getattr(config, "is_heterogeneous", False))
     if remote:
-        _check_remote_supported(model)
+        _check_remote_supported(loaded)
     with quiet_global_head_counts():
         model.save_pretrained(directory)
     if loaded.tokenizer is not None and hasattr(loaded.tokenizer, "save_pretrained"):
@@ -204,33 +161,34 @@ def _write_model(loaded: LoadedModel, directory: Path) -> bool:
         config_path = directory / "config.json"
         data = json.loads(config_path.read_text())
         data["architectures"] = [base]  # as a first export writes it
-        auto = "AutoModelForMaskedLM" if "MaskedLM" in base else "AutoModelForCausalLM"
+        auto = "AutoModelForCausalLM" if loaded.adapter.causal else "AutoModelForMaskedLM"
         data["auto_map"] = {auto: AUTO_MAP_TARGET}
         data["allow_global_per_layer_attribute_access"] = True
         config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return remote
 
 
-def _check_remote_supported(model) -> None:
-    from surgery.modeling.pruned_attention import attention_kind, layer_list
+def _check_remote_supported(loaded: LoadedModel) -> None:
+    """Per-layer counts need the exported modeling file to rebuild this family's blocks from a stock class."""
+    from surgery.modeling.pruned_attention import attention_kind
+    model, adapter = loaded.model, loaded.adapter
+    if adapter.export_layout is None:
+        raise SurgeryError(f"the {adapter.family} adapter names no export_layout, so a model of it with per-layer head "
+                           f"counts or MLP widths cannot be exported; cut the same heads in every layer, or declare "
+                           f"which layout of surgery/modeling/pruned_attention.py rebuilds its blocks")
     if stock_base_class(type(model)) is None:
         raise SurgeryError(f"{type(model).__name__} is not derived from a transformers class; models with per-layer "
                            f"head counts can only be exported from stock transformers classes (Llama family, GPT-2, "
                            f"GPT-NeoX, BERT) and model-surgery's own exports of them")
-    for block in layer_list(model):
-        attention_kind(block)  # raises for unsupported blocks
-
-
-def _list_files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    for block in adapter.blocks(model):
+        try:
+            kind = attention_kind(block)
+        except TypeError:
+            kind = None
+        if kind != adapter.export_layout:
+            raise SurgeryError(f"the {adapter.family} adapter declares export_layout={adapter.export_layout!r}, but "
+                               f"the exported modeling file sees a {type(block).__name__} block as {kind!r}; fix the "
+                               f"adapter's export_layout")
 
 
 def _swap_into_place(tmp: Path, target: Path) -> None:

@@ -1,6 +1,7 @@
 from surgery.adapters.base import ArchitectureAdapter
+from surgery.adapters.registry import register_family
 
-ADAPTER = ArchitectureAdapter(
+ADAPTER = register_family(ArchitectureAdapter(
     family="gpt2",
     model_types=("gpt2",),
     body="transformer",
@@ -13,4 +14,7 @@ ADAPTER = ArchitectureAdapter(
     out_proj_transposed=True,
     mlp_in_paths=("mlp.c_fc",),
     mlp_down="mlp.c_proj",
-)
+    mlp_size_attr="n_inner",
+    attention_attrs=(("attn.num_heads", "n_q"), ("attn.head_dim", "head_dim"), ("attn.split_size", "q_width")),
+    export_layout="gpt2",
+))

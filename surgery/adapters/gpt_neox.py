@@ -1,6 +1,7 @@
 from surgery.adapters.base import ArchitectureAdapter
+from surgery.adapters.registry import register_family
 
-ADAPTER = ArchitectureAdapter(
+ADAPTER = register_family(ArchitectureAdapter(
     family="gpt_neox",
     model_types=("gpt_neox",),
     body="gpt_neox",
@@ -13,4 +14,6 @@ ADAPTER = ArchitectureAdapter(
     attn_bias_attr="attention_bias",
     mlp_in_paths=("mlp.dense_h_to_4h",),
     mlp_down="mlp.dense_4h_to_h",
-)
+    attention_attrs=(("attention.head_size", "head_dim"),),
+    export_layout="gpt_neox",
+))

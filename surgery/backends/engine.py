@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from surgery.backends.nnsight_backend import nnsight_dims, nnsight_masked_logits
-from surgery.backends.transformer_lens_bridge import _bridge_dims, bridge_masked_logits
+from surgery.backends.transformer_lens_bridge import bridge_dims, bridge_masked_logits
 from surgery.batch import TokenBatch
 from surgery.components import ComponentIndex
 from surgery.errors import SurgeryError, UnsupportedArchitectureError
@@ -38,7 +38,7 @@ class BackendEngine:
                                f"(surgery.AblationEngine on the transformers model) for {mode!r} ablation")
         self.model = model
         if self.kind == "bridge":
-            n_layers, n_heads, head_dim = _bridge_dims(model)
+            n_layers, n_heads, head_dim = bridge_dims(model)
         else:
             _, n_layers, n_heads, head_dim = nnsight_dims(model)
         self.components = ComponentIndex([n_heads] * n_layers, [n_heads] * n_layers, head_dim)

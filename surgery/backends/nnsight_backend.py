@@ -5,13 +5,11 @@ per-head outputs, TransformerLens' hook_z) is viewed as [batch, pos, n_heads, he
 ablated heads are set to zero or to their replacement, and the tensor is written back. MLP outputs
 are replaced by zeros where mlp_keep is False.
 
-Where the per-family module paths live is a small table here; the lead will route it through the
-architecture adapters (surgery/adapters) later.
+Module paths come from the model's architecture adapter (surgery/adapters), as for the native
+engine: every registered family works here too.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
@@ -23,24 +21,8 @@ from surgery.backends._masks import (
     default_position_ids,
     layer_replacement,
 )
+from surgery.adapters import ArchitectureAdapter, adapter_for
 from surgery.errors import SurgeryError, UnsupportedArchitectureError
-
-
-@dataclass(frozen=True)
-class ModulePaths:
-    layers: str       # dotted path of the ModuleList of decoder blocks
-    out_proj: str     # within a block: the attention output projection (its input is per-head z)
-    mlp: str          # within a block: the MLP whose output mlp_keep zeroes
-
-
-_LLAMA_LIKE = ModulePaths(layers="model.layers", out_proj="self_attn.o_proj", mlp="mlp")
-FAMILY_PATHS: dict[str, ModulePaths] = {
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "qwen3": _LLAMA_LIKE,
-    "gpt2": ModulePaths(layers="transformer.h", out_proj="attn.c_proj", mlp="mlp"),
-}
 
 
 def nnsight_from_hf(model):
@@ -64,19 +46,14 @@ def _hf_module(nn_model):
     return module
 
 
-def nnsight_dims(nn_model) -> tuple[ModulePaths, int, int, int]:
-    """(module paths, n_layers, n_query_heads, head_dim) of the wrapped model."""
-    config = getattr(_hf_module(nn_model), "config", None)
-    model_type = getattr(config, "model_type", None)
-    paths = FAMILY_PATHS.get(model_type)
-    if paths is None:
-        raise UnsupportedArchitectureError(
-            f"nnsight backend has no module paths for model_type {model_type!r}; supported: "
-            f"{sorted(FAMILY_PATHS)}")
+def nnsight_dims(nn_model) -> tuple[ArchitectureAdapter, int, int, int]:
+    """(architecture adapter, n_layers, n_query_heads, head_dim) of the wrapped model."""
+    module = _hf_module(nn_model)
+    adapter = adapter_for(module)
+    config = module.config
     n_layers = config.num_hidden_layers
     n_heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
-    return paths, int(n_layers), int(n_heads), int(head_dim)
+    return adapter, int(n_layers), int(n_heads), adapter.head_dim(config)
 
 
 def _get(envoy, dotted: str):
@@ -98,7 +75,7 @@ def nnsight_masked_logits(nn_model, input_ids: torch.Tensor, attention_mask: tor
     position_ids: default 0..T-1 per row, as a plain HF forward uses (TransformersModel would
                  otherwise derive positions from a left-padded mask).
     """
-    paths, n_layers, n_heads, head_dim = nnsight_dims(nn_model)
+    adapter, n_layers, n_heads, head_dim = nnsight_dims(nn_model)
     check_inputs(input_ids, attention_mask)
     head_keep = check_head_keep(head_keep, n_layers, n_heads)
     replacement = check_replacement(replacement, n_layers, n_heads, head_dim)
@@ -107,12 +84,12 @@ def nnsight_masked_logits(nn_model, input_ids: torch.Tensor, attention_mask: tor
     # Decide outside the trace which modules are touched; only those are intervened on, so an
     # all-True mask runs the model untouched. Envoys are visited in forward order (layer by layer,
     # attention before MLP), which nnsight requires.
-    layers = _get(nn_model, paths.layers)
+    layers = _get(nn_model, adapter.layers)
     plan = []
     for layer in range(n_layers):
         block = layers[layer]
-        heads = None if bool(head_keep[layer].all()) else _get(block, paths.out_proj)
-        mlp = None if mlp_keep is None or bool(mlp_keep[layer]) else _get(block, paths.mlp)
+        heads = None if bool(head_keep[layer].all()) else _get(block, adapter.attn_out_proj)
+        mlp = None if mlp_keep is None or bool(mlp_keep[layer]) else _get(block, adapter.mlp_out)
         repl_row = None if replacement is None else replacement[layer]
         plan.append((heads, head_keep[layer], repl_row, mlp))
 
@@ -127,7 +104,7 @@ def nnsight_masked_logits(nn_model, input_ids: torch.Tensor, attention_mask: tor
                     if x.shape[-1] != n_heads * head_dim:
                         raise SurgeryError(
                             f"output-projection input has width {x.shape[-1]}, expected n_heads*head_dim = "
-                            f"{n_heads}*{head_dim}; the module paths for this model are wrong")
+                            f"{n_heads}*{head_dim}; the {adapter.family} adapter's module paths for this model are wrong")
                     z = x.reshape(*x.shape[:-1], n_heads, head_dim)
                     heads.input = layer_replacement(z, keep_row, repl_row).reshape(x.shape)
                 if mlp is not None:

@@ -60,7 +60,8 @@ def bridge_from_hf(model, tokenizer=None, *, copy_model: bool = True):
     return bridge
 
 
-def _bridge_dims(bridge) -> tuple[int, int, int]:
+def bridge_dims(bridge) -> tuple[int, int, int]:
+    """(n_layers, n_query_heads, head_dim) of a TransformerBridge; refuses anything else by name."""
     cfg = getattr(bridge, "cfg", None)
     if cfg is None or not hasattr(bridge, "hook_dict"):
         raise UnsupportedArchitectureError(
@@ -91,7 +92,7 @@ def bridge_masked_logits(bridge, input_ids: torch.Tensor, attention_mask: torch.
     position_ids: default 0..T-1 per row, as a plain HF forward uses (the bridge would otherwise
                  derive positions from a left-padded mask).
     """
-    n_layers, n_heads, head_dim = _bridge_dims(bridge)
+    n_layers, n_heads, head_dim = bridge_dims(bridge)
     check_inputs(input_ids, attention_mask)
     head_keep = check_head_keep(head_keep, n_layers, n_heads)
     replacement = check_replacement(replacement, n_layers, n_heads, head_dim)
@@ -104,7 +105,29 @@ def bridge_masked_logits(bridge, input_ids: torch.Tensor, attention_mask: torch.
             "fold_ln, centering, fold_value_biases), so its hook_z and logits differ from the HF "
             "model's; build an unprocessed bridge with bridge_from_hf(model)")
 
-    fired: set[str] = set()
+    fired: set[str] = set()  # names of the hooks that ran: a hook that never fires ablated nothing
+    fwd_hooks = _ablation_hooks(bridge, head_keep, replacement, mlp_keep, fired)
+
+    kwargs = {"position_ids": default_position_ids(input_ids, position_ids)}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    with torch.no_grad():
+        if fwd_hooks:
+            logits = bridge.run_with_hooks(input_ids, fwd_hooks=fwd_hooks, return_type="logits", **kwargs)
+        else:
+            logits = bridge(input_ids, return_type="logits", **kwargs)
+    missing = [name for name, _ in fwd_hooks if name not in fired]
+    if missing:
+        # A hook that never fires would silently leave its heads unablated.
+        raise SurgeryError(f"bridge hooks {missing} never fired during the forward; the ablation was not "
+                           "applied. This architecture's bridge bypasses them: use the native engine")
+    return logits
+
+
+def _ablation_hooks(bridge, head_keep: torch.Tensor, replacement: torch.Tensor | None, mlp_keep: torch.Tensor | None,
+                    fired: set[str]) -> list:
+    """(hook name, function) pairs for the layers a mask touches; each adds its name to `fired` when it runs."""
+    n_layers, n_heads, head_dim = bridge_dims(bridge)
     fwd_hooks = []
     for layer in range(n_layers):
         if bool(head_keep[layer].all()):
@@ -132,18 +155,4 @@ def bridge_masked_logits(bridge, input_ids: torch.Tensor, attention_mask: torch.
                 return torch.zeros_like(out)
 
             fwd_hooks.append((name, ablate_mlp))
-
-    kwargs = {"position_ids": default_position_ids(input_ids, position_ids)}
-    if attention_mask is not None:
-        kwargs["attention_mask"] = attention_mask
-    with torch.no_grad():
-        if fwd_hooks:
-            logits = bridge.run_with_hooks(input_ids, fwd_hooks=fwd_hooks, return_type="logits", **kwargs)
-        else:
-            logits = bridge(input_ids, return_type="logits", **kwargs)
-    missing = [name for name, _ in fwd_hooks if name not in fired]
-    if missing:
-        # A hook that never fires would silently leave its heads unablated.
-        raise SurgeryError(f"bridge hooks {missing} never fired during the forward; the ablation was not "
-                           "applied. This architecture's bridge bypasses them: use the native engine")
-    return logits
+    return fwd_hooks

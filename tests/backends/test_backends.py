@@ -237,14 +237,19 @@ def test_unsupported_models_are_refused():
         nnsight_masked_logits(torch.nn.Linear(2, 2), ids, None, keep)
 
 
-def test_nnsight_refuses_module_paths_that_do_not_lead_to_per_head_outputs(monkeypatch):
-    from surgery.backends import nnsight_backend
+def test_nnsight_refuses_module_paths_that_do_not_lead_to_per_head_outputs():
+    from dataclasses import replace
 
-    # Point "gpt2" at the MLP's output projection (width 4*d_model): caught, not silently reshaped.
-    monkeypatch.setitem(nnsight_backend.FAMILY_PATHS, "gpt2",
-                        nnsight_backend.ModulePaths(layers="transformer.h", out_proj="mlp.c_proj", mlp="mlp"))
-    torch.manual_seed(0)
-    keep = torch.ones(LAYERS, 4, dtype=torch.bool)
-    keep[0, 1] = False
-    with pytest.raises(SurgeryError, match="module paths"):
-        nnsight_masked_logits(nnsight_from_hf(_gpt2().eval()), torch.zeros(1, 4, dtype=torch.long), None, keep)
+    from surgery.adapters import gpt2, register_family
+
+    # Register a "gpt2" adapter pointing at the MLP's output projection (width 4*d_model): caught,
+    # not silently reshaped.
+    register_family(replace(gpt2.ADAPTER, attn_out_proj="mlp.c_proj"), replace=True)
+    try:
+        torch.manual_seed(0)
+        keep = torch.ones(LAYERS, 4, dtype=torch.bool)
+        keep[0, 1] = False
+        with pytest.raises(SurgeryError, match="module paths"):
+            nnsight_masked_logits(nnsight_from_hf(_gpt2().eval()), torch.zeros(1, 4, dtype=torch.long), None, keep)
+    finally:
+        register_family(gpt2.ADAPTER, replace=True)

@@ -11,7 +11,6 @@ import surgery
 from surgery.engine import AblationEngine
 from surgery.errors import SurgeryError
 from surgery.mlp_width import channel_statistics, mask_mlp_channels, mlp_widths, remove_mlp_channels
-from surgery.modeling.pruned_attention import MLP_PATHS, attention_kind
 from surgery.save import save_model, verify_export
 
 
@@ -51,11 +50,6 @@ def channels_for(tiny, kind):
     if kind == "uniform":
         return {l: list(range(l, width, 4)) for l in range(3)}  # width/4 channels in every layer
     return {0: [1, 2, 3], 2: list(range(0, width, 2))}
-
-
-def test_adapter_mlp_paths_agree_with_the_remote_code_table(tiny):
-    block = tiny.adapter.blocks(tiny.model)[0]
-    assert MLP_PATHS[attention_kind(block)] == (tiny.adapter.mlp_in_paths, tiny.adapter.mlp_down)
 
 
 @pytest.mark.parametrize("kind", ["uniform", "uneven"])

@@ -15,7 +15,8 @@ import surgery
 from surgery.cut import mask_heads, remove_heads, remove_layers
 from surgery.errors import ModelNotFoundError
 from surgery.remote_code import RemoteCodeError
-from surgery.save import CorruptExportError, _sha256, save_model, verify_export
+from surgery.export_manifest import file_sha256
+from surgery.save import CorruptExportError, save_model, verify_export
 
 EVIL = '''
 from pathlib import Path
@@ -40,7 +41,7 @@ def relist(directory: Path, **changes) -> None:
     """Rewrite manifest.json so its checksums cover the directory as it is now (an attacker can too)."""
     manifest = json.loads((directory / "manifest.json").read_text())
     names = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != "manifest.json")
-    manifest["files"] = {n: _sha256(directory / n) for n in names}
+    manifest["files"] = {n: file_sha256(directory / n) for n in names}
     manifest["file_sizes"] = {n: (directory / n).stat().st_size for n in names}
     manifest.update(changes)
     (directory / "manifest.json").write_text(json.dumps(manifest))
