@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("peft")
 
-from lora_fixtures import SpacedTokenizer, make_adapter, narrow_llama, random_candidates  # noqa: E402
+from tiny_lora import SpacedTokenizer, make_adapter, narrow_llama, random_candidates  # noqa: E402
 from probes.errors import ProbeError, TooManyPlayersError  # noqa: E402
 from probes.sources import CandidateEvaluation, GenerationEvaluation, source_values, sources_game  # noqa: E402
 from probes.store import CoalitionStore  # noqa: E402

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("peft")
 
-from lora_fixtures import make_adapter, random_candidates  # noqa: E402
+from tiny_lora import make_adapter, random_candidates  # noqa: E402
 from probes.sources import CandidateEvaluation  # noqa: E402
 from probes.sources.assumption import assumption_check  # noqa: E402
 from probes.sources.dpo import PreferencePair, dpo_loss, lora_model, sequential_dpo, train_dpo  # noqa: E402

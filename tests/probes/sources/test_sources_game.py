@@ -6,7 +6,7 @@ import torch
 
 pytest.importorskip("peft")
 
-from lora_fixtures import make_adapter, random_candidates  # noqa: E402
+from tiny_lora import make_adapter, random_candidates  # noqa: E402
 from probes.estimators import estimate  # noqa: E402
 from probes.sources import CandidateEvaluation, TokenEvaluation, sources_game  # noqa: E402
 from surgery.lora_compose import load_adapters  # noqa: E402
