@@ -34,15 +34,16 @@ class RewardModel:
     """A sequence-classification model with one output (num_labels=1) that scores prompt + response."""
 
     def __init__(self, directory: str | Path, *, max_rows: int = 16) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         directory = Path(directory)
         if not (directory / "config.json").is_file():
             raise ProbeError(f"reward model {directory} has no config.json; give a transformers model directory")
+        labels = AutoConfig.from_pretrained(str(directory)).num_labels
+        if labels != 1:  # checked before loading the weights
+            raise ProbeError(f"reward model {directory} has {labels} outputs; a reward model scores with one "
+                             "(num_labels=1)")
         self.model = AutoModelForSequenceClassification.from_pretrained(str(directory)).eval()
-        if self.model.config.num_labels != 1:
-            raise ProbeError(f"reward model {directory} has {self.model.config.num_labels} outputs; a reward model "
-                             "scores with one (num_labels=1)")
         self.tokenizer = AutoTokenizer.from_pretrained(str(directory))
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

@@ -51,3 +51,30 @@ def addition_evaluation(n_prompts: int = 16, seed: int = 0) -> list[dict]:
         records.append({"prompt": addition_prompt(a, b), "candidates": [f" {a + b}", f" {a + b + 1}", f" {a + b - 1}"],
                         "rewards": [1.0, 0.0, 0.0], "preferred": 0})
     return records
+
+
+def write_files(directory: str, n_pairs: int = 12, n_prompts: int = 8, seed: int = 0) -> list[str]:
+    """Write each source's preference pairs (<source>.jsonl) and the evaluation prompts (eval.jsonl) as
+    JSON lines, the format of `surgery values sources --prompts`; return the paths written."""
+    import json
+    from pathlib import Path
+
+    from surgery.atomic_io import atomic_write
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {**addition_sources(n_pairs, seed), "eval": addition_evaluation(n_prompts, seed)}
+    return [str(atomic_write(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in records)))
+            for name, records in files.items()]
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="write the synthetic sources and evaluation prompts as JSON lines")
+    parser.add_argument("--out", required=True, help="directory to write")
+    parser.add_argument("--n-pairs", type=int, default=12)
+    parser.add_argument("--n-prompts", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    cli = parser.parse_args()
+    print("\n".join(write_files(cli.out, cli.n_pairs, cli.n_prompts, cli.seed)))
