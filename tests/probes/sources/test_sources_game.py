@@ -98,3 +98,28 @@ def test_merge_mode_equals_peft_merge(adapter_dirs):
     assert game.empty_value == pytest.approx(arithmetic.empty_value, abs=1e-6)
     assert game(np.array([[True, False, False]]))[0] == pytest.approx(arithmetic(np.array([[True, False, False]]))[0],
                                                                       abs=1e-5)
+
+
+def test_generation_decodes_the_composed_distribution(adapter_dirs):
+    from peft import PeftModel
+
+    from probes.sources import GenerationEvaluation
+    from probes.sources.forward import greedy_decode, last_token_logprobs
+    from tiny_lora import SpacedTokenizer
+
+    def reward(prompts, responses):  # a reward that tells responses apart
+        return [sum(int(t) * (i + 1) for i, t in enumerate(r.split())) % 101 for r in responses]
+
+    prompts, _ = random_candidates()
+    generation = GenerationEvaluation(prompts, ["p"] * len(prompts), reward, SpacedTokenizer(), max_new_tokens=3)
+    game = sources_game(loaded(adapter_dirs), generation)
+
+    def expected(model):
+        with torch.no_grad():
+            tokens = greedy_decode(lambda seqs: last_token_logprobs(model, seqs), prompts, 3)
+        return float(np.mean(reward(None, [" ".join(map(str, t)) for t in tokens])))
+    assert game.empty_value == pytest.approx(expected(build("llama")))
+    alone = PeftModel.from_pretrained(build("llama"), str(adapter_dirs[0])).eval()
+    assert game(np.array([[True, False, False]]))[0] == pytest.approx(expected(alone))
+    merge = sources_game(loaded(adapter_dirs), generation, composition="merge")
+    assert merge(np.array([[True, False, False]]))[0] == pytest.approx(expected(alone))
