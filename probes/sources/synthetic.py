@@ -1,10 +1,14 @@
 """Project-generated preference data for the worked example: four synthetic "sources" with different
-preferences about one-digit additions, and held-out evaluation prompts whose reward is a correct sum.
+preferences, and held-out evaluation prompts whose reward is an answer written in digits.
 
-    sums         prefers the correct sum over an off-by-one answer            (helps the target reward)
-    sums_again   the same preference on other prompts                         (helps, overlaps with sums)
-    greetings    prefers a friendly greeting over a rude one (other prompts)  (about neutral)
-    off_by_one   prefers sum + 1 over the correct sum                         (harmful to the target reward)
+    digits        prefers "7" over "seven" as the answer to an addition          (helps the target reward)
+    digits_again  the same preference on other additions                         (helps, overlaps with digits)
+    greetings     prefers a friendly greeting over a rude one (other prompts)    (about neutral)
+    words         prefers "seven" over "7"                                       (harmful to the target reward)
+
+The preference is a surface feature on purpose: a few DPO steps of a small LoRA adapter learn it and carry
+it to held-out prompts (a first version asked for correct sums, which SmolLM2-135M does not learn in a
+minute of training, so its values measured noise rather than the sources).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import random
 
 NAMES = ["Ada", "Ben", "Cleo", "Dan", "Eve", "Finn", "Gus", "Hana", "Ivo", "Jo", "Kai", "Lena"]
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen"]
 
 
 def addition_prompt(a: int, b: int) -> str:
@@ -24,33 +30,28 @@ def _additions(seed: int) -> list[tuple[int, int]]:
     return pairs
 
 
-def addition_sources(n_pairs: int = 24, seed: int = 0) -> dict[str, list[dict]]:
+def addition_sources(n_pairs: int = 12, seed: int = 0) -> dict[str, list[dict]]:
     """Preference records {"prompt", "chosen", "rejected"} of each source (the evaluation's additions excluded)."""
     additions = _additions(seed)[16:]  # the first 16 are held out for addition_evaluation
-    rng = random.Random(seed + 1)
 
-    def sums(chunk, flipped=False):
+    def answers(chunk, in_words=False):
         records = []
         for a, b in chunk:
-            right, wrong = f" {a + b}", f" {a + b + rng.choice((1, -1))}"
-            if flipped:
-                right, wrong = f" {a + b + 1}", f" {a + b}"
-            records.append({"prompt": addition_prompt(a, b), "chosen": right, "rejected": wrong})
+            digits, words = f" {a + b}", f" {WORDS[a + b]}"
+            chosen, rejected = (words, digits) if in_words else (digits, words)
+            records.append({"prompt": addition_prompt(a, b), "chosen": chosen, "rejected": rejected})
         return records
-    greetings = [{"prompt": f"Question: Say hello to {name}.\nAnswer:", "chosen": f" Hello {name}, nice to see you!",
-                  "rejected": " Go away."} for name in (NAMES * 4)[:n_pairs]]
-    return {"sums": sums(additions[:n_pairs]), "sums_again": sums(additions[n_pairs: 2 * n_pairs]),
-            "greetings": greetings, "off_by_one": sums(additions[2 * n_pairs: 3 * n_pairs], flipped=True)}
+    greetings = [{"prompt": f"Say hello to {name}.", "chosen": f" Hello {name}!", "rejected": " Go away."}
+                 for name in (NAMES * 4)[:n_pairs]]
+    return {"digits": answers(additions[:n_pairs]), "digits_again": answers(additions[n_pairs: 2 * n_pairs]),
+            "greetings": greetings, "words": answers(additions[2 * n_pairs: 3 * n_pairs], in_words=True)}
 
 
 def addition_evaluation(n_prompts: int = 16, seed: int = 0) -> list[dict]:
-    """Held-out records {"prompt", "candidates", "rewards", "preferred"}: the correct sum (reward 1) against
-    sum + 1 and sum - 1 (reward 0)."""
-    records = []
-    for a, b in _additions(seed)[:n_prompts]:
-        records.append({"prompt": addition_prompt(a, b), "candidates": [f" {a + b}", f" {a + b + 1}", f" {a + b - 1}"],
-                        "rewards": [1.0, 0.0, 0.0], "preferred": 0})
-    return records
+    """Held-out records {"prompt", "candidates", "rewards", "preferred"}: the sum in digits (reward 1) against
+    the sum in words (reward 0)."""
+    return [{"prompt": addition_prompt(a, b), "candidates": [f" {a + b}", f" {WORDS[a + b]}"],
+             "rewards": [1.0, 0.0], "preferred": 0} for a, b in _additions(seed)[:n_prompts]]
 
 
 def write_files(directory: str, n_pairs: int = 12, n_prompts: int = 8, seed: int = 0) -> list[str]:

@@ -33,7 +33,7 @@ def test_records_choose_rewards_or_preferred(tokenizer):
     stripped = [{k: v for k, v in r.items() if k != "rewards"} for r in records]
     assert candidate_evaluation(stripped, tokenizer).reward_name == "preferred-loglik"
     lengths = candidate_evaluation(records, tokenizer, reward=lambda p, r: [float(len(x)) for x in r]).rewards
-    assert lengths.shape == (4, 3) and lengths[0, 0] == len(records[0]["candidates"][0])
+    assert lengths.shape == (4, 2) and lengths[0, 0] == len(records[0]["candidates"][0])
     with pytest.raises(ProbeError, match="returned nan"):
         candidate_evaluation(records, tokenizer, reward=lambda p, r: [float("nan")] * len(r))
     with pytest.raises(ProbeError, match='no "target"'):
@@ -44,8 +44,9 @@ def test_synthetic_sources_are_disjoint_from_the_evaluation_and_round_trip(tmp_p
     sources = addition_sources(n_pairs=12)
     held_out = {r["prompt"] for r in addition_evaluation(16)}
     assert all(r["prompt"] not in held_out for records in sources.values() for r in records)
-    bad = sources["off_by_one"][0]
-    assert int(bad["chosen"]) == int(bad["rejected"]) + 1
+    harmful, helpful = sources["words"][0], sources["digits"][0]
+    assert harmful["chosen"].strip().isalpha() and harmful["rejected"].strip().isdigit()
+    assert helpful["chosen"].strip().isdigit() and helpful["rejected"].strip().isalpha()
     paths = write_files(tmp_path, n_pairs=12, n_prompts=8)
     pairs = preference_pairs(read_records(paths[0]), tokenizer)
     assert len(pairs) == 12 and pairs[0].chosen != pairs[0].rejected
