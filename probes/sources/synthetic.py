@@ -54,7 +54,7 @@ def addition_evaluation(n_prompts: int = 16, seed: int = 0) -> list[dict]:
              "rewards": [1.0, 0.0], "preferred": 0} for a, b in _additions(seed)[:n_prompts]]
 
 
-def write_files(directory: str, n_pairs: int = 12, n_prompts: int = 8, seed: int = 0) -> list[str]:
+def write_files(directory: str, n_pairs: int = 8, n_prompts: int = 8, seed: int = 0) -> list[str]:
     """Write each source's preference pairs (<source>.jsonl) and the evaluation prompts (eval.jsonl) as
     JSON lines, the format of `surgery values sources --prompts`; return the paths written."""
     import json
@@ -74,7 +74,7 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="write the synthetic sources and evaluation prompts as JSON lines")
     parser.add_argument("--out", required=True, help="directory to write")
-    parser.add_argument("--n-pairs", type=int, default=12)
+    parser.add_argument("--n-pairs", type=int, default=8)
     parser.add_argument("--n-prompts", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     cli = parser.parse_args()
