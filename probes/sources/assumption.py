@@ -74,3 +74,18 @@ def assumption_check(adapters: AdapterSet, members: Sequence[str], evaluation: C
             "kl_candidates_to_base": float(_kl(sequential, base, evaluation.valid).mean()),
             "kl_per_token": per_token(composed), "kl_per_token_to_base": per_token(base_tokens),
             "n_prompts": len(evaluation.prompts), "n_tokens": int(valid.sum())}
+
+
+def train_and_check(fresh_base, adapters: AdapterSet, members: Sequence[str], pairs_by_source: dict,
+                    evaluation: CandidateEvaluation, **dpo_settings) -> dict:
+    """Train the sequential model of `members` (sequential DPO in that order on a fresh copy of the base,
+    modified in place; settings as probes.sources.dpo.train_dpo) and run `assumption_check` on it. Train the
+    coalition's sequential model with the settings its adapters were trained with, or the check measures the
+    settings rather than the arithmetic."""
+    from probes.sources.dpo import sequential_dpo
+
+    missing = [m for m in members if m not in pairs_by_source]
+    if missing:
+        raise ProbeError(f"no preference pairs for {missing}; pairs_by_source has {sorted(pairs_by_source)}")
+    model, histories = sequential_dpo(fresh_base, [pairs_by_source[m] for m in members], **dpo_settings)
+    return {**assumption_check(adapters, members, evaluation, model), "losses": histories}

@@ -54,7 +54,8 @@ class CandidateEvaluation:
                  max_rows: int = 16, pad_id: int = 0) -> None:
         self.prompts = check_tokens("prompt", prompts)
         if len(candidates) != len(self.prompts):
-            raise ProbeError(f"{len(self.prompts)} prompts but {len(candidates)} candidate lists; give one list per prompt")
+            raise ProbeError(f"{len(self.prompts)} prompts but {len(candidates)} candidate lists; "
+                             "give one list per prompt")
         self.candidates = [check_tokens(f"prompt {p}: candidate", c) for p, c in enumerate(candidates)]
         few = [p for p, c in enumerate(self.candidates) if len(c) < 2]
         if few:
@@ -64,7 +65,8 @@ class CandidateEvaluation:
         for p, c in enumerate(self.candidates):
             self.valid[p, : len(c)] = True
         if (rewards is None) == (preferred is None):
-            raise ProbeError("give either rewards (expected reward over candidates) or preferred (their log-likelihood)")
+            raise ProbeError("give either rewards (expected reward over candidates) or preferred "
+                             "(their log-likelihood)")
         self.rewards = None if rewards is None else self._check_rewards(rewards, reward_name)
         self.preferred = None if preferred is None else self._check_preferred(preferred)
         self.reward_name = reward_name if rewards is not None else "preferred-loglik"
@@ -89,7 +91,8 @@ class CandidateEvaluation:
             raise ProbeError(f"{len(preferred)} preferred indices for {len(self.prompts)} prompts")
         for p, k in enumerate(preferred):
             if not 0 <= k < len(self.candidates[p]):
-                raise ProbeError(f"prompt {p}: preferred candidate {k} does not exist ({len(self.candidates[p])} given)")
+                raise ProbeError(f"prompt {p}: preferred candidate {k} does not exist "
+                                 f"({len(self.candidates[p])} given)")
         return torch.tensor(preferred)
 
     def digest(self) -> str:

@@ -14,14 +14,16 @@ from probes.errors import ProbeError
 Reward = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 
 
-def checked_rewards(reward: Reward, prompts: Sequence[str], responses: Sequence[str], name: str = "reward") -> np.ndarray:
+def checked_rewards(reward: Reward, prompts: Sequence[str], responses: Sequence[str],
+                    name: str = "reward") -> np.ndarray:
     """reward(prompts, responses) as a float array, refusing a wrong length or a non-finite value at once."""
     try:
         values = np.asarray(reward(list(prompts), list(responses)), dtype=float).reshape(-1)
     except (TypeError, ValueError) as error:
         raise ProbeError(f"{name} must return one float per response: {error}") from error
     if values.size != len(responses):
-        raise ProbeError(f"{name} returned {values.size} values for {len(responses)} responses; return one per response")
+        raise ProbeError(f"{name} returned {values.size} values for {len(responses)} responses; "
+                         "return one per response")
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
         i = bad[0]

@@ -24,7 +24,8 @@ def source_values(game: Game, *, estimator: str | None = None, budget: int | Non
         if n > MAX_EXACT_SOURCES:
             raise TooManyPlayersError(
                 f"exact values are limited to {MAX_EXACT_SOURCES} sources (2^{MAX_EXACT_SOURCES} coalitions); "
-                f"this game has {n}. Use a sampling estimator with a budget, e.g. estimator='chain_krr', budget={20 * n}")
+                f"this game has {n}. Use a sampling estimator with a budget, e.g. estimator='chain_krr', "
+                f"budget={20 * n}")
         return estimate(game, estimator="exact", max_players=MAX_EXACT_SOURCES)
     if budget is None:
         budget = DEFAULT_BUDGET_PER_SOURCE * n

@@ -63,3 +63,17 @@ def test_sequential_dpo_trains_every_stage():
     model, histories = sequential_dpo(build("llama"), [pairs(0), pairs(1)], epochs=2, lr=1e-2, batch_size=3)
     assert len(histories) == 2 and all(len(h) == 2 for h in histories)
     assert histories[1][0] == pytest.approx(math.log(2), abs=0.05)  # stage 2's reference is stage 1's model
+
+
+def test_train_and_check_trains_the_sequential_model_and_measures_it(tmp_path):
+    from probes.sources.assumption import train_and_check
+
+    dirs = [make_adapter(tmp_path / "a", seed=1), make_adapter(tmp_path / "b", seed=2)]
+    adapters = load_adapters(build("llama"), dirs, ["a", "b"])
+    data = {"a": pairs(0, 3), "b": pairs(1, 3)}
+    evaluation = CandidateEvaluation([p.prompt for p in data["a"]], [[p.chosen, p.rejected] for p in data["a"]],
+                                     preferred=[0] * 3)
+    result = train_and_check(build("llama"), adapters, ["a", "b"], data, evaluation, epochs=1, batch_size=3)
+    assert len(result["losses"]) == 2 and result["kl_per_token"] > 0 and result["coalition"] == ["a", "b"]
+    with pytest.raises(ValueError, match="no preference pairs for"):
+        train_and_check(build("llama"), adapters, ["a", "c"], data, evaluation)
