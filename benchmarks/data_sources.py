@@ -34,7 +34,7 @@ from probes.sources.data import candidate_evaluation, preference_pairs  # noqa: 
 from probes.sources.dpo import lora_model, sequential_dpo, train_dpo  # noqa: E402
 from probes.sources.synthetic import addition_evaluation, addition_sources  # noqa: E402
 from surgery.atomic_io import write_json_atomic  # noqa: E402
-from surgery.lora_compose import load_adapters  # noqa: E402
+from surgery.lora_compose import active, load_adapters  # noqa: E402
 
 ADAPTERS = ROOT / "benchmarks" / "results" / "data_sources"
 RESULTS = ROOT / "benchmarks" / "results" / "data_sources.json"
@@ -87,6 +87,8 @@ def measure(args, names, evaluation, digest, result, save) -> None:
     adapters = load_adapters(surgery.load(args.model).model, [Path(args.adapters_dir) / n for n in names], names)
     game = sources_game(adapters, evaluation, base=args.model, base_digest=digest)
     coalitions = all_coalitions(len(names))
+    with torch.no_grad(), active(adapters, None) as model:  # untimed warm-up: the first forward pays one-off costs
+        evaluation.logprob_table(model)
     t0 = time.perf_counter()
     values = source_values(game)  # the first call reads the n + 1 models' log-probabilities
     t_cache = time.perf_counter() - t0
