@@ -32,6 +32,25 @@ def add_model(parser, help_extra: str = "") -> None:
                              "model is refused; model-surgery's own exports load without it)")
 
 
+def add_values_kind(parser, kind: str, run, only_flags=()) -> None:
+    """Let `surgery values` take the kind `kind`, run by `run(args)`; the (attribute, flag) pairs in
+    `only_flags` belong to that kind and are refused for the others, before any model loads."""
+    for action in parser._actions:  # argparse has no public way to widen a positional's choices
+        if action.dest == "kind":
+            action.choices = [*action.choices, kind]
+    run_others = parser.get_default("func")
+
+    def dispatch(args) -> int:
+        if args.kind == kind:
+            return run(args)
+        given = [flag for attr, flag in only_flags if getattr(args, attr) is not None]
+        if given:
+            raise CLIError(f"{', '.join(given)} only apply to `surgery values {kind}`; drop them")
+        return run_others(args)
+
+    parser.set_defaults(func=dispatch)
+
+
 def load_model(args):
     """surgery.load(--model), running the model's own code only with --trust-remote-code."""
     import surgery

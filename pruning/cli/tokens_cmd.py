@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from pruning.cli.common import CLIError, check_output, check_store, load_model
+from pruning.cli.common import CLIError, add_values_kind, check_output, check_store, load_model
 
 TOKEN_ONLY_FLAGS = (("prompt", "--prompt"), ("target", "--target"), ("players", "--players"),
                     ("removal", "--removal"), ("filler", "--filler"), ("figure", "--figure"))
@@ -43,9 +43,6 @@ def cmd_tokens(args) -> int:
 
 def extend_values_parser(p) -> None:
     """Add the `tokens` kind and its flags to `surgery values`; other kinds refuse the token flags."""
-    for action in p._actions:  # argparse keeps positionals here; widening choices is the public effect
-        if action.dest == "kind":
-            action.choices = list(action.choices) + ["tokens"]
     p.add_argument("--prompt", default=None, help="tokens: the text whose parts are valued")
     p.add_argument("--target", default=None, help="tokens: continuation to score (default: the model's greedy one)")
     p.add_argument("--players", default=None, choices=["words", "tokens", "sentences"],
@@ -54,16 +51,10 @@ def extend_values_parser(p) -> None:
                    help="tokens: how absent players are removed (default replace)")
     p.add_argument("--filler", default=None, help="tokens, replace: pad, unk, space, '...', one-token text or an id")
     p.add_argument("--figure", default=None, help="tokens: also save the coloured text as a PNG")
-    components = p.get_default("func")
 
-    def dispatch(args) -> int:
-        if args.kind != "tokens":
-            given = [flag for attr, flag in TOKEN_ONLY_FLAGS if getattr(args, attr) is not None]
-            if given:
-                raise CLIError(f"{', '.join(given)} only apply to `surgery values tokens`; drop them")
-            return components(args)
+    def run(args) -> int:
         args.players, args.removal = args.players or "words", args.removal or "replace"
         args.filler = args.filler or "pad"
         return cmd_tokens(args)
 
-    p.set_defaults(func=dispatch)
+    add_values_kind(p, "tokens", run, TOKEN_ONLY_FLAGS)

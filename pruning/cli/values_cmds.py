@@ -9,6 +9,7 @@ import numpy as np
 from pruning.cli.common import (CLUSTERS_FORMAT, CLIError, add_model, add_task, check_distinct_outputs, check_output,
                                 check_seq_len, check_store, load_model, progress_bar, save_figure, task_from_args,
                                 write_json)
+from pruning.cli.sources_cmd import add_sources_kind
 
 
 def cmd_values(args) -> int:
@@ -172,6 +173,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="values JSON to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_values)
+    add_sources_kind(p)  # `surgery values sources`: LoRA adapters (data sources) as players
     from pruning.cli.tokens_cmd import extend_values_parser  # `surgery values tokens` (input players)
     extend_values_parser(p)
 
