@@ -31,6 +31,7 @@ import torch
 from probes.errors import ProbeError
 from probes.estimators.owen_tree import TreeValues, owen_tree
 from probes.game import Game
+from probes.inputs.spans import char_spans
 from probes.text_tree import text_tree
 
 SEGMENT_END = re.compile(r"[.,;?!]")  # SCAR's delimiters
@@ -99,17 +100,13 @@ def _split_segments(text: str) -> list[tuple[int, int]]:
 
 
 def _check_spans(spans: Sequence[tuple[int, int]], text: str) -> list[tuple[int, int]]:
-    spans = [(int(lo), int(hi)) for lo, hi in spans]
-    if not spans:
+    """The user's segments as sorted (start, end) pairs, checked like every span player (probes.inputs.spans)."""
+    if len(spans) == 0:
         raise ProbeError("segments is empty; give at least one (start, end) character span of the response")
-    previous_end = 0
-    for lo, hi in spans:
-        if not 0 <= lo < hi <= len(text):
-            raise ProbeError(f"segment ({lo}, {hi}) is outside the response's {len(text)} characters or empty")
-        if lo < previous_end:
-            raise ProbeError(f"segment ({lo}, {hi}) overlaps or precedes the one before; give sorted, disjoint spans")
-        previous_end = hi
-    return spans
+    checked = [(span.start, span.end) for span in char_spans(text, spans)]
+    if [lo for lo, _ in checked] != [int(lo) for lo, _ in spans]:  # names s0, s1, ... follow the user's order
+        raise ProbeError("segments are not in order; give sorted, disjoint (start, end) spans")
+    return checked
 
 
 def _token_ends(response: str | Sequence[int], tokenizer) -> tuple[list[int], str, list[int]]:
