@@ -48,7 +48,7 @@ def export_and_measure(loaded, plan, held_out, calibration, work_dir, task_batch
     probe = held_out.rows(0, 2).tokens
     reloaded_logits, model = exported_logits(out, probe, trust_remote_code=bool(manifest.get("remote_code")))
     if plan.sparsity:  # no hook equivalent: the reference is the same plan applied in memory
-        reference = plain_logits(apply_plan(loaded, plan, calibration=[calibration.tokens])[0].model, probe)
+        reference = plain_logits(apply_plan(loaded, plan, calibration=[calibration.tokens]).model.model, probe)
     else:
         compensated = plan.removal_mode == "mean_compensated"
         reference = masked_logits(loaded, plan, probe, calibration=calibration.tokens if compensated else None)

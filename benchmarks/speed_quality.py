@@ -139,7 +139,7 @@ def main() -> None:
             kind = "repair" if plan.layer_repair else "width" if plan.mlp_channels else "drop"
             if kind not in checked:  # one export per kind against the in-memory model (time on 2 shared cores)
                 checked.add(kind)
-                in_memory, _ = apply_plan(loaded, plan, calibration=cal)
+                in_memory = apply_plan(loaded, plan, calibration=cal).model
                 diff = float((plain_logits(reloaded.model, check_rows) -
                               plain_logits(in_memory.model, check_rows)).abs().max())
                 del in_memory

@@ -59,7 +59,8 @@ def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: boo
     if progress is not None:
         progress("applying the plan")
     before = parameter_count(loaded)
-    pruned, report = apply_plan(loaded, plan, calibration=batches)
+    applied = apply_plan(loaded, plan, calibration=batches)
+    pruned, report = applied.model, applied.report
     if target_dtype is not None:
         pruned.model.to(target_dtype)  # a private copy: cast in place instead of copying again
     after = parameter_count(pruned)

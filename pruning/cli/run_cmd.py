@@ -16,9 +16,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pruning.cli.common import (RUN_REPORT_FORMAT, CLIError, add_model, check_output, load_model, progress_bar, stages,
-                                step, write_json)
-from pruning.cli.model_cmds import EVAL_METRICS, _finite, evaluate
+from pruning.cli.common import (RUN_REPORT_FORMAT, CLIError, add_model, check_output, finite_or_none, load_model,
+                                progress_bar, stages, step, write_json)
+from pruning.cli.model_cmds import EVAL_METRICS, evaluate
 
 
 def cmd_run(args) -> int:
@@ -96,7 +96,7 @@ def cmd_run(args) -> int:
                               "disjoint_from_evaluation": True},
               "heads_removed": plan.heads, "before": before, "after": after,
               "loads_with": manifest["loads_with"], "wall_seconds": round(time.perf_counter() - started, 1)}
-    write_json(out / "report.json", {"format": RUN_REPORT_FORMAT, **_finite(report)})
+    write_json(out / "report.json", {"format": RUN_REPORT_FORMAT, **finite_or_none(report)})
     print_table(before, after)
     print(f"\nexport: {export_dir} ({manifest['loads_with'].replace('dir', repr(str(export_dir)))})")
     print(f"values, plan and report in {out}; {report['wall_seconds']:.0f} s in all")
