@@ -311,10 +311,8 @@ def real_surrogate_benchmark(args) -> dict | None:
 
     def game(task_seed, store):
         tb = task.batch(loaded.tokenizer, seed=task_seed)
-        g = model_game(loaded, tb.tokens, tb.metric(), "heads", store=store, task_name=f"{tb.task}:{tb.default_metric}",
-                       max_rows=args.max_rows)
-        g.batch_size = args.max_rows
-        return g
+        return model_game(loaded, tb.tokens, tb.metric(), "heads", store=store,
+                          task_name=f"{tb.task}:{tb.default_metric}", max_rows=args.max_rows, batch_size=args.max_rows)
 
     games = {s: game(0, store) for s, store in stores.items()}
     reference = {s: estimate(g, budget=40000, seed=s).means for s, g in games.items()}

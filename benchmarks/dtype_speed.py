@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probes.head_values import _task_batch  # noqa: E402
+from probes.head_values import resolve_task  # noqa: E402
 from probes.model_game import model_game  # noqa: E402
 from probes.tasks import get_task  # noqa: E402
 from surgery.atomic_io import atomic_write  # noqa: E402
@@ -51,7 +51,7 @@ def main() -> None:
     make_game, rates, values = {}, {}, {}
     for name in ("float32", "bfloat16"):
         loaded = surgery.load(args.model, dtype=getattr(torch, name))
-        batch, metric, task_name = _task_batch(loaded, get_task("induction", n=4, length=8), None, None, 0, None)
+        batch, metric, task_name = resolve_task(loaded, get_task("induction", n=4, length=8), None, None, 0, None)
         # A fresh game for every timed call: a game remembers the coalitions it has evaluated.
         make_game[name] = (lambda loaded=loaded, batch=batch, metric=metric, task_name=task_name:
                            model_game(loaded, batch, metric, "heads", task_name=task_name, max_rows=args.max_rows))

@@ -70,9 +70,6 @@ class HeadClusters:
     seed: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
 
-    def cluster_of(self, head: str) -> int:
-        return int(self.labels[self.names.index(head)])
-
     def as_dict(self) -> dict[str, Any]:
         return {"k": self.k, "tasks": self.tasks, "silhouettes": {str(k): v for k, v in self.silhouettes.items()},
                 "scales": self.scales, "seed": self.seed, "settings": self.settings,
@@ -227,7 +224,7 @@ def specificity(model, clusters: HeadClusters, tasks: Mapping[str, Any], *, mode
     tasks: {task_name: anything head_values accepts as a task (name, Task, TaskBatch, (TokenBatch, metric))};
     the names must be those the clusters were built from.
     """
-    from probes.head_values import _task_batch
+    from probes.head_values import resolve_task
     from surgery.engine import AblationEngine
     from surgery.loading import load
 
@@ -249,7 +246,7 @@ def specificity(model, clusters: HeadClusters, tasks: Mapping[str, Any], *, mode
         masks[2 + c.index, [index[h] for h in c.heads]] = False
     full, none, damage = {}, {}, {c.index: {} for c in clusters.clusters}
     for t in clusters.tasks:
-        batch, metric, _ = _task_batch(loaded, tasks[t], n_examples, None, task_seed, None)
+        batch, metric, _ = resolve_task(loaded, tasks[t], n_examples, None, task_seed, None)
         scores = engine.evaluate(masks, batch, metric).numpy()
         full[t], none[t] = float(scores[0]), float(scores[1])
         span = scores[0] - scores[1]

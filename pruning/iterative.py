@@ -51,21 +51,25 @@ def survivor_game(full: Game, removed: list[str], store=None, players: list[str]
     fingerprint["all_players"] = list(full.players)
     if players is not None:  # a screened step: who else is held present is part of the game
         fingerprint["present"] = sorted(set(full.players) - gone - set(playing))
-    game = Game(playing, lambda c: full.value_function(expand(c)), fingerprint, store=store)
-    gate_value = getattr(full, "gate_value", None)
-    if gate_value is not None:
-        import torch
+    return Game(playing, lambda c: full.value_function(expand(c)), fingerprint, store=store,
+                gate_value=_survivor_gate_value(full.gate_value, columns, base), objective=full.objective)
 
-        index = torch.from_numpy(columns)
-        wide_base = torch.from_numpy(base.astype(np.float32))
 
-        def sub_gate_value(gates):
-            wide = wide_base.to(gates.dtype).expand(gates.shape[0], -1).clone()
-            return gate_value(wide.index_copy(1, index, gates))
+def _survivor_gate_value(gate_value, columns: np.ndarray, base: np.ndarray):
+    """`gate_value` of the full game seen from the survivors: removed players' gates held at 0,
+    the others' at 1, the playing ones' gates passed through (None when the full game has none)."""
+    if gate_value is None:
+        return None
+    import torch
 
-        game.gate_value = sub_gate_value
-    game.objective = getattr(full, "objective", None)
-    return game
+    index = torch.from_numpy(columns)
+    wide_base = torch.from_numpy(base.astype(np.float32))
+
+    def sub_gate_value(gates):
+        wide = wide_base.to(gates.dtype).expand(gates.shape[0], -1).clone()
+        return gate_value(wide.index_copy(1, index, gates))
+
+    return sub_gate_value
 
 
 def schedule(n_total: int, n_remove: int, step: int) -> list[int]:
@@ -180,7 +184,7 @@ def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_d
                 "fraction": fraction, "k": k, "step_fraction": step_fraction, "step": step, "budget": budget,
                 "budget_per_step": per_step, "seed": seed, "min_per_layer": min_per_layer,
                 "ablation": game.fingerprint.get("ablation"),
-                "objective": getattr(game, "objective", None) or game.fingerprint.get("objective"),
+                "objective": game.objective or game.fingerprint.get("objective"),
                 "estimator_settings": estimator_settings or {}, "screen": screen,
                 "screen_scores": getattr(screen_scores, "__name__", None) if screen_scores else None}
     record = {"policy": "iterative_head_plan", "settings": settings, "steps": steps,

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from probes.errors import ProbeError
+from probes.metrics import metric_sign, smooth_metric
 from surgery.batch import TokenBatch
 from surgery.engine import AblationEngine
 from surgery.loading import LoadedModel, load
@@ -55,8 +56,6 @@ LAYER_FEATURES = (
 )
 # Gate settings integrated gradients average over, unless head_features is told otherwise.
 IG_STEPS = 16
-# Differentiable metric used for features when a task's natural metric is a step function.
-SMOOTH_METRIC = {"pair_accuracy": "logit_diff", "accuracy": "logprob"}
 
 
 @dataclass
@@ -130,13 +129,13 @@ class HeadFeatures:
 def resolve_batch(task, metric=None) -> tuple[TokenBatch, object]:
     """(TokenBatch, metric) from a TaskBatch (+ metric name) or a (TokenBatch, metric) pair.
 
-    A TaskBatch without a metric name gets its natural metric, made differentiable (SMOOTH_METRIC)."""
+    A TaskBatch without a metric name gets its natural metric, made differentiable (probes.metrics.smooth_metric)."""
     from probes.tasks import TaskBatch
 
     if isinstance(task, TaskBatch):
         name = metric if metric is not None else task.default_metric
         if isinstance(name, str):
-            name = SMOOTH_METRIC.get(name, name) if metric is None else name
+            name = smooth_metric(name) if metric is None else name
         return task.tokens, task.metric(name)
     if isinstance(task, tuple) and len(task) == 2 and isinstance(task[0], TokenBatch) and callable(task[1]):
         return task
@@ -160,7 +159,7 @@ def head_features(model, task, metric=None, *, ig_steps: int = IG_STEPS, max_row
     batch = batch.to(loaded.device)
     gates = torch.ones(1, engine.n_players, requires_grad=True, device=loaded.device)
     z, grad, attention = {}, {}, {}
-    sign = 1.0 if getattr(metric, "higher_is_better", True) else -1.0
+    sign = metric_sign(metric)
     dtype = next(loaded.model.parameters()).dtype
     with ExitStack() as stack, _eager_attention(loaded):
         for layer, block in enumerate(adapter.blocks(loaded.model)):
