@@ -42,9 +42,7 @@ over the held-out-task batches), then the baselines, the held-out-input numbers 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -62,8 +60,7 @@ from probes.estimators import DEFAULT_ESTIMATOR  # noqa: E402
 from probes.head_values import head_values  # noqa: E402
 from probes.model_game import model_game  # noqa: E402
 from probes.stopping import MaxEvaluations  # noqa: E402
-from task_stores import batch_tag, dtype_tag, make_task, store_name  # noqa: E402  (benchmarks/ is on the path)
-from surgery.atomic_io import atomic_write  # noqa: E402
+from benchmarks.bench_common import batch_tag, dtype_tag, make_task, store_name, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = ("induction", "ioi", "factual", "agreement", "greater_than", "text")
@@ -365,7 +362,7 @@ def _budget_for(curve: dict, target: float):
     return None
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--tasks", nargs="*", default=list(TASKS), help="task_seed 0 batches (held-out-task protocol)")
@@ -391,11 +388,14 @@ def main() -> None:
     parser.add_argument("--skip-values", action="store_true")
     parser.add_argument("--store-dir", default=os.environ.get("AMORTIZED_STORE", "/tmp/model-surgery-stores/amortized"))
     parser.add_argument("--out", default=str(RESULTS / "amortized.json"))
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = make_parser().parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    result = {"benchmark": "amortized", "settings": dict(vars(args)),
-              "machine": {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__}}
+    result = {"benchmark": "amortized", "settings": dict(vars(args))}
     if not args.skip_values:
         result.update(value_prediction(args))
     if not args.skip_surrogate:
@@ -404,8 +404,7 @@ def main() -> None:
         print("coalition surrogate (SmolLM2, fitted on another batch's store):", flush=True)
         result["coalition_surrogate_smollm2"] = real_surrogate_benchmark(args)
     result["wall_seconds"] = time.perf_counter() - started
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out, json.dumps(result, indent=2, default=str))
+    write_results(args.out, result, args)
     print_table(result)
     print(f"wrote {args.out} in {result['wall_seconds']:.0f} s")
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ from probes.head_values import head_values  # noqa: E402
 from probes.model_game import model_game  # noqa: E402
 from probes.stopping import MaxEvaluations  # noqa: E402
 from probes.tasks import get_task  # noqa: E402
-from task_stores import store_name  # noqa: E402  (benchmarks/ is on the path)
+from benchmarks.bench_common import run_record, store_name, write_results  # noqa: E402
 from surgery.atomic_io import atomic_write  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -50,7 +49,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SAME_DESIGN = ("leverage_shap", "leverage_shap_size", "leverage_shap_krr")
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--budget", type=int, default=600, help="coalition evaluations per seed (the design size)")
@@ -75,7 +74,11 @@ def main() -> None:
     parser.add_argument("--curve-step", type=int, default=4000, help="evaluations between points of the curve")
     parser.add_argument("--curve-estimator", default=DEFAULT_ESTIMATOR, choices=SAME_DESIGN,
                         help="estimator the curve replays the stores with: one that draws the run's design")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = make_parser().parse_args()
     torch.set_num_threads(args.threads)
 
     import surgery
@@ -154,17 +157,14 @@ def main() -> None:
                      "length": args.length, "tokens_per_example": int(tb.tokens.input_ids.shape[1]),
                      "metric": tb.default_metric, "estimator": DEFAULT_ESTIMATOR, "budget": args.budget, "stop_at": args.stop_at,
                      "budget_per_head": round(args.budget / n, 2), "ablation": "zero", "dtype": args.dtype, "seeds": args.seeds,
-                     "random_draws": args.random_draws, "threads": args.threads, "max_rows": args.max_rows,
-                     "machine": f"{platform.machine()} {os.cpu_count()} cpus (shared)", "torch": torch.__version__},
+                     "random_draws": args.random_draws, "threads": args.threads, "max_rows": args.max_rows},
         "runs": runs,
         "top10_overlap_between_seeds": top_overlap,
         "damage": {"full_value": float(full), "top5_heads": values[0].top_k(5), "top5_value": float(top_score),
                    "top5_damage": top_damage, "random5_damage_mean": random_damage,
                    "random5_damage_each": [float(full - s) for s in random_scores]},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result, args)
     print(json.dumps(summary, indent=2))
 
 
@@ -226,6 +226,7 @@ def add_agreement_curve(args, loaded, task) -> None:
     result.setdefault("seed_spearman_by_evaluations_by_estimator", {})[args.curve_estimator] = curve
     if args.curve_estimator == result["settings"]["estimator"]:
         result["seed_spearman_by_evaluations"] = curve
+    result.setdefault("curve_runs", []).append(run_record(args))  # "run" stays the run that made the values
     atomic_write(out, json.dumps(result, indent=2) + "\n")
 
 

@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,14 +31,14 @@ from probes.clustering import cluster_heads, plot_clusters, specificity  # noqa:
 from probes.estimators import DEFAULT_ESTIMATOR  # noqa: E402
 from probes.stopping import MaxEvaluations  # noqa: E402
 from probes.head_values import head_values  # noqa: E402
-from task_stores import make_task, store_name  # noqa: E402  (benchmarks/ is on the path)
-from surgery.atomic_io import atomic_path, atomic_write  # noqa: E402
+from benchmarks.bench_common import make_task, store_name, write_results  # noqa: E402
+from surgery.atomic_io import atomic_path  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = ("induction", "ioi", "factual", "agreement", "greater_than")
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
@@ -58,7 +57,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--store-dir", default=os.environ.get("HEAD_VALUES_STORE", "/tmp/model-surgery-stores/head_values"))
     parser.add_argument("--out", default=str(RESULTS / "specialization.json"))
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = make_parser().parse_args()
     torch.set_num_threads(args.threads)
 
     import surgery
@@ -116,16 +119,13 @@ def main() -> None:
                      "dtype": args.dtype,
                      "n_examples_values": args.n, "induction_length": args.length,
                      "n_examples_validation": args.validation_n, "ablation": "zero", "k": args.k or "silhouette",
-                     "seed": args.seed, "threads": args.threads,
-                     "machine": f"{platform.machine()} {os.cpu_count()} cpus (shared)", "torch": torch.__version__},
+                     "seed": args.seed, "threads": args.threads},
         "runs": runs,
         "clusters": clusters.as_dict(),
         "specificity": report.as_dict(),
         "validation_wall_seconds": round(validation_wall, 1),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, json.dumps(result, indent=2) + "\n")
+    out = write_results(args.out, result, args)
 
     import matplotlib
 

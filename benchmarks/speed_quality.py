@@ -14,15 +14,12 @@ largest logit difference between the reloaded export and the in-memory pruned mo
 (shared machine: timings carry noise, so the dense model is timed again right before each variant and
 the speed-ups are ratios of those pairs; parameters and bytes carry none). `export_max_logit_diff` is
 checked for the first variant of each kind (drop, repair, width) to save time. Writes
-benchmarks/results/speed_quality.json with the command, git commit and package versions.
+benchmarks/results/speed_quality.json with its run record (command, git commit, package versions).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,27 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_common import token_rows as rows, write_results  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results" / "speed_quality.json"
 
 
-def rows(batch, start: int, stop: int):
-    from surgery.batch import TokenBatch
-    cut = lambda t: None if t is None else t[start:stop]
-    return TokenBatch(cut(batch.input_ids), cut(batch.attention_mask), cut(batch.score_positions), cut(batch.targets))
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-    out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "safetensors", "numpy"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--drop", type=int, nargs="+", default=[3, 6], help="layers to drop (Block Influence)")
@@ -69,7 +51,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS))
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = make_parser().parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -86,10 +72,6 @@ def main() -> None:
     from surgery.mlp_width import channel_statistics
 
     t0 = time.time()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                text=True, cwd=Path(__file__).parent).stdout.strip())
     loaded = surgery.load(args.model)
     n_cal_max = args.n_cal
     text = get_task("text", n=n_cal_max + args.n_eval, seq_len=args.seq_len).batch(loaded, seed=0).tokens
@@ -196,13 +178,7 @@ def main() -> None:
                                   for k in args.drop},
     }
     result["wall_seconds"] = round(time.time() - t0, 1)
-    result["command"] = "python " + " ".join(sys.argv)
-    result["git_commit"] = commit  # the code that ran (taken at the start)
-    result["git_dirty"] = dirty  # uncommitted changes to tracked files when it started
-    result["versions"] = versions()
-    result["machine"] = {"cpus": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(),
-                         "platform": platform.platform()}
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result, args)
     print(f"wrote {args.out} in {result['wall_seconds']} s")
 
 
