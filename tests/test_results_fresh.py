@@ -49,9 +49,7 @@ def load_script(script: Path):
 def setting_differences(run: dict, script: Path) -> list[str]:
     """Recorded settings that the script's command line, given the recorded arguments, sets otherwise now."""
     module = load_script(script)
-    from benchmarks.bench_common import plain
-
-    now = {k: plain(v) for k, v in vars(module.make_parser().parse_args(run["argv"])).items()}
+    now = json.loads(json.dumps(vars(module.make_parser().parse_args(run["argv"])), default=str))  # as recorded
     recorded = run["settings"]
     return [f"setting {k!r} was {recorded.get(k)!r}, the script now gives {now.get(k)!r}"
             for k in sorted(set(now) | set(recorded)) if now.get(k) != recorded.get(k)]
@@ -115,3 +113,16 @@ def test_readme_shows_the_stale_results():
     block = readme.split(README_START, 1)[1].split(README_END, 1)[0].strip()
     expected = "\n".join(f"- `benchmarks/results/{name}`: {reason}" for name, reason in sorted(registry().items()))
     assert block == expected, f"README's stale-results block must list STALE.json; replace it with:\n{expected}"
+
+
+def test_a_changed_default_makes_a_results_file_stale(tmp_path):
+    script = tmp_path / "bench.py"
+    script.write_text("import argparse\n\ndef make_parser():\n    p = argparse.ArgumentParser()\n"
+                      "    p.add_argument('--budget', type=int, default=300)\n    p.add_argument('--seed', type=int, default=0)\n"
+                      "    return p\n")
+    run = {"argv": ["--seed", "1"], "settings": {"budget": 300, "seed": 1}}
+    assert setting_differences(run, script) == []
+    script.write_text(script.read_text().replace("default=300", "default=600"))
+    assert setting_differences(run, script) == ["setting 'budget' was 300, the script now gives 600"]
+    explicit = {"argv": ["--budget", "300"], "settings": {"budget": 300, "seed": 0}}
+    assert setting_differences(explicit, script) == []  # the command set it: a new default does not matter
