@@ -33,9 +33,9 @@ def model_digest(loaded: LoadedModel) -> str:
 
     Hashes the config, then per parameter its name, shape, dtype and every byte of its data. A
     permutation of rows or columns (two heads swapped inside q_proj/o_proj) changes it, unlike the
-    sums of scheme 1. Hashing all bytes is also the fast choice: SmolLM2-135M (538 MB of float32)
-    takes 0.3-0.4 s on one CPU core, less than the float64 sums it replaces (a strided sample was
-    slower still, since gathering it copies). Bytes are device-independent, so the digest is too;
+    sums of scheme 1. Hashing all bytes is also the fast choice: faster than the float64 sums it
+    replaces (a strided sample was slower still, since gathering it copies). Bytes are
+    device-independent, so the digest is too;
     the same weights in another dtype are other bytes and get another digest.
     """
     h = hashlib.sha256(loaded.model.config.to_json_string(use_diff=True).encode())

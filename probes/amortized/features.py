@@ -18,9 +18,8 @@ Putting every head's gate at t (a fractional model, not a random coalition) and 
 gradients over ig_steps midpoints is the cheap stand-in: all heads from one batched forward/backward
 over ig_steps copies of the batch. As steps grow the sum over heads tends to v(all) - v(none), like
 the values'; on SmolLM2 the path is rough near t = 0 (layers 0 and 2), so 16 steps miss the sum
-(22.0 against 15.7 on induction) while the ranking is already there.
-On SmolLM2 it tracks the 12k-evaluation head values better than attribution patching or
-leave-one-out (Spearman 0.49 vs 0.30 and 0.47 on induction; benchmarks/amortized.py has the rest).
+while the ranking is already there. benchmarks/amortized.py compares how well it, attribution
+patching and leave-one-out track precise head values (its results file holds the numbers).
 
 The same forward runs with eager attention so the attention patterns can be read (entropy, sink,
 previous-token and self attention); the backward pass gives the gradients. The metric is used with

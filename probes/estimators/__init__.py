@@ -42,7 +42,7 @@ ESTIMATORS = MappingProxyType(_REGISTRY)
 # Chosen from the benchmark table at every budget 2n-20n (see module docstring): one antithetic
 # permutation chain read as regression pairs, then Leverage SHAP pairs, ridge toward a prior and
 # the kernel-ridge step of leverage_shap_krr (chains.py). At 2n it is antithetic permutation
-# sampling (the best there); from 5n on it fits like leverage_shap_krr (the best at 10n-20n).
+# sampling; from 5n on it fits like leverage_shap_krr.
 # leverage_shap_krr, the default before, keeps its name and exact behaviour, so its stores and
 # values files replay unchanged.
 DEFAULT_ESTIMATOR = "chain_krr"

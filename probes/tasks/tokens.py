@@ -19,8 +19,8 @@ class Tok:
     because a causal model is scored at the end of the prompt. A tokenizer that adds nothing in
     front (GPT-2, SmolLM2) gets its document separator `<|endoftext|>` (else its EOS) in front
     instead: models are trained on documents that follow one, and without it the first tokens act
-    as an attention sink and the model is much weaker (SmolLM2-135M induction log-prob -5.2 without,
-    -2.3 with). prepend="none" turns this off; a list of ids sets the prefix explicitly.
+    as an attention sink and the model is much weaker (SmolLM2-135M on induction, for one).
+    prepend="none" turns this off; a list of ids sets the prefix explicitly.
     """
 
     def __init__(self, tokenizer, prepend: str | Sequence[int] = "auto"):
