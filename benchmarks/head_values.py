@@ -91,30 +91,9 @@ def main() -> None:
         return
     runs, values = [], []
     for seed in args.seeds:
-        store = store_path(args, seed)
-        resumed = (store / "values.jsonl").exists()
-        start = time.perf_counter()
-        done = [0]
-
-        def progress(k, done=done, start=start, seed=seed):
-            done[0] += k
-            print(f"  seed {seed}: {done[0]} coalitions evaluated, {time.perf_counter() - start:.0f} s", flush=True)
-
-        stop = {} if args.stop_at is None else {"stop": MaxEvaluations(args.stop_at), "n_rounds": args.rounds}
-        hv = head_values(loaded, task, budget=args.budget, seed=seed, store=store, max_rows=args.max_rows,
-                         progress=progress, **stop)
-        wall = time.perf_counter() - start
-        timing = record_compute_time(store, wall, hv.details["wall_evaluations_this_run"], args.threads)
+        hv, run = value_one_seed(args, loaded, task, seed)
         values.append(hv)
-        runs.append({"seed": seed, "wall_seconds": round(wall, 1), "evaluations": hv.n_evaluations,
-                     "computed_this_run": hv.details["wall_evaluations_this_run"], "resumed_from_store": resumed,
-                     "compute_seconds_all_runs": timing["seconds"], "computed_all_runs": timing["evaluations"],
-                     "compute_runs": timing["runs"],
-                     "store": str(store), "top5": hv.top_k(5), "harmful_95": [h.as_dict() for h in hv.harmful(0.95)],
-                     "full_value": hv.full_value, "empty_value": hv.empty_value,
-                     "median_stderr": float(np.nanmedian(hv.stderrs))})
-        print(f"seed {seed}: {wall:.0f} s, {hv.n_evaluations} evaluations; top 5 {hv.top_k(5)}", flush=True)
-        hv.save(store.parent / f"values-{store.name}.json")
+        runs.append(run)
     if len(values) < 2:
         print("one seed: its store is filled; run again with two --seeds to compare them", flush=True)
         return
@@ -122,21 +101,9 @@ def main() -> None:
     rho = float(spearmanr(values[0].means, values[1].means).statistic)
     top_overlap = len({n for n, _ in values[0].top_k(10)} & {n for n, _ in values[1].top_k(10)})
 
-    # Ablation check on the same batch: top-5 heads of seed 0 against random sets of 5.
     tb = task.batch(loaded.tokenizer, seed=0)
-    game = model_game(loaded, tb.tokens, tb.metric(), "heads", max_rows=args.max_rows, task_name="induction")
-    n = game.n_players
-    rng = np.random.default_rng(1234)
-    top = [game.index_of(name) for name, _ in values[0].top_k(5)]
-    masks = [np.ones(n, dtype=bool)]
-    for idx in [top] + [rng.choice(n, 5, replace=False) for _ in range(args.random_draws)]:
-        row = np.ones(n, dtype=bool)
-        row[list(idx)] = False
-        masks.append(row)
-    scores = game(np.array(masks))
-    full, top_score, random_scores = scores[0], scores[1], scores[2:]
-    top_damage = float(full - top_score)
-    random_damage = float(np.mean(full - random_scores))
+    n, damage = top5_damage(args, loaded, tb, values[0])
+    top_damage, random_damage = damage["top5_damage"], damage["random5_damage_mean"]
     summary = {
         "seed_spearman": round(rho, 4),
         # Model time of one seed, summed over every process that evaluated coalitions into its store
@@ -160,12 +127,57 @@ def main() -> None:
                      "random_draws": args.random_draws, "threads": args.threads, "max_rows": args.max_rows},
         "runs": runs,
         "top10_overlap_between_seeds": top_overlap,
-        "damage": {"full_value": float(full), "top5_heads": values[0].top_k(5), "top5_value": float(top_score),
-                   "top5_damage": top_damage, "random5_damage_mean": random_damage,
-                   "random5_damage_each": [float(full - s) for s in random_scores]},
+        "damage": damage,
     }
     write_results(args.out, result, args)
     print(json.dumps(summary, indent=2))
+
+
+def value_one_seed(args, loaded, task, seed: int):
+    """(HeadValues, run record) of one estimator seed; evaluations stream to (and resume from) its store."""
+    store = store_path(args, seed)
+    resumed = (store / "values.jsonl").exists()
+    start = time.perf_counter()
+    done = [0]
+
+    def progress(k):
+        done[0] += k
+        print(f"  seed {seed}: {done[0]} coalitions evaluated, {time.perf_counter() - start:.0f} s", flush=True)
+
+    stop = {} if args.stop_at is None else {"stop": MaxEvaluations(args.stop_at), "n_rounds": args.rounds}
+    hv = head_values(loaded, task, budget=args.budget, seed=seed, store=store, max_rows=args.max_rows,
+                     progress=progress, **stop)
+    wall = time.perf_counter() - start
+    timing = record_compute_time(store, wall, hv.details["wall_evaluations_this_run"], args.threads)
+    run = {"seed": seed, "wall_seconds": round(wall, 1), "evaluations": hv.n_evaluations,
+           "computed_this_run": hv.details["wall_evaluations_this_run"], "resumed_from_store": resumed,
+           "compute_seconds_all_runs": timing["seconds"], "computed_all_runs": timing["evaluations"],
+           "compute_runs": timing["runs"],
+           "store": str(store), "top5": hv.top_k(5), "harmful_95": [h.as_dict() for h in hv.harmful(0.95)],
+           "full_value": hv.full_value, "empty_value": hv.empty_value,
+           "median_stderr": float(np.nanmedian(hv.stderrs))}
+    print(f"seed {seed}: {wall:.0f} s, {hv.n_evaluations} evaluations; top 5 {hv.top_k(5)}", flush=True)
+    hv.save(store.parent / f"values-{store.name}.json")
+    return hv, run
+
+
+def top5_damage(args, loaded, tb, values) -> tuple[int, dict]:
+    """(number of heads, ablation check on the same batch): the top-5 heads of `values` against
+    random sets of 5."""
+    game = model_game(loaded, tb.tokens, tb.metric(), "heads", max_rows=args.max_rows, task_name="induction")
+    n = game.n_players
+    rng = np.random.default_rng(1234)
+    top = [game.index_of(name) for name, _ in values.top_k(5)]
+    masks = [np.ones(n, dtype=bool)]
+    for idx in [top] + [rng.choice(n, 5, replace=False) for _ in range(args.random_draws)]:
+        row = np.ones(n, dtype=bool)
+        row[list(idx)] = False
+        masks.append(row)
+    scores = game(np.array(masks))
+    full, top_score, random_scores = scores[0], scores[1], scores[2:]
+    return n, {"full_value": float(full), "top5_heads": values.top_k(5), "top5_value": float(top_score),
+               "top5_damage": float(full - top_score), "random5_damage_mean": float(np.mean(full - random_scores)),
+               "random5_damage_each": [float(full - s) for s in random_scores]}
 
 
 def record_compute_time(store: Path, seconds: float, evaluations: int, threads: int) -> dict:

@@ -38,6 +38,36 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = ("induction", "ioi", "factual", "agreement", "greater_than")
 
 
+def value_task(args, loaded, name: str, stop: dict):
+    """(HeadValues, run record) of one task; evaluations stream to (and resume from) its store."""
+    task = make_task(name, args.n, args.length)
+    store = Path(args.store_dir) / store_name(name, args.n, args.budget, args.dtype, args.seed, length=args.length)
+    resumed = (store / "values.jsonl").exists()
+    start = time.perf_counter()
+    hv = head_values(loaded, task, budget=args.budget, seed=args.seed, store=store, max_rows=args.max_rows, **stop)
+    wall = time.perf_counter() - start
+    run = {"wall_seconds": round(wall, 1), "evaluations": hv.n_evaluations,
+           "computed_this_run": hv.details["wall_evaluations_this_run"], "resumed_from_store": resumed,
+           "metric": hv.fingerprint.get("metric"), "full_value": hv.full_value,
+           "empty_value": hv.empty_value, "top5": hv.top_k(5),
+           "harmful_95": [h.as_dict() for h in hv.harmful(0.95)][:10],
+           "median_stderr": float(np.nanmedian(hv.stderrs))}
+    print(f"{name}: {wall:.0f} s, {hv.n_evaluations} evaluations, top {hv.top_k(3)}", flush=True)
+    hv.save(store.parent / f"values-{store.name}.json")
+    return hv, run
+
+
+def save_figure(path: Path, clusters, per_task: int, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = plot_clusters(clusters, title=f"SmolLM2-135M head values / task RMS, k={clusters.k}\n"
+                                       f"({DEFAULT_ESTIMATOR}, {per_task} evals/task, {args.dtype})")
+    ax.figure.tight_layout()
+    with atomic_path(path) as tmp:
+        ax.figure.savefig(tmp, format="png", dpi=110)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -70,21 +100,7 @@ def main() -> None:
     stop = {} if args.stop_at is None else {"stop": MaxEvaluations(args.stop_at), "n_rounds": args.rounds}
     values, runs = {}, {}
     for name in args.tasks:
-        task = make_task(name, args.n, args.length)
-        store = Path(args.store_dir) / store_name(name, args.n, args.budget, args.dtype, args.seed, length=args.length)
-        resumed = (store / "values.jsonl").exists()
-        start = time.perf_counter()
-        hv = head_values(loaded, task, budget=args.budget, seed=args.seed, store=store, max_rows=args.max_rows, **stop)
-        wall = time.perf_counter() - start
-        values[name] = hv
-        runs[name] = {"wall_seconds": round(wall, 1), "evaluations": hv.n_evaluations,
-                      "computed_this_run": hv.details["wall_evaluations_this_run"], "resumed_from_store": resumed,
-                      "metric": hv.fingerprint.get("metric"), "full_value": hv.full_value,
-                      "empty_value": hv.empty_value, "top5": hv.top_k(5),
-                      "harmful_95": [h.as_dict() for h in hv.harmful(0.95)][:10],
-                      "median_stderr": float(np.nanmedian(hv.stderrs))}
-        print(f"{name}: {wall:.0f} s, {hv.n_evaluations} evaluations, top {hv.top_k(3)}", flush=True)
-        hv.save(store.parent / f"values-{store.name}.json")
+        values[name], runs[name] = value_task(args, loaded, name, stop)
     if len(values) < 2:
         print("one task: its store is filled; run again with every task to cluster them", flush=True)
         return
@@ -127,14 +143,7 @@ def main() -> None:
     }
     out = write_results(args.out, result, args)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    ax = plot_clusters(clusters, title=f"SmolLM2-135M head values / task RMS, k={clusters.k}\n"
-                                       f"({DEFAULT_ESTIMATOR}, {per_task} evals/task, {args.dtype})")
-    ax.figure.tight_layout()
-    with atomic_path(out.with_suffix(".png")) as tmp:
-        ax.figure.savefig(tmp, format="png", dpi=110)
+    save_figure(out.with_suffix(".png"), clusters, per_task, args)
     print(json.dumps(summary, indent=2))
 
 
