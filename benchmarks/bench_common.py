@@ -147,6 +147,13 @@ def token_rows(batch, start: int, stop: int):
     return TokenBatch(cut(batch.input_ids), cut(batch.attention_mask), cut(batch.score_positions), cut(batch.targets))
 
 
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two score vectors."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b)[0])
+
+
 def tiny_gpt2(seed: int = 0):
     """The tiny GPT-2 of the tests (3 layers x 4 heads, vocabulary 97, built in memory, weights
     jittered so ablations change the output): the same construction as tests/tiny_models.build("gpt2"),
