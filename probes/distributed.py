@@ -258,7 +258,11 @@ class RayEvaluator:
         return metric_sign(self.metric)
 
     def _engine_order(self, coalitions: np.ndarray) -> np.ndarray:
-        """Row order of AblationEngine._chunks: by first ablated layer, descending, stable."""
+        """Row order of the engine's chunks: by first ablated layer, descending, stable.
+
+        The driver holds no engine (it never loads the model) and surgery.engine exposes no public
+        chunk plan, so the order is rebuilt here from the workers' first-layer table; it must stay in
+        step with AblationEngine's chunking (tests/probes/test_distributed.py compares the values)."""
         first = np.where(~coalitions, self._first_layer[None, :], self._n_layers).min(axis=1)
         return np.argsort(-first, kind="stable")
 
