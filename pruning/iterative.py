@@ -95,28 +95,9 @@ def _select(values: Values, n: int, left: dict[int, int], layer_of, min_per_laye
     return chosen
 
 
-def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_dir, fraction: float | None = None,
-                        k: int | None = None, step_fraction: float = 0.05, p: float | None = None,
-                        prior: str = "none", seed: int = 0, min_per_layer: int = 1, removal: str = "physical",
-                        estimator_settings: dict | None = None, progress=None,
-                        screen: float | None = None, screen_scores=None) -> PruningPlan:
-    """Remove `fraction` (or k) of the heads in steps of `step_fraction` of all heads, re-valuing the
-    survivors with weighted Banzhaf values before every step; `budget` evaluations split evenly.
-
-    game: a game over every head of `loaded` (model_game / objective_game), any ablation mode.
-    prior: "none" or "gradient" (gate gradients at the step's operating point, shrinkage target).
-    screen, screen_scores: value only the `screen` x step-size survivors that `screen_scores(removed)`
-    (e.g. pruning.screening.gate_gradient_screen) scores lowest; the other survivors stay present, and
-    p defaults to 1 - step size / candidates (1/2 for screen=2): the budget goes where the decision is.
-    The plan's removal mode follows the game's ablation (mean -> mean_compensated).
-    """
-    heads = loaded.components.heads
-    if list(game.players) != heads:
-        raise PruningError(f"iterative_head_plan needs a game over all {len(heads)} heads of this model in order "
-                           f"(model_game(model, batch, metric, 'heads')); got {game.n_players} players")
-    if prior not in ("none", "gradient"):
-        raise PruningError(f"prior must be 'none' or 'gradient', got {prior!r}")
-    n = len(heads)
+def _schedule_for(n: int, budget: int, fraction, k, step_fraction: float, screen, screen_scores, *, ols: bool):
+    """(k, step, step sizes, evaluations per step) for removing fraction (or k) of n heads, each
+    setting checked; refuses a budget the first step cannot be valued with."""
     if (k is None) == (fraction is None):
         raise PruningError("say how many heads to remove: give k= or fraction=, one of them")
     if fraction is not None:
@@ -139,13 +120,38 @@ def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_d
     per_step = budget // len(sizes)
     if per_step < 1:
         raise PruningError(f"budget {budget} cannot be split over {len(sizes)} steps")
-    ols = prior == "none" and (estimator_settings or {}).get("method", "ols") == "ols"
     first_players = n if screen is None else min(n, math.ceil(screen * sizes[0]))
     needed = min(first_players + 4, 2**first_players) if ols else 5  # players of the first step
     if per_step < needed:
         raise PruningError(f"budget {budget} split over {len(sizes)} steps gives {per_step} evaluations per step; "
                            f"the first step values {first_players} heads and needs at least {needed}. Raise the budget to "
                            f"{needed * len(sizes)} or more, take larger steps, or use prior='gradient'")
+    return k, step, sizes, per_step
+
+
+def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_dir, fraction: float | None = None,
+                        k: int | None = None, step_fraction: float = 0.05, p: float | None = None,
+                        prior: str = "none", seed: int = 0, min_per_layer: int = 1, removal: str = "physical",
+                        estimator_settings: dict | None = None, progress=None,
+                        screen: float | None = None, screen_scores=None) -> PruningPlan:
+    """Remove `fraction` (or k) of the heads in steps of `step_fraction` of all heads, re-valuing the
+    survivors with weighted Banzhaf values before every step; `budget` evaluations split evenly.
+
+    game: a game over every head of `loaded` (model_game / objective_game), any ablation mode.
+    prior: "none" or "gradient" (gate gradients at the step's operating point, shrinkage target).
+    screen, screen_scores: value only the `screen` x step-size survivors that `screen_scores(removed)`
+    (e.g. pruning.screening.gate_gradient_screen) scores lowest; the other survivors stay present, and
+    p defaults to 1 - step size / candidates (1/2 for screen=2): the budget goes where the decision is.
+    The plan's removal mode follows the game's ablation (mean -> mean_compensated).
+    """
+    heads = loaded.components.heads
+    if list(game.players) != heads:
+        raise PruningError(f"iterative_head_plan needs a game over all {len(heads)} heads of this model in order "
+                           f"(model_game(model, batch, metric, 'heads')); got {game.n_players} players")
+    if prior not in ("none", "gradient"):
+        raise PruningError(f"prior must be 'none' or 'gradient', got {prior!r}")
+    k, step, sizes, per_step = _schedule_for(len(heads), budget, fraction, k, step_fraction, screen, screen_scores,
+                                             ols=prior == "none" and (estimator_settings or {}).get("method", "ols") == "ols")
     store_dir = Path(store_dir)
     comps = loaded.components
     layer_of = lambda name: comps.parse(name).layer  # noqa: E731
@@ -187,6 +193,12 @@ def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_d
                 "objective": game.objective or game.fingerprint.get("objective"),
                 "estimator_settings": estimator_settings or {}, "screen": screen,
                 "screen_scores": getattr(screen_scores, "__name__", None) if screen_scores else None}
+    return _plan_from_steps(game, loaded, removed, removal, settings, steps)
+
+
+def _plan_from_steps(game: Game, loaded: LoadedModel, removed: list[str], removal: str, settings: dict,
+                     steps: list[dict]) -> PruningPlan:
+    """The plan with its replayable record; removal follows the game's ablation (mean -> compensated)."""
     record = {"policy": "iterative_head_plan", "settings": settings, "steps": steps,
               "game_fingerprint": {k_: v for k_, v in game.fingerprint.items() if k_ != "players"}}
     ablation = game.fingerprint.get("ablation")
