@@ -15,15 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-import surgery
-from surgery.backends import bridge_from_hf, bridge_masked_logits, nnsight_from_hf, nnsight_masked_logits
-from surgery.engine import AblationEngine
-from surgery.atomic_io import atomic_write
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import surgery  # noqa: E402
+from benchmarks.bench_common import write_results  # noqa: E402
+from surgery.backends import bridge_from_hf, bridge_masked_logits, nnsight_from_hf, nnsight_masked_logits  # noqa: E402
+from surgery.engine import AblationEngine  # noqa: E402
 
 PROMPTS = [
     "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is",
@@ -122,7 +125,7 @@ def throughput(loaded, batch, players, masks, max_rows, rounds=2):
             "naive_seconds": t_naive, "engine_seconds": t_engine, "coalitions": n}
 
 
-def main():
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--coalitions", type=int, default=32)
@@ -130,7 +133,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="alternating timing rounds per game")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "ablation.json"))
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = make_parser().parse_args()
     torch.manual_seed(args.seed)
 
     loaded = surgery.load("smollm2-135m")
@@ -172,8 +179,7 @@ def main():
         "masked_forward_max_logit_diff_vs_native": agree,
         "games": games,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out, json.dumps(result, indent=2))
+    write_results(args.out, result, args)
 
     print(f"masked forward, {tuple(long_batch.input_ids.shape)} tokens, median of {args.repeats}:")
     print(f"  {'method':<10}{'seconds':>10}{'vs plain':>10}{'max |dlogit| vs native':>26}")

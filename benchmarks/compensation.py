@@ -8,14 +8,12 @@ the held-out text the perplexity is measured on. For each criterion one plan rem
 lowest-scored heads; it is exported twice (zero removal, compensated removal), each export is
 reloaded from disk and evaluated. `export_max_logit_diff` is the largest difference between the
 reloaded compensated export and the original model under mean ablation (same calibration batch).
-Writes benchmarks/results/compensation.json with the command and git commit.
+Writes benchmarks/results/compensation.json with its run record (command, git commit, package versions).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,16 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_common import token_rows as rows, write_results  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results" / "compensation.json"
 
 
-def rows(batch, start: int, stop: int):
-    from surgery.batch import TokenBatch
-    cut = lambda t: None if t is None else t[start:stop]
-    return TokenBatch(cut(batch.input_ids), cut(batch.attention_mask), cut(batch.score_positions), cut(batch.targets))
-
-
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--k", type=int, default=27, help="heads to remove (27 = 10%% of SmolLM2's 270)")
@@ -43,7 +37,11 @@ def main() -> None:
     parser.add_argument("--n-eval", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--out", default=str(RESULTS))
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = make_parser().parse_args()
     torch.set_num_threads(2)
 
     import surgery
@@ -83,10 +81,7 @@ def main() -> None:
                 del reloaded
         result["rows"].append(row)
     result["wall_seconds"] = round(time.time() - t0, 1)
-    result["command"] = "python " + " ".join(sys.argv)
-    result["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                          cwd=Path(__file__).parent).stdout.strip()
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result, args)
     print(f"wrote {args.out}")
 
 

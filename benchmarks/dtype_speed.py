@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,15 +24,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probes.head_values import _task_batch  # noqa: E402
+from probes.head_values import resolve_task  # noqa: E402
 from probes.model_game import model_game  # noqa: E402
 from probes.tasks import get_task  # noqa: E402
-from surgery.atomic_io import atomic_write  # noqa: E402
+from benchmarks.bench_common import write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dtype_speed.json"
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--coalitions", type=int, default=128)
@@ -43,7 +41,11 @@ def main() -> None:
     parser.add_argument("--max-rows", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(RESULTS))
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = make_parser().parse_args()
     torch.set_num_threads(args.threads)
     import surgery
 
@@ -51,7 +53,7 @@ def main() -> None:
     make_game, rates, values = {}, {}, {}
     for name in ("float32", "bfloat16"):
         loaded = surgery.load(args.model, dtype=getattr(torch, name))
-        batch, metric, task_name = _task_batch(loaded, get_task("induction", n=4, length=8), None, None, 0, None)
+        batch, metric, task_name = resolve_task(loaded, get_task("induction", n=4, length=8), None, None, 0, None)
         # A fresh game for every timed call: a game remembers the coalitions it has evaluated.
         make_game[name] = (lambda loaded=loaded, batch=batch, metric=metric, task_name=task_name:
                            model_game(loaded, batch, metric, "heads", task_name=task_name, max_rows=args.max_rows))
@@ -79,10 +81,8 @@ def main() -> None:
         "value_spearman": round(float(spearmanr(values["float32"], values["bfloat16"]).statistic), 4),
     }
     result = {"summary": summary, "rates": rates,
-              "settings": {**vars(args), "n_players": n, "task": "induction n=4 length=8",
-                           "machine": f"{platform.machine()} {os.cpu_count()} cpus (shared)",
-                           "torch": torch.__version__}}
-    atomic_write(args.out, json.dumps(result, indent=2) + "\n")
+              "settings": {**vars(args), "n_players": n, "task": "induction n=4 length=8"}}
+    write_results(args.out, result, args)
     print(f"{'dtype':10s} {'evals/s':>10s}")
     for name in rates:
         print(f"{name:10s} {np.mean(rates[name]):10.2f}")

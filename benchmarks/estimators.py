@@ -12,7 +12,7 @@ the same games (rebuilt from their factory and seed, or from a table of all 2^n 
 only its estimates come back, scored here. The JSON's `summary` holds, at each budget, the worst
 ratio over games of the default estimator's error to the best alternative's (every other
 estimator, ours and both shapiq's): the default (probes.estimators.DEFAULT_ESTIMATOR) is chosen
-from this table. It also records the command, the git commit and both shapiq versions.
+from this table. It also records its run record (command, git commit, versions) and both shapiq versions.
 
 To add a game (e.g. the head game of a tiny model), call `run_benchmark` with your own
 {name: (Game, true_values)} dict; true values from exact_shapley for up to ~20 players.
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from probes.estimators import DEFAULT_ESTIMATOR, get_estimator  # noqa: E402
 from probes.game import Game  # noqa: E402
 from probes.shapiq_interop import run_shapiq_approximator  # noqa: E402
 from probes.synthetic_games import saturating_game, saturating_score_game, soum_game  # noqa: E402
-from surgery.atomic_io import atomic_write  # noqa: E402
+from benchmarks.bench_common import tiny_gpt2, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "estimators.json"
 BUDGET_MULTIPLIERS = (2, 5, 10, 20)
@@ -190,17 +189,13 @@ def merge_peer(results: dict, answer: dict, games: dict, budget_multipliers) -> 
 
 def tiny_model_head_game(seed: int = 0) -> tuple[Game, np.ndarray]:
     """The 12-head game of a tiny GPT-2 (3 layers x 4 heads, built in memory), truth by exact."""
-    import sys
-
     import torch
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from tiny_models import build  # noqa: E402
 
     import surgery
     from probes.estimators.exact import exact_shapley
     from probes.model_game import model_game
 
-    loaded = surgery.load(build("gpt2", seed=seed))
+    loaded = surgery.load(tiny_gpt2(seed=seed))
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, loaded.model.config.vocab_size, (4, 12), generator=g)
     batch = surgery.TokenBatch.next_token(ids)
@@ -325,20 +320,7 @@ def summarize(results: dict, default: str, budget_multipliers: Sequence[int] = B
     }
 
 
-def _git_commit() -> str:
-    root = Path(__file__).resolve().parents[1]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                           text=True).stdout.strip()
-    return commit + ("-dirty" if dirty else "")
-
-
-def main() -> None:
-    import warnings
-
-    from probes.estimators.reliability import UnstableRankingWarning
-
-    warnings.simplefilter("ignore", UnstableRankingWarning)  # small budgets are measured on purpose
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="n = 16 and 64 only")
     parser.add_argument("--seeds", type=int, default=3)
@@ -347,7 +329,16 @@ def main() -> None:
                         help=f"Python >= 3.12 with shapiq 1.8 installed (default: {PEER_VENV}, created if missing)")
     parser.add_argument("--no-peer", action="store_true", help="skip the newest shapiq")
     parser.add_argument("--no-model-game", action="store_true", help="skip the tiny GPT-2 head game")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    import warnings
+
+    from probes.estimators.reliability import UnstableRankingWarning
+
+    warnings.simplefilter("ignore", UnstableRankingWarning)  # small budgets are measured on purpose
+    args = make_parser().parse_args()
     start = time.perf_counter()
     games = default_games(args.quick)
     if not args.no_model_game:
@@ -364,13 +355,10 @@ def main() -> None:
                 raise SystemExit(f"the shapiq peer worker failed (exit {process.returncode}); see its output above")
             merge_peer(results, json.loads(answer.read_text()), games, BUDGET_MULTIPLIERS)
     results["summary"] = summarize(results, DEFAULT_ESTIMATOR)
-    results["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
-    results["git_commit"] = _git_commit()
     results["shapiq_versions"] = {"main": importlib.metadata.version("shapiq"),
                                   "peer": results.get("shapiq_peer", {}).get("version")}
     results["total_seconds"] = time.perf_counter() - start
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.output, json.dumps(results, indent=2) + "\n")
+    write_results(args.output, results, args)
     summary = results["summary"]
     print(f"\nsummary (default = {summary['default_estimator']}), worst error ratio to the best alternative:")
     for key, entry in summary["per_budget"].items():

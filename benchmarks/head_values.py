@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ from probes.head_values import head_values  # noqa: E402
 from probes.model_game import model_game  # noqa: E402
 from probes.stopping import MaxEvaluations  # noqa: E402
 from probes.tasks import get_task  # noqa: E402
-from task_stores import store_name  # noqa: E402  (benchmarks/ is on the path)
+from benchmarks.bench_common import run_record, store_name, write_results  # noqa: E402
 from surgery.atomic_io import atomic_write  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -50,7 +49,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SAME_DESIGN = ("leverage_shap", "leverage_shap_size", "leverage_shap_krr")
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--budget", type=int, default=600, help="coalition evaluations per seed (the design size)")
@@ -75,7 +74,11 @@ def main() -> None:
     parser.add_argument("--curve-step", type=int, default=4000, help="evaluations between points of the curve")
     parser.add_argument("--curve-estimator", default=DEFAULT_ESTIMATOR, choices=SAME_DESIGN,
                         help="estimator the curve replays the stores with: one that draws the run's design")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = make_parser().parse_args()
     torch.set_num_threads(args.threads)
 
     import surgery
@@ -88,30 +91,9 @@ def main() -> None:
         return
     runs, values = [], []
     for seed in args.seeds:
-        store = store_path(args, seed)
-        resumed = (store / "values.jsonl").exists()
-        start = time.perf_counter()
-        done = [0]
-
-        def progress(k, done=done, start=start, seed=seed):
-            done[0] += k
-            print(f"  seed {seed}: {done[0]} coalitions evaluated, {time.perf_counter() - start:.0f} s", flush=True)
-
-        stop = {} if args.stop_at is None else {"stop": MaxEvaluations(args.stop_at), "n_rounds": args.rounds}
-        hv = head_values(loaded, task, budget=args.budget, seed=seed, store=store, max_rows=args.max_rows,
-                         progress=progress, **stop)
-        wall = time.perf_counter() - start
-        timing = record_compute_time(store, wall, hv.details["wall_evaluations_this_run"], args.threads)
+        hv, run = value_one_seed(args, loaded, task, seed)
         values.append(hv)
-        runs.append({"seed": seed, "wall_seconds": round(wall, 1), "evaluations": hv.n_evaluations,
-                     "computed_this_run": hv.details["wall_evaluations_this_run"], "resumed_from_store": resumed,
-                     "compute_seconds_all_runs": timing["seconds"], "computed_all_runs": timing["evaluations"],
-                     "compute_runs": timing["runs"],
-                     "store": str(store), "top5": hv.top_k(5), "harmful_95": [h.as_dict() for h in hv.harmful(0.95)],
-                     "full_value": hv.full_value, "empty_value": hv.empty_value,
-                     "median_stderr": float(np.nanmedian(hv.stderrs))})
-        print(f"seed {seed}: {wall:.0f} s, {hv.n_evaluations} evaluations; top 5 {hv.top_k(5)}", flush=True)
-        hv.save(store.parent / f"values-{store.name}.json")
+        runs.append(run)
     if len(values) < 2:
         print("one seed: its store is filled; run again with two --seeds to compare them", flush=True)
         return
@@ -119,21 +101,9 @@ def main() -> None:
     rho = float(spearmanr(values[0].means, values[1].means).statistic)
     top_overlap = len({n for n, _ in values[0].top_k(10)} & {n for n, _ in values[1].top_k(10)})
 
-    # Ablation check on the same batch: top-5 heads of seed 0 against random sets of 5.
     tb = task.batch(loaded.tokenizer, seed=0)
-    game = model_game(loaded, tb.tokens, tb.metric(), "heads", max_rows=args.max_rows, task_name="induction")
-    n = game.n_players
-    rng = np.random.default_rng(1234)
-    top = [game.index_of(name) for name, _ in values[0].top_k(5)]
-    masks = [np.ones(n, dtype=bool)]
-    for idx in [top] + [rng.choice(n, 5, replace=False) for _ in range(args.random_draws)]:
-        row = np.ones(n, dtype=bool)
-        row[list(idx)] = False
-        masks.append(row)
-    scores = game(np.array(masks))
-    full, top_score, random_scores = scores[0], scores[1], scores[2:]
-    top_damage = float(full - top_score)
-    random_damage = float(np.mean(full - random_scores))
+    n, damage = top5_damage(args, loaded, tb, values[0])
+    top_damage, random_damage = damage["top5_damage"], damage["random5_damage_mean"]
     summary = {
         "seed_spearman": round(rho, 4),
         # Model time of one seed, summed over every process that evaluated coalitions into its store
@@ -154,18 +124,60 @@ def main() -> None:
                      "length": args.length, "tokens_per_example": int(tb.tokens.input_ids.shape[1]),
                      "metric": tb.default_metric, "estimator": DEFAULT_ESTIMATOR, "budget": args.budget, "stop_at": args.stop_at,
                      "budget_per_head": round(args.budget / n, 2), "ablation": "zero", "dtype": args.dtype, "seeds": args.seeds,
-                     "random_draws": args.random_draws, "threads": args.threads, "max_rows": args.max_rows,
-                     "machine": f"{platform.machine()} {os.cpu_count()} cpus (shared)", "torch": torch.__version__},
+                     "random_draws": args.random_draws, "threads": args.threads, "max_rows": args.max_rows},
         "runs": runs,
         "top10_overlap_between_seeds": top_overlap,
-        "damage": {"full_value": float(full), "top5_heads": values[0].top_k(5), "top5_value": float(top_score),
-                   "top5_damage": top_damage, "random5_damage_mean": random_damage,
-                   "random5_damage_each": [float(full - s) for s in random_scores]},
+        "damage": damage,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result, args)
     print(json.dumps(summary, indent=2))
+
+
+def value_one_seed(args, loaded, task, seed: int):
+    """(HeadValues, run record) of one estimator seed; evaluations stream to (and resume from) its store."""
+    store = store_path(args, seed)
+    resumed = (store / "values.jsonl").exists()
+    start = time.perf_counter()
+    done = [0]
+
+    def progress(k):
+        done[0] += k
+        print(f"  seed {seed}: {done[0]} coalitions evaluated, {time.perf_counter() - start:.0f} s", flush=True)
+
+    stop = {} if args.stop_at is None else {"stop": MaxEvaluations(args.stop_at), "n_rounds": args.rounds}
+    hv = head_values(loaded, task, budget=args.budget, seed=seed, store=store, max_rows=args.max_rows,
+                     progress=progress, **stop)
+    wall = time.perf_counter() - start
+    timing = record_compute_time(store, wall, hv.details["wall_evaluations_this_run"], args.threads)
+    run = {"seed": seed, "wall_seconds": round(wall, 1), "evaluations": hv.n_evaluations,
+           "computed_this_run": hv.details["wall_evaluations_this_run"], "resumed_from_store": resumed,
+           "compute_seconds_all_runs": timing["seconds"], "computed_all_runs": timing["evaluations"],
+           "compute_runs": timing["runs"],
+           "store": str(store), "top5": hv.top_k(5), "harmful_95": [h.as_dict() for h in hv.harmful(0.95)],
+           "full_value": hv.full_value, "empty_value": hv.empty_value,
+           "median_stderr": float(np.nanmedian(hv.stderrs))}
+    print(f"seed {seed}: {wall:.0f} s, {hv.n_evaluations} evaluations; top 5 {hv.top_k(5)}", flush=True)
+    hv.save(store.parent / f"values-{store.name}.json")
+    return hv, run
+
+
+def top5_damage(args, loaded, tb, values) -> tuple[int, dict]:
+    """(number of heads, ablation check on the same batch): the top-5 heads of `values` against
+    random sets of 5."""
+    game = model_game(loaded, tb.tokens, tb.metric(), "heads", max_rows=args.max_rows, task_name="induction")
+    n = game.n_players
+    rng = np.random.default_rng(1234)
+    top = [game.index_of(name) for name, _ in values.top_k(5)]
+    masks = [np.ones(n, dtype=bool)]
+    for idx in [top] + [rng.choice(n, 5, replace=False) for _ in range(args.random_draws)]:
+        row = np.ones(n, dtype=bool)
+        row[list(idx)] = False
+        masks.append(row)
+    scores = game(np.array(masks))
+    full, top_score, random_scores = scores[0], scores[1], scores[2:]
+    return n, {"full_value": float(full), "top5_heads": values.top_k(5), "top5_value": float(top_score),
+               "top5_damage": float(full - top_score), "random5_damage_mean": float(np.mean(full - random_scores)),
+               "random5_damage_each": [float(full - s) for s in random_scores]}
 
 
 def record_compute_time(store: Path, seconds: float, evaluations: int, threads: int) -> dict:
@@ -226,6 +238,7 @@ def add_agreement_curve(args, loaded, task) -> None:
     result.setdefault("seed_spearman_by_evaluations_by_estimator", {})[args.curve_estimator] = curve
     if args.curve_estimator == result["settings"]["estimator"]:
         result["seed_spearman_by_evaluations"] = curve
+    result.setdefault("curve_runs", []).append(run_record(args))  # "run" stays the run that made the values
     atomic_write(out, json.dumps(result, indent=2) + "\n")
 
 

@@ -14,7 +14,6 @@ removes) the estimate also puts in its lowest 27. Writes benchmarks/results/low_
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -27,13 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from probes.estimators import DEFAULT_ESTIMATOR  # noqa: E402
 from probes.head_values import head_values  # noqa: E402
-from task_stores import make_task, store_name  # noqa: E402  (benchmarks/ is on the path)
-from surgery.atomic_io import atomic_write  # noqa: E402
+from benchmarks.bench_common import make_task, store_name, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "low_budget.json"
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--budgets", type=int, nargs="+", default=[600, 1350])
@@ -41,7 +39,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4, help="induction examples in the batch")
     parser.add_argument("--store-dir", default=os.environ.get("HEAD_VALUES_STORE", "/tmp/model-surgery-stores/head_values"))
     parser.add_argument("--out", default=str(RESULTS))
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = make_parser().parse_args()
     torch.set_num_threads(2)
 
     import surgery
@@ -83,11 +85,8 @@ def main() -> None:
             rows.append(row)
             print(f"{estimator:20s} {budget:6d}  error {row['relative_l2']:.3f}  Spearman {row['spearman']:.3f}  "
                   f"lowest-27 overlap {row['lowest27_overlap']:.1f}/27", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, json.dumps({"benchmark": "low_budget", "reference": "mean of two 40,000-evaluation runs "
-                               f"({DEFAULT_ESTIMATOR}), induction n={args.n}, bfloat16", "rows": rows,
-                               "command": "python benchmarks/low_budget.py " + " ".join(sys.argv[1:])}, indent=2) + "\n")
+    out = write_results(args.out, {"benchmark": "low_budget", "reference": "mean of two 40,000-evaluation runs "
+                        f"({DEFAULT_ESTIMATOR}), induction n={args.n}, bfloat16", "rows": rows}, args)
     print(f"wrote {out}")
 
 

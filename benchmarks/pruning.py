@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -32,18 +31,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import surgery  # noqa: E402
-from pruning_bench_common import evaluate_model, export_and_measure, judge_row, task_batches_for, text_split  # noqa: E402
+from benchmarks.bench_common import (evaluate_model, export_and_measure, judge_row, task_batches_for,  # noqa: E402
+                                     text_split, write_results)
 from probes.estimators import DEFAULT_ESTIMATOR, estimate  # noqa: E402
 from probes.model_game import batch_digest, model_game  # noqa: E402
 from pruning import importance  # noqa: E402
 from pruning.policies import find_cornerstones, head_plan, layer_plan, sparsity_plan  # noqa: E402
 from pruning.sparsity import input_norms, outlier_ratios  # noqa: E402
-from surgery.atomic_io import atomic_write  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--text", default=None, help="text file for calibration and perplexity "
@@ -62,27 +61,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--store-dir", default="/tmp/model-surgery-stores/pruning")
     parser.add_argument("--out", default=str(RESULTS / "pruning.json"))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
+    return parser
 
-    loaded = surgery.load(args.model)
-    calibration, held_out, text_source = text_split(loaded, args.text, args.n_cal, args.n_eval, args.seq_len,
-                                                    args.seed)
-    task_batches = task_batches_for(loaded, args.task_n, args.seed)
-    base_metrics, _ = evaluate_model(loaded, held_out, task_batches)
-    print(f"unpruned: perplexity {base_metrics['perplexity']:.2f}, task mean {base_metrics['task_mean']:.3f}",
-          flush=True)
-    store = Path(args.store_dir)
-    timings = {}
 
-    calibration_id = batch_digest(calibration.tokens)  # another text/size/seed is another game: another store
-
-    def game(players, name, progress=None):
-        return model_game(loaded, calibration.tokens, calibration.metric("loss"), players, task_name="text",
-                          store=store / f"{name}-{args.seed}-{calibration_id}", max_rows=128, progress=progress)
-
-    # ---------------------------------------------------------------- criteria
+def head_criteria(args, loaded, calibration, game, timings) -> dict:
+    """Head values by the estimator and the baseline criteria, as Values."""
     t0 = time.perf_counter()
     done = [0]
 
@@ -95,7 +78,7 @@ def main() -> None:
                              budget=args.head_budget, seed=args.seed, estimator=args.head_estimator)
     timings["shapley_heads_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    head_criteria = {
+    criteria = {
         "shapley": shapley_heads,
         "magnitude": importance.scores_as_values(importance.head_magnitude(loaded), "magnitude", loaded),
         "gradient": importance.scores_as_values(importance.head_gradient(loaded, calibration, "loss"),
@@ -106,54 +89,84 @@ def main() -> None:
                                               "random", loaded),
     }
     timings["head_baselines_s"] = time.perf_counter() - t0
+    return criteria
+
+
+def layer_criteria(args, loaded, calibration, game, timings) -> tuple[dict, dict]:
+    """(layer criteria as Values, cornerstone layers)."""
     t0 = time.perf_counter()
     layer_values = estimate(game("layers", f"layers-w{args.window}"), estimator="sliding_window",
                             window=args.window)
     corner = find_cornerstones(loaded, calibration.tokens, calibration.metric("loss"))
     timings["layer_values_s"] = time.perf_counter() - t0
-    layer_criteria = {
+    criteria = {
         "shapley": layer_values,
         "block_influence": importance.scores_as_values(importance.block_influence(loaded, calibration.tokens),
                                                        "block_influence", loaded),
         "last": importance.scores_as_values(importance.last_layer_scores(loaded), "last", loaded),
     }
-    norms = input_norms(loaded, [calibration.tokens])
-    owl = outlier_ratios(loaded, norms)
+    return criteria, corner
+
+
+def measure_row(loaded, kind, setting, plans, held_out, calibration, work, task_batches) -> dict:
+    """Export, reload and measure every plan of one row; the row's verdicts."""
+    results, per_seq = {}, {}
+    for method, plan in plans.items():
+        results[method], per_seq[method] = export_and_measure(loaded, plan, held_out, calibration, work, task_batches)
+        results[method]["removed"] = plan.heads or plan.layers or None
+        print(f"  {kind} {setting}: {method:<15} ppl {results[method]['perplexity']:8.2f}  "
+              f"tasks {results[method]['task_mean']:.3f}  max|dlogit| "
+              f"{results[method]['export_max_logit_diff']:.1e}", flush=True)
+    best, verdicts, shapley_ok = judge_row(results, per_seq, "shapley")
+    for method in results:
+        results[method].update(verdicts[method])
+    return {"kind": kind, "setting": setting, "best": best, "shapley_best_or_tied": shapley_ok, "results": results}
+
+
+def row_plans(args, loaded, heads: dict, layers: dict, corner: dict, owl: dict):
+    """(kind, setting, {method: plan}) of every row, in the order of the table."""
+    for fraction in args.head_fractions:
+        yield "heads_removed", fraction, {m: head_plan(v, loaded, fraction=fraction, scores_are=m)
+                                          for m, v in heads.items()}
+    for target in args.sparsities:
+        yield "wanda_sparsity", target, {
+            "shapley": sparsity_plan(loaded, target, allocation="shapley", values=layers["shapley"]),
+            "uniform": sparsity_plan(loaded, target, allocation="uniform"),
+            "owl": sparsity_plan(loaded, target, allocation="owl", outliers=owl)}
+    for fraction in args.layer_fractions:
+        # Cornerstone layers are protected for every criterion, so the rows compare the rankings alone.
+        yield "layers_removed", fraction, {
+            m: layer_plan(v, loaded, fraction=fraction, scores_are=m, cornerstones=corner["cornerstones"])
+            for m, v in layers.items()}
+
+
+def main() -> None:
+    args = make_parser().parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    loaded = surgery.load(args.model)
+    calibration, held_out, text_source = text_split(loaded, args.text, args.n_cal, args.n_eval, args.seq_len,
+                                                    args.seed)
+    task_batches = task_batches_for(loaded, args.task_n, args.seed)
+    base_metrics, _ = evaluate_model(loaded, held_out, task_batches)
+    print(f"unpruned: perplexity {base_metrics['perplexity']:.2f}, task mean {base_metrics['task_mean']:.3f}",
+          flush=True)
+    store = Path(args.store_dir)
+    calibration_id = batch_digest(calibration.tokens)  # another text/size/seed is another game: another store
+
+    def game(players, name, progress=None):
+        return model_game(loaded, calibration.tokens, calibration.metric("loss"), players, task_name="text",
+                          store=store / f"{name}-{args.seed}-{calibration_id}", max_rows=128, progress=progress)
+
+    timings = {}
+    heads = head_criteria(args, loaded, calibration, game, timings)
+    layers, corner = layer_criteria(args, loaded, calibration, game, timings)
+    owl = outlier_ratios(loaded, input_norms(loaded, [calibration.tokens]))
     print(f"criteria computed: {json.dumps({k: round(v, 1) for k, v in timings.items()})}; "
           f"cornerstone layers {corner['cornerstones']}", flush=True)
-
-    # ---------------------------------------------------------------- rows
-    rows = []
     with tempfile.TemporaryDirectory(prefix="pruning-bench-") as work:
-        def run_row(kind, setting, plans):
-            results, per_seq = {}, {}
-            for method, plan in plans.items():
-                results[method], per_seq[method] = export_and_measure(loaded, plan, held_out, calibration, work,
-                                                                      task_batches)
-                results[method]["removed"] = plan.heads or plan.layers or None
-                print(f"  {kind} {setting}: {method:<15} ppl {results[method]['perplexity']:8.2f}  "
-                      f"tasks {results[method]['task_mean']:.3f}  max|dlogit| "
-                      f"{results[method]['export_max_logit_diff']:.1e}", flush=True)
-            best, verdicts, shapley_ok = judge_row(results, per_seq, "shapley")
-            for method in results:
-                results[method].update(verdicts[method])
-            rows.append({"kind": kind, "setting": setting, "best": best, "shapley_best_or_tied": shapley_ok,
-                         "results": results})
-
-        for fraction in args.head_fractions:
-            run_row("heads_removed", fraction, {m: head_plan(v, loaded, fraction=fraction, scores_are=m)
-                                                for m, v in head_criteria.items()})
-        for target in args.sparsities:
-            run_row("wanda_sparsity", target, {
-                "shapley": sparsity_plan(loaded, target, allocation="shapley", values=layer_values),
-                "uniform": sparsity_plan(loaded, target, allocation="uniform"),
-                "owl": sparsity_plan(loaded, target, allocation="owl", outliers=owl)})
-        for fraction in args.layer_fractions:
-            run_row("layers_removed", fraction, {
-                # Cornerstone layers are protected for every criterion, so the rows compare the rankings alone.
-                m: layer_plan(v, loaded, fraction=fraction, scores_are=m, cornerstones=corner["cornerstones"])
-                for m, v in layer_criteria.items()})
-
+        rows = [measure_row(loaded, kind, setting, plans, held_out, calibration, work, task_batches)
+                for kind, setting, plans in row_plans(args, loaded, heads, layers, corner, owl)]
     summary = {
         "rows": len(rows),
         "shapley_best_rows": sum(r["shapley_best_or_tied"] for r in rows),
@@ -163,15 +176,13 @@ def main() -> None:
         "summary": summary,
         "unpruned": base_metrics,
         "settings": {**vars(args), "text_source": text_source, "head_estimator_evaluations":
-                     shapley_heads.n_evaluations, "layer_value_evaluations": layer_values.n_evaluations},
+                     heads["shapley"].n_evaluations, "layer_value_evaluations": layers["shapley"].n_evaluations},
         "criteria_seconds": {k: round(v, 1) for k, v in timings.items()},
         "cornerstones": corner,
         "rows": rows,
-        "machine": {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__},
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out, json.dumps(report, indent=2))
+    write_results(args.out, report, args)
     print_table(report)
 
 

@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,14 +31,44 @@ from probes.clustering import cluster_heads, plot_clusters, specificity  # noqa:
 from probes.estimators import DEFAULT_ESTIMATOR  # noqa: E402
 from probes.stopping import MaxEvaluations  # noqa: E402
 from probes.head_values import head_values  # noqa: E402
-from task_stores import make_task, store_name  # noqa: E402  (benchmarks/ is on the path)
-from surgery.atomic_io import atomic_path, atomic_write  # noqa: E402
+from benchmarks.bench_common import make_task, store_name, write_results  # noqa: E402
+from surgery.atomic_io import atomic_path  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = ("induction", "ioi", "factual", "agreement", "greater_than")
 
 
-def main() -> None:
+def value_task(args, loaded, name: str, stop: dict):
+    """(HeadValues, run record) of one task; evaluations stream to (and resume from) its store."""
+    task = make_task(name, args.n, args.length)
+    store = Path(args.store_dir) / store_name(name, args.n, args.budget, args.dtype, args.seed, length=args.length)
+    resumed = (store / "values.jsonl").exists()
+    start = time.perf_counter()
+    hv = head_values(loaded, task, budget=args.budget, seed=args.seed, store=store, max_rows=args.max_rows, **stop)
+    wall = time.perf_counter() - start
+    run = {"wall_seconds": round(wall, 1), "evaluations": hv.n_evaluations,
+           "computed_this_run": hv.details["wall_evaluations_this_run"], "resumed_from_store": resumed,
+           "metric": hv.fingerprint.get("metric"), "full_value": hv.full_value,
+           "empty_value": hv.empty_value, "top5": hv.top_k(5),
+           "harmful_95": [h.as_dict() for h in hv.harmful(0.95)][:10],
+           "median_stderr": float(np.nanmedian(hv.stderrs))}
+    print(f"{name}: {wall:.0f} s, {hv.n_evaluations} evaluations, top {hv.top_k(3)}", flush=True)
+    hv.save(store.parent / f"values-{store.name}.json")
+    return hv, run
+
+
+def save_figure(path: Path, clusters, per_task: int, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = plot_clusters(clusters, title=f"SmolLM2-135M head values / task RMS, k={clusters.k}\n"
+                                       f"({DEFAULT_ESTIMATOR}, {per_task} evals/task, {args.dtype})")
+    ax.figure.tight_layout()
+    with atomic_path(path) as tmp:
+        ax.figure.savefig(tmp, format="png", dpi=110)
+
+
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
@@ -58,7 +87,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--store-dir", default=os.environ.get("HEAD_VALUES_STORE", "/tmp/model-surgery-stores/head_values"))
     parser.add_argument("--out", default=str(RESULTS / "specialization.json"))
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = make_parser().parse_args()
     torch.set_num_threads(args.threads)
 
     import surgery
@@ -67,21 +100,7 @@ def main() -> None:
     stop = {} if args.stop_at is None else {"stop": MaxEvaluations(args.stop_at), "n_rounds": args.rounds}
     values, runs = {}, {}
     for name in args.tasks:
-        task = make_task(name, args.n, args.length)
-        store = Path(args.store_dir) / store_name(name, args.n, args.budget, args.dtype, args.seed, length=args.length)
-        resumed = (store / "values.jsonl").exists()
-        start = time.perf_counter()
-        hv = head_values(loaded, task, budget=args.budget, seed=args.seed, store=store, max_rows=args.max_rows, **stop)
-        wall = time.perf_counter() - start
-        values[name] = hv
-        runs[name] = {"wall_seconds": round(wall, 1), "evaluations": hv.n_evaluations,
-                      "computed_this_run": hv.details["wall_evaluations_this_run"], "resumed_from_store": resumed,
-                      "metric": hv.fingerprint.get("metric"), "full_value": hv.full_value,
-                      "empty_value": hv.empty_value, "top5": hv.top_k(5),
-                      "harmful_95": [h.as_dict() for h in hv.harmful(0.95)][:10],
-                      "median_stderr": float(np.nanmedian(hv.stderrs))}
-        print(f"{name}: {wall:.0f} s, {hv.n_evaluations} evaluations, top {hv.top_k(3)}", flush=True)
-        hv.save(store.parent / f"values-{store.name}.json")
+        values[name], runs[name] = value_task(args, loaded, name, stop)
     if len(values) < 2:
         print("one task: its store is filled; run again with every task to cluster them", flush=True)
         return
@@ -116,25 +135,15 @@ def main() -> None:
                      "dtype": args.dtype,
                      "n_examples_values": args.n, "induction_length": args.length,
                      "n_examples_validation": args.validation_n, "ablation": "zero", "k": args.k or "silhouette",
-                     "seed": args.seed, "threads": args.threads,
-                     "machine": f"{platform.machine()} {os.cpu_count()} cpus (shared)", "torch": torch.__version__},
+                     "seed": args.seed, "threads": args.threads},
         "runs": runs,
         "clusters": clusters.as_dict(),
         "specificity": report.as_dict(),
         "validation_wall_seconds": round(validation_wall, 1),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, json.dumps(result, indent=2) + "\n")
+    out = write_results(args.out, result, args)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    ax = plot_clusters(clusters, title=f"SmolLM2-135M head values / task RMS, k={clusters.k}\n"
-                                       f"({DEFAULT_ESTIMATOR}, {per_task} evals/task, {args.dtype})")
-    ax.figure.tight_layout()
-    with atomic_path(out.with_suffix(".png")) as tmp:
-        ax.figure.savefig(tmp, format="png", dpi=110)
+    save_figure(out.with_suffix(".png"), clusters, per_task, args)
     print(json.dumps(summary, indent=2))
 
 

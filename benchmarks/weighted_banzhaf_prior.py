@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 from probes.estimators.weighted_banzhaf import exact_weighted_banzhaf, weighted_banzhaf  # noqa: E402
+from benchmarks.bench_common import write_results  # noqa: E402
 from probes.synthetic_games import saturating_score_game  # noqa: E402
 
 P = 0.9
@@ -113,34 +113,37 @@ def summarize(result: dict) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--skip-smollm", action="store_true")
     parser.add_argument("--only-smollm", action="store_true", help="keep the other games of --out, rerun SmolLM2")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/weighted_banzhaf_prior.json"))
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = make_parser().parse_args()
     import torch
 
     import surgery
-    from tiny_models import build
-    from tiny_tokenizers import bpe_fast
+    from probes.tasks.tiny_tokenizers import bpe_fast
 
     torch.manual_seed(0)
-    result = {"command": " ".join(["python"] + sys.argv),
-              "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                           text=True).stdout.strip(), "games": []}
+    result = {"games": []}
     out = Path(args.out)
 
     def save():
         result["summary"] = summarize(result)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        write_results(out, result, args)
 
     if args.only_smollm:
         previous = json.loads(out.read_text())
         result["games"] = [g for g in previous["games"] if "SmolLM2" not in g["game"]]
-        result["command_other_games"] = previous.get("command_other_games", previous["command"])
-        result["git_commit_other_games"] = previous.get("git_commit_other_games", previous["git_commit"])
+        # The other games' rows come from an earlier run: its record goes with them.
+        result["run_other_games"] = previous.get("run_other_games") or previous.get("run") or {
+            "command": previous.get("command_other_games", previous.get("command")),
+            "git_commit": previous.get("git_commit_other_games", previous.get("git_commit"))}
     else:
         result["games"].append(synthetic(args.seeds))
         save()

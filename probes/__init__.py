@@ -4,7 +4,7 @@ from probes.errors import (BudgetTooSmallError, FingerprintMismatchError, Invali
                            MalformedValuesFileError, ProbeError, StoreCorruptError, TooManyPlayersError)
 from probes.amortized import (CoalitionSurrogate, HeadFeatures, ValueDataset, ValuePredictor, build_dataset,
                               control_variate_shapley, head_features)
-from probes.estimators import DEFAULT_ESTIMATOR, ESTIMATORS, estimate, get_estimator
+from probes.estimators import DEFAULT_ESTIMATOR, ESTIMATORS, estimate, get_estimator, register_estimator
 from probes.clustering import cluster_heads, plot_clusters, specificity
 from probes.game import Game
 from probes.head_values import HeadValues, head_values
@@ -32,7 +32,7 @@ __all__ = [
     "TaskBatch", "TaskError", "get_task", "Values", "cluster_heads", "plot_clusters", "specificity", "HeadValues", "head_values",
     "layer_values", "CoalitionSurrogate", "HeadFeatures", "ValueDataset", "ValuePredictor", "build_dataset",
     "control_variate_shapley", "head_features", "Objective", "keep_model_objective", "objective_game",
-    "task_objective", "gate_gradient_prior",
+    "task_objective", "gate_gradient_prior", "register_estimator",
     "TreeValues", "owen_tree", "gradient_base", "interaction_matrix", "meta_attribution", "InteractionMatrix",
     "ScarRewards", "TextReward", "dense_rewards", "scar_rewards",
 ]

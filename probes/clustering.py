@@ -70,9 +70,6 @@ class HeadClusters:
     seed: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
 
-    def cluster_of(self, head: str) -> int:
-        return int(self.labels[self.names.index(head)])
-
     def as_dict(self) -> dict[str, Any]:
         return {"k": self.k, "tasks": self.tasks, "silhouettes": {str(k): v for k, v in self.silhouettes.items()},
                 "scales": self.scales, "seed": self.seed, "settings": self.settings,
@@ -133,25 +130,7 @@ def cluster_heads(values: Mapping[str, Values], k: int | None = None, seed: int 
 
     silhouettes: dict[int, float] = {}
     if k is None:
-        lo, hi = k_range
-        hi = min(hi, n - 1)
-        if lo < 2 or hi < lo:
-            raise ProbeError(f"k_range {k_range} leaves no k to try for {n} heads (need 2 <= k <= n - 1)")
-        best, best_labels = None, None
-        for kk in range(lo, hi + 1):
-            labels = fit(kk)
-            # Scored on the active heads only (the background is not clustered), so it needs two
-            # direction clusters and a head more than clusters.
-            if labels is None or not 2 <= len(set(labels[active])) < active.sum():
-                continue
-            score = float(silhouette_score(directions, labels[active]))
-            silhouettes[kk] = score
-            if best is None or score > silhouettes[best]:
-                best, best_labels = kk, labels
-        if best is None:
-            raise ProbeError(f"no k in {k_range} gives two clusters of the {int(active.sum())} active heads; "
-                             f"set k, or lower active_value (--active-value)")
-        k, labels = best, best_labels
+        k, labels = _best_k(fit, directions, active, k_range, n, silhouettes, silhouette_score)
     else:
         if not 1 <= int(k) <= n:
             raise ProbeError(f"k must be between 1 and the number of heads ({n}), got {k}")
@@ -160,7 +139,40 @@ def cluster_heads(values: Mapping[str, Values], k: int | None = None, seed: int 
         if labels is None:
             raise ProbeError(f"k={k} needs {k - int(background.any())} clusters of the {int(active.sum())} heads "
                              f"reaching active_value={threshold:.3g}; choose a smaller k or lower active_value (--active-value)")
-    # Number clusters by decreasing importance (largest mean normalised value first), for stable reports.
+    labels, clusters = _numbered_clusters(features, raw, labels, k, names, tasks, serve_fraction, min_value)
+    return HeadClusters(names, tasks, features, labels, clusters, k, silhouettes,
+                        {t: float(s) for t, s in zip(tasks, scales)}, seed,
+                        {"serve_fraction": serve_fraction, "min_value": min_value, "k_range": list(k_range),
+                         "normalisation": "per-task RMS", "method": "kmeans on directions (cosine)",
+                         "active_value": threshold, "n_active": int(active.sum())})
+
+
+def _best_k(fit, directions, active, k_range, n, silhouettes, silhouette_score) -> tuple[int, np.ndarray]:
+    """(k, labels) with the highest silhouette in k_range; fills `silhouettes` (k -> score)."""
+    lo, hi = k_range
+    hi = min(hi, n - 1)
+    if lo < 2 or hi < lo:
+        raise ProbeError(f"k_range {k_range} leaves no k to try for {n} heads (need 2 <= k <= n - 1)")
+    best, best_labels = None, None
+    for kk in range(lo, hi + 1):
+        labels = fit(kk)
+        # Scored on the active heads only (the background is not clustered), so it needs two
+        # direction clusters and a head more than clusters.
+        if labels is None or not 2 <= len(set(labels[active])) < active.sum():
+            continue
+        score = float(silhouette_score(directions, labels[active]))
+        silhouettes[kk] = score
+        if best is None or score > silhouettes[best]:
+            best, best_labels = kk, labels
+    if best is None:
+        raise ProbeError(f"no k in {k_range} gives two clusters of the {int(active.sum())} active heads; "
+                         f"set k, or lower active_value (--active-value)")
+    return best, best_labels
+
+
+def _numbered_clusters(features, raw, labels, k, names, tasks, serve_fraction, min_value):
+    """(labels, HeadClusters) numbered by decreasing importance (largest mean normalised value
+    first), for stable reports; each cluster with the tasks it serves."""
     strength = [features[labels == c].mean(axis=0).max() if (labels == c).any() else -np.inf for c in range(k)]
     order = np.argsort(-np.asarray(strength), kind="stable")
     relabel = {int(old): new for new, old in enumerate(order)}
@@ -176,11 +188,7 @@ def cluster_heads(values: Mapping[str, Values], k: int | None = None, seed: int 
         clusters.append(HeadCluster(c, [nm for nm, m in zip(names, member) if m],
                                     {t: float(v) for t, v in zip(tasks, raw_means)},
                                     {t: float(v) for t, v in zip(tasks, norm_means)}, served))
-    return HeadClusters(names, tasks, features, labels, clusters, k, silhouettes,
-                        {t: float(s) for t, s in zip(tasks, scales)}, seed,
-                        {"serve_fraction": serve_fraction, "min_value": min_value, "k_range": list(k_range),
-                         "normalisation": "per-task RMS", "method": "kmeans on directions (cosine)",
-                         "active_value": threshold, "n_active": int(active.sum())})
+    return labels, clusters
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -227,7 +235,7 @@ def specificity(model, clusters: HeadClusters, tasks: Mapping[str, Any], *, mode
     tasks: {task_name: anything head_values accepts as a task (name, Task, TaskBatch, (TokenBatch, metric))};
     the names must be those the clusters were built from.
     """
-    from probes.head_values import _task_batch
+    from probes.head_values import resolve_task
     from surgery.engine import AblationEngine
     from surgery.loading import load
 
@@ -249,7 +257,7 @@ def specificity(model, clusters: HeadClusters, tasks: Mapping[str, Any], *, mode
         masks[2 + c.index, [index[h] for h in c.heads]] = False
     full, none, damage = {}, {}, {c.index: {} for c in clusters.clusters}
     for t in clusters.tasks:
-        batch, metric, _ = _task_batch(loaded, tasks[t], n_examples, None, task_seed, None)
+        batch, metric, _ = resolve_task(loaded, tasks[t], n_examples, None, task_seed, None)
         scores = engine.evaluate(masks, batch, metric).numpy()
         full[t], none[t] = float(scores[0]), float(scores[1])
         span = scores[0] - scores[1]

@@ -29,6 +29,7 @@ import numpy as np
 
 from probes.errors import ProbeError
 from probes.game import Game, pack_coalitions
+from probes.metrics import metric_sign
 from probes.model_game import game_fingerprint
 
 INSTALL_HINT = ("run `pip install ray` (for ray:// addresses `pip install 'ray[client]'`), "
@@ -254,10 +255,14 @@ class RayEvaluator:
 
     @property
     def sign(self) -> float:
-        return 1.0 if getattr(self.metric, "higher_is_better", True) else -1.0
+        return metric_sign(self.metric)
 
     def _engine_order(self, coalitions: np.ndarray) -> np.ndarray:
-        """Row order of AblationEngine._chunks: by first ablated layer, descending, stable."""
+        """Row order of the engine's chunks: by first ablated layer, descending, stable.
+
+        The driver holds no engine (it never loads the model) and surgery.engine exposes no public
+        chunk plan, so the order is rebuilt here from the workers' first-layer table; it must stay in
+        step with AblationEngine's chunking (tests/probes/test_distributed.py compares the values)."""
         first = np.where(~coalitions, self._first_layer[None, :], self._n_layers).min(axis=1)
         return np.argsort(-first, kind="stable")
 
@@ -322,8 +327,9 @@ class RayEvaluator:
             block = np.ascontiguousarray(coalitions, dtype=bool)
             return sign * self(block, on_result=stream_to_store)
 
-        game = Game(self.players, value_function, self.fingerprint(task_name), store=store, batch_size=batch_size)
-        game.evaluator = self  # so callers can close the workers: game.evaluator.close()
+        # evaluator=self, so callers can close the workers: game.evaluator.close()
+        game = Game(self.players, value_function, self.fingerprint(task_name), store=store, batch_size=batch_size,
+                    evaluator=self)
         return game
 
     def close(self) -> None:
@@ -350,7 +356,7 @@ def ray_model_game(model, batch, metric: Callable, players: str | Sequence = "he
                    reference=None, task_name: str | None = None, max_rows: int = 64, store=None,
                    progress: Callable[[int], None] | None = None, workers: int | None = None,
                    address: str | None = None, num_cpus: float = 1, num_gpus: float = 0, device: str | None = None,
-                   chunks_per_task: int = 1, **evaluator_options) -> Game:
+                   chunks_per_task: int = 1, batch_size: int | None = None, **evaluator_options) -> Game:
     """probes.model_game.model_game, evaluated on a Ray cluster; same fingerprint, same values.
 
     The extra arguments are RayEvaluator's (workers, address, num_cpus, num_gpus, device,
@@ -359,4 +365,4 @@ def ray_model_game(model, batch, metric: Callable, players: str | Sequence = "he
     evaluator = RayEvaluator(model, batch, metric, players, mode=mode, reference=reference, max_rows=max_rows,
                              workers=workers, address=address, num_cpus=num_cpus, num_gpus=num_gpus, device=device,
                              chunks_per_task=chunks_per_task, **evaluator_options)
-    return evaluator.game(task_name=task_name, store=store, progress=progress)
+    return evaluator.game(task_name=task_name, store=store, progress=progress, batch_size=batch_size)

@@ -15,43 +15,18 @@ The game is also where evaluations are made safe and cheap:
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from os import PathLike
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from probes.errors import InvalidGameOutputError, ProbeError
-
-if TYPE_CHECKING:
-    from probes.store import CoalitionStore
+from probes.fingerprint import fingerprint_id, fingerprint_identity  # noqa: F401  (public here too, as before)
+from probes.store import CoalitionStore
 
 ValueFunction = Callable[[np.ndarray], np.ndarray]
-
-
-def fingerprint_identity(fingerprint: dict) -> dict:
-    """The part of a fingerprint that says which game it is.
-
-    "model" is how the user spelled the model (a path, `dir/`, a hub id); when the fingerprint
-    carries the weights' digest ("model_digest"), the digest identifies the model and the spelling
-    is only a label, so `dir`, `dir/` and `/abs/dir` of the same weights are one game."""
-    if fingerprint.get("model_digest") and "model" in fingerprint:
-        return {k: v for k, v in fingerprint.items() if k != "model"}
-    return dict(fingerprint)
-
-
-def fingerprint_id(fingerprint: dict) -> str:
-    """Stable short id of a JSON-able fingerprint's identity (key order and, when the weights digest
-    is present, the spelling of the model path do not matter)."""
-    try:
-        canonical = json.dumps(fingerprint_identity(fingerprint), sort_keys=True, separators=(",", ":"),
-                               allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise ProbeError(f"game fingerprint must be a JSON-able dict of plain values: {error}") from error
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def pack_coalitions(coalitions: np.ndarray) -> np.ndarray:
@@ -68,6 +43,13 @@ class Game:
     batch_size: largest number of coalitions passed to the value function in one call (memory
         bound of a batched forward). None = everything requested at once.
     store: a CoalitionStore or a directory path; looked up before evaluating, appended after.
+
+    What a game built over a model also carries (None for other games):
+    engine: the surgery AblationEngine its value function runs (for logits or the ablation context).
+    gate_value: the value for float gates [1, n_players] (differentiable), for first-order priors.
+    objective: a JSON-able description of what the value measures (task and metric, or an objective).
+    evaluator: what runs the value function elsewhere (a probes.distributed.RayEvaluator);
+        `game.evaluator.close()` stops its workers.
     """
 
     def __init__(
@@ -78,6 +60,10 @@ class Game:
         *,
         batch_size: int | None = None,
         store: CoalitionStore | str | PathLike | None = None,
+        engine: Any = None,
+        gate_value: Callable[[Any], Any] | None = None,
+        objective: dict | None = None,
+        evaluator: Any = None,
     ) -> None:
         players = tuple(str(p) for p in players)
         if len(players) == 0:
@@ -91,6 +77,10 @@ class Game:
         self.n_players = len(players)
         self.value_function = value_function
         self.batch_size = batch_size
+        self.engine = engine
+        self.gate_value = gate_value
+        self.objective = objective
+        self.evaluator = evaluator
         self.fingerprint: dict[str, Any] = dict(fingerprint or {})
         self.fingerprint.setdefault("players", list(players))
         if list(self.fingerprint["players"]) != list(players):
@@ -108,8 +98,6 @@ class Game:
                     "a store needs a game fingerprint (model, task, metric, ablation) so that values of "
                     "another game can never be reused; pass fingerprint={...}"
                 )
-            from probes.store import CoalitionStore
-
             self.store = store if isinstance(store, CoalitionStore) else CoalitionStore.open(store, self)
             self.store.check_matches(self)
 
@@ -205,11 +193,6 @@ class Game:
     def full_value(self) -> float:
         """v(all players present), the unablated model."""
         return float(self(np.ones((1, self.n_players), dtype=bool))[0])
-
-    @property
-    def n_known(self) -> int:
-        """Coalitions whose value this object already knows (memory), without the store."""
-        return len(self._memory)
 
     def index_of(self, player: str) -> int:
         try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from os import PathLike
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -205,13 +204,12 @@ def head_values(model, task, estimator: str | None = None, budget: int | None = 
 def component_values(loaded: LoadedModel, task, players: str, estimator: str, budget, seed, store, n_examples,
                      mode, metric, tokenizer, task_seed, max_rows, progress, game_builder, settings) -> Values:
     """The game over `players` on `task`, estimated; shared by head_values and layer_values."""
-    batch, bound_metric, task_name = _task_batch(loaded, task, n_examples, metric, task_seed, tokenizer)
+    batch, bound_metric, task_name = resolve_task(loaded, task, n_examples, metric, task_seed, tokenizer)
     build = game_builder or model_game
+    # Estimators ask for their whole design in one call; cutting it into chunks (batch_size) is what
+    # lets the store persist evaluations as they are made (a crash loses at most one chunk).
     game = build(loaded, batch, bound_metric, players, mode=mode, store=store, task_name=task_name,
-                 max_rows=max_rows, progress=progress)
-    # Estimators ask for their whole design in one call; cutting it into chunks is what lets the store
-    # persist evaluations as they are made (a crash loses at most one chunk).
-    game.batch_size = game.batch_size or max(1, max_rows)
+                 max_rows=max_rows, progress=progress, batch_size=max(1, max_rows))
     if budget is None and estimator not in FIXED_DESIGN:
         budget = DEFAULT_BUDGET_PER_PLAYER * game.n_players
     values = estimate(game, budget=budget, seed=seed, estimator=estimator, **settings)
@@ -221,8 +219,11 @@ def component_values(loaded: LoadedModel, task, players: str, estimator: str, bu
     return values
 
 
-def _task_batch(loaded: LoadedModel, task, n_examples, metric, task_seed, tokenizer):
-    """(TokenBatch, bound metric, task name) for any accepted form of `task`."""
+def resolve_task(loaded: LoadedModel, task, n_examples=None, metric=None, task_seed: int = 0, tokenizer=None):
+    """(TokenBatch, bound metric, task name) for any form of `task` head_values accepts: a task name,
+    a Task (n_examples drawn with task_seed, tokenised with `tokenizer` or the model's), a TaskBatch,
+    or (TokenBatch, metric). metric: the task's metric to use (default its natural one), 'kl', or a
+    callable."""
     from probes.tasks import Task, TaskBatch, get_task
     from probes.model_game import metric_name
 
@@ -283,10 +284,5 @@ def _with_means(values: Values, means: np.ndarray) -> Values:
                   n_evaluations=0, estimator=values.estimator)
 
 
-def load_head_values(path: str | PathLike, model=None) -> HeadValues:
-    """`HeadValues.load(path, model=model)`."""
-    return HeadValues.load(Path(path), model=model)
-
-
-__all__ = ["HeadValues", "HarmfulHead", "head_values", "load_head_values", "DEFAULT_BUDGET_PER_PLAYER"]
+__all__ = ["HeadValues", "HarmfulHead", "head_values", "resolve_task", "DEFAULT_BUDGET_PER_PLAYER"]
 

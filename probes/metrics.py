@@ -14,7 +14,6 @@ a counterfactual tensor of the right shape but the wrong batch would silently gi
 
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 
@@ -305,4 +304,18 @@ def make_metric(name: str, *, counterfactuals=None, token_ids=None, weights=None
     return cls()
 
 
-MetricFn = Callable[[torch.Tensor, object], torch.Tensor]
+# Step metrics (no gradient) and the smooth metric that measures the same thing, for gradient
+# methods (integrated gradients, gate gradients): the one copy of this map.
+SMOOTH_METRIC = {"accuracy": "logprob", "pair_accuracy": "logit_diff"}
+
+
+def smooth_metric(name: str) -> str:
+    """The metric a gradient method uses in place of `name` (name itself when it is smooth)."""
+    return SMOOTH_METRIC.get(name, name)
+
+
+def metric_sign(metric) -> float:
+    """+1 for a metric where higher is better, -1 where lower is (loss, perplexity, KL): every game
+    multiplies its metric by this, so a positive value always means the component helps. A plain
+    callable without `higher_is_better` counts as higher-is-better."""
+    return 1.0 if getattr(metric, "higher_is_better", True) else -1.0

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from probes.game import Game
+from probes.metrics import metric_sign
 from surgery import TokenBatch
 from surgery.engine import AblationEngine
 from surgery.loading import LoadedModel, load
@@ -32,9 +33,9 @@ def model_digest(loaded: LoadedModel) -> str:
 
     Hashes the config, then per parameter its name, shape, dtype and every byte of its data. A
     permutation of rows or columns (two heads swapped inside q_proj/o_proj) changes it, unlike the
-    sums of scheme 1. Hashing all bytes is also the fast choice: SmolLM2-135M (538 MB of float32)
-    takes 0.3-0.4 s on one CPU core, less than the float64 sums it replaces (a strided sample was
-    slower still, since gathering it copies). Bytes are device-independent, so the digest is too;
+    sums of scheme 1. Hashing all bytes is also the fast choice: faster than the float64 sums it
+    replaces (a strided sample was slower still, since gathering it copies). Bytes are
+    device-independent, so the digest is too;
     the same weights in another dtype are other bytes and get another digest.
     """
     h = hashlib.sha256(loaded.model.config.to_json_string(use_diff=True).encode())
@@ -80,16 +81,17 @@ def game_fingerprint(model_source: str, model_digest_: str, task_name: str | Non
 def model_game(model, batch: TokenBatch, metric: Callable, players: str | Sequence = "heads", *,
                mode: str = "zero", reference: TokenBatch | None = None, task_name: str | None = None,
                max_rows: int = 64, store=None, progress: Callable[[int], None] | None = None,
-               engine: AblationEngine | None = None) -> Game:
+               engine: AblationEngine | None = None, batch_size: int | None = None) -> Game:
     """Game over `players` ('heads', 'layers', 'mlps', 'attns' or component names).
 
     metric(logits [c, B, P, vocab], batch) -> [c]. A metric with `higher_is_better = False` (loss,
     perplexity, KL) is negated, so in every game a positive value means the component helps and a
     negative value marks a harmful (interference) component.
     store: a directory; every evaluated coalition is appended there and reused on restart.
+    batch_size: most coalitions per value-function call (the store persists after each; see Game).
     """
     engine = engine or AblationEngine(load(model), players, mode=mode, reference=reference, max_rows=max_rows)
-    sign = 1.0 if getattr(metric, "higher_is_better", True) else -1.0
+    sign = metric_sign(metric)
     loaded = engine.loaded
     fingerprint = game_fingerprint(str(loaded.source), model_digest(loaded), task_name, batch, metric, engine.mode,
                                    sign, reference)
@@ -102,8 +104,6 @@ def model_game(model, batch: TokenBatch, metric: Callable, players: str | Sequen
         """The game value for float gates [1, n] (differentiable), for first-order priors."""
         return sign * metric(engine.logits(gates, batch), batch)[0]
 
-    game = Game(engine.players, value_function, fingerprint, store=store)
-    game.engine = engine  # for callers that want logits or the ablation context too
-    game.gate_value = gate_value
-    game.objective = {"name": "task", "task": task_name or "custom", "metric": fingerprint["metric"]}
-    return game
+    return Game(engine.players, value_function, fingerprint, store=store, batch_size=batch_size, engine=engine,
+                gate_value=gate_value,
+                objective={"name": "task", "task": task_name or "custom", "metric": fingerprint["metric"]})

@@ -23,7 +23,7 @@ import torch
 
 from probes.errors import ProbeError
 from probes.game import Game
-from probes.metrics import KLDivergence, Metric, make_metric
+from probes.metrics import KLDivergence, Metric, make_metric, metric_sign
 from probes.model_game import batch_digest, metric_name, model_digest
 from probes.tasks.base import Task, TaskBatch
 from surgery.batch import TokenBatch
@@ -152,7 +152,7 @@ def objective_game(model, objective: Objective, players="heads", *, mode: str = 
     bound = []
     for term in objective.terms:
         metric = term.metric if term.metric is not None else KLDivergence(engine, term.batch.input_ids)
-        sign = 1.0 if getattr(metric, "higher_is_better", True) else -1.0
+        sign = metric_sign(metric)
         bound.append((term, metric, sign))
     loaded = engine.loaded
     fingerprint = {"model": str(loaded.source), "model_digest": model_digest(loaded), "task": "objective",
@@ -173,8 +173,5 @@ def objective_game(model, objective: Objective, players="heads", *, mode: str = 
             out = out + term.weight * sign * metric(engine.logits(gates, term.batch), term.batch)[0]
         return out
 
-    game = Game(engine.players, value_function, fingerprint, store=store)
-    game.engine = engine
-    game.gate_value = gate_value
-    game.objective = objective.describe()
-    return game
+    return Game(engine.players, value_function, fingerprint, store=store, engine=engine, gate_value=gate_value,
+                objective=objective.describe())

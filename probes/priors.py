@@ -23,7 +23,7 @@ def gate_gradient_prior(game: Game, base: np.ndarray | None = None) -> np.ndarra
 
     Needs a game built by model_game or objective_game (they carry `gate_value`).
     """
-    gate_value = getattr(game, "gate_value", None)
+    gate_value = game.gate_value
     if gate_value is None:
         raise ProbeError("a gradient prior needs a model game (probes.model_game or probes.objective.objective_game), "
                          "whose value can be differentiated with respect to float gates; this game has no gate_value")

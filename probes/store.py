@@ -33,15 +33,10 @@ from dataclasses import dataclass, field
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from probes.errors import FingerprintMismatchError, ProbeError, StoreCorruptError, StoreLockedError
-from probes.game import fingerprint_id, fingerprint_identity
-
-if TYPE_CHECKING:
-    from probes.game import Game
+from probes.fingerprint import Fingerprinted, fingerprint_id, fingerprint_identity
 
 STORE_FORMAT = "model-surgery.coalition-store"
 STORE_VERSION = 1
@@ -127,7 +122,7 @@ class CoalitionStore:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | PathLike, game: Game | dict, *, durable: bool = True) -> CoalitionStore:
+    def open(cls, path: str | PathLike, game: Fingerprinted | dict, *, durable: bool = True) -> CoalitionStore:
         """Open (or create) the store at `path` for `game` (a Game or its full fingerprint dict).
 
         durable: fsync after every appended chunk; turn off only for throwaway runs.
@@ -242,7 +237,7 @@ class CoalitionStore:
             return None
 
     # ------------------------------------------------------------------ use
-    def check_matches(self, game: Game) -> None:
+    def check_matches(self, game: Fingerprinted) -> None:
         if self.fingerprint_id != game.fingerprint_id:
             raise FingerprintMismatchError(
                 f"store {self.path} belongs to another game: {describe_difference(self.fingerprint, game.fingerprint)}"

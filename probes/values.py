@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from probes.errors import FingerprintMismatchError, MalformedValuesFileError, ProbeError
-from probes.game import fingerprint_id
+from probes.fingerprint import fingerprint_id
 
 VALUES_SCHEMA = "model-surgery.values"
 VALUES_VERSION = 1

@@ -8,6 +8,7 @@ dropped last. Heads inside dropped layers are left to the layer removal.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from pruning.errors import PruningError
@@ -20,8 +21,17 @@ from surgery.mlp_width import remove_mlp_channels
 from surgery.loading import LoadedModel
 
 
+@dataclass(frozen=True)
+class AppliedPlan:
+    """What apply_plan returns: the pruned copy of the model and a report of what was done
+    (per part of the plan: the heads removed or masked, layers dropped, channels, sparsity)."""
+
+    model: LoadedModel
+    report: dict = field(default_factory=dict)
+
+
 def apply_plan(loaded: LoadedModel, plan: PruningPlan, *, calibration: Iterable[TokenBatch] | None = None,
-               check_model: bool = True) -> tuple[LoadedModel, dict]:
+               check_model: bool = True) -> AppliedPlan:
     """A pruned copy of `loaded` (the original is untouched) and a report of what was done.
 
     calibration: TokenBatches for Wanda statistics and, when the plan's removal_mode is
@@ -72,7 +82,7 @@ def apply_plan(loaded: LoadedModel, plan: PruningPlan, *, calibration: Iterable[
     elif plan.layers:
         work = remove_layers(work, plan.layers, copy=False)
         report["layers"] = {"removed": list(plan.layers)}
-    return work, report
+    return AppliedPlan(work, report)
 
 
 def _calibration_for(calibration, what: str) -> TokenBatch:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -12,6 +12,10 @@ from surgery.batch import TokenBatch
 from surgery.cut import parameter_count as surgery_parameter_count
 from surgery.engine import AblationEngine
 from surgery.loading import LoadedModel
+
+# Built-in tasks and the accuracy-like metric `surgery eval` (and evaluate_model) reports for each.
+EVAL_METRICS = {"induction": "accuracy", "ioi": "pair_accuracy", "factual": "accuracy",
+                "agreement": "pair_accuracy", "greater_than": "prob_mass"}
 
 
 def parameter_count(loaded: LoadedModel) -> dict:
@@ -105,3 +109,40 @@ def exported_logits(export_dir, batch: TokenBatch, trust_remote_code: bool) -> t
     model = AutoModelForCausalLM.from_pretrained(str(export_dir), trust_remote_code=trust_remote_code,
                                                  dtype=torch.float32).eval()
     return plain_logits(model, batch), model
+
+
+def evaluate_model(loaded: LoadedModel, tasks: Sequence[str] | None = None, *, text: str | None = None, n: int = 16,
+                   seq_len: int = 128, seed: int = 0, prompt_tokens: int = 128, new_tokens: int = 16,
+                   progress: Callable[[int], None] | None = None) -> dict:
+    """Perplexity on text and the accuracy-like metric of each task (default: every one in
+    EVAL_METRICS), plus size, forward time and latency (prefill of a prompt, per-token generation
+    with the cache: pruning/latency.py). What `surgery eval` prints and writes.
+
+    text: a text file (default: the built-in standard-library documentation); n sequences of
+    seq_len tokens, and n examples per task, drawn with `seed`. progress(1) after each of the
+    len(tasks) + 1 evaluations.
+    """
+    from probes.tasks import get_task
+    from pruning.latency import measure_latency
+
+    tasks = list(EVAL_METRICS) if tasks is None else list(tasks)
+    results: dict = {"model": str(loaded.source), **parameter_count(loaded)}
+    text_batch = get_task("text", path=text, n=n, seq_len=seq_len).batch(loaded, seed=seed)
+    results["text"] = next_token_loss(loaded, [text_batch.tokens])
+    results["text"]["source"] = text or "builtin standard-library documentation"
+    results["text"]["sequences"] = text_batch.size
+    results["text"]["sequences_requested"] = n
+    results["text"]["seq_len"] = seq_len
+    if progress is not None:
+        progress(1)
+    scores = {}
+    for name in tasks:
+        tb = get_task(name, n=n).batch(loaded, seed=seed)
+        scores[name] = {"metric": EVAL_METRICS.get(name, tb.default_metric),
+                        "value": task_score(loaded, tb, EVAL_METRICS.get(name))}
+        if progress is not None:
+            progress(1)
+    results["tasks"] = scores
+    results["forward_seconds"] = forward_seconds(loaded, text_batch.tokens)
+    results["latency"] = measure_latency(loaded, prompt_tokens=prompt_tokens, new_tokens=new_tokens, seed=seed)
+    return results

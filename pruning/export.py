@@ -59,11 +59,33 @@ def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: boo
     if progress is not None:
         progress("applying the plan")
     before = parameter_count(loaded)
-    pruned, report = apply_plan(loaded, plan, calibration=batches)
+    applied = apply_plan(loaded, plan, calibration=batches)
+    pruned, report = applied.model, applied.report
     if target_dtype is not None:
         pruned.model.to(target_dtype)  # a private copy: cast in place instead of copying again
     after = parameter_count(pruned)
     shrinks = plan.head_removal == "physical" and bool(plan.heads) or bool(plan.layers) or bool(plan.mlp_channels)
+    notes = _export_notes(plan, compensated, width_compensated, repaired)
+    manifest = {
+        "format": EXPORT_FORMAT, "version": 1,
+        "source_model": plan.model, "plan": plan.to_json_dict(), "applied": report,
+        "removal": {"mode": plan.removal_mode, "calibration": calibration_record if compensated else None},
+        "mlp_width": ({"mode": plan.mlp_removal, "calibration": calibration_record if width_compensated else None}
+                      if plan.mlp_channels else None),
+        "layer_repair": ({**report["layers"]["repair"], "calibration": calibration_record} if repaired else None),
+        "before": before, "after": after, "file_shrinks": shrinks, "notes": notes,
+        "components_after": pruned.components.describe(),
+        "dtype": dtype_name(next(pruned.model.parameters()).dtype),
+    }
+    summary = save_model(pruned, out_dir, force=force, manifest=manifest, progress=progress)
+    manifest.update(summary)
+    manifest["loads_with"] = ("AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)"
+                              if summary.get("remote_code") else "AutoModelForCausalLM.from_pretrained(dir)")
+    return manifest
+
+
+def _export_notes(plan: PruningPlan, compensated: bool, width_compensated: bool, repaired: bool) -> list[str]:
+    """What a reader of manifest.json must know about how the removal was done, one line each."""
     notes = []
     if plan.heads and plan.head_removal == "masked":
         notes.append("heads are MASKED (zeroed output-projection columns): same file size, loads anywhere")
@@ -83,22 +105,7 @@ def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: boo
     if plan.sparsity:
         notes.append("unstructured sparsity zeroes weights inside dense tensors: the file does not shrink; "
                      "nonzero_parameters counts what is left")
-    manifest = {
-        "format": EXPORT_FORMAT, "version": 1,
-        "source_model": plan.model, "plan": plan.to_json_dict(), "applied": report,
-        "removal": {"mode": plan.removal_mode, "calibration": calibration_record if compensated else None},
-        "mlp_width": ({"mode": plan.mlp_removal, "calibration": calibration_record if width_compensated else None}
-                      if plan.mlp_channels else None),
-        "layer_repair": ({**report["layers"]["repair"], "calibration": calibration_record} if repaired else None),
-        "before": before, "after": after, "file_shrinks": shrinks, "notes": notes,
-        "components_after": pruned.components.describe(),
-        "dtype": dtype_name(next(pruned.model.parameters()).dtype),
-    }
-    summary = save_model(pruned, out_dir, force=force, manifest=manifest, progress=progress)
-    manifest.update(summary)
-    manifest["loads_with"] = ("AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)"
-                              if summary.get("remote_code") else "AutoModelForCausalLM.from_pretrained(dir)")
-    return manifest
+    return notes
 
 
 def _with_removal(plan: PruningPlan, removal: str | None) -> PruningPlan:

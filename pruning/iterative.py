@@ -51,21 +51,25 @@ def survivor_game(full: Game, removed: list[str], store=None, players: list[str]
     fingerprint["all_players"] = list(full.players)
     if players is not None:  # a screened step: who else is held present is part of the game
         fingerprint["present"] = sorted(set(full.players) - gone - set(playing))
-    game = Game(playing, lambda c: full.value_function(expand(c)), fingerprint, store=store)
-    gate_value = getattr(full, "gate_value", None)
-    if gate_value is not None:
-        import torch
+    return Game(playing, lambda c: full.value_function(expand(c)), fingerprint, store=store,
+                gate_value=_survivor_gate_value(full.gate_value, columns, base), objective=full.objective)
 
-        index = torch.from_numpy(columns)
-        wide_base = torch.from_numpy(base.astype(np.float32))
 
-        def sub_gate_value(gates):
-            wide = wide_base.to(gates.dtype).expand(gates.shape[0], -1).clone()
-            return gate_value(wide.index_copy(1, index, gates))
+def _survivor_gate_value(gate_value, columns: np.ndarray, base: np.ndarray):
+    """`gate_value` of the full game seen from the survivors: removed players' gates held at 0,
+    the others' at 1, the playing ones' gates passed through (None when the full game has none)."""
+    if gate_value is None:
+        return None
+    import torch
 
-        game.gate_value = sub_gate_value
-    game.objective = getattr(full, "objective", None)
-    return game
+    index = torch.from_numpy(columns)
+    wide_base = torch.from_numpy(base.astype(np.float32))
+
+    def sub_gate_value(gates):
+        wide = wide_base.to(gates.dtype).expand(gates.shape[0], -1).clone()
+        return gate_value(wide.index_copy(1, index, gates))
+
+    return sub_gate_value
 
 
 def schedule(n_total: int, n_remove: int, step: int) -> list[int]:
@@ -91,28 +95,9 @@ def _select(values: Values, n: int, left: dict[int, int], layer_of, min_per_laye
     return chosen
 
 
-def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_dir, fraction: float | None = None,
-                        k: int | None = None, step_fraction: float = 0.05, p: float | None = None,
-                        prior: str = "none", seed: int = 0, min_per_layer: int = 1, removal: str = "physical",
-                        estimator_settings: dict | None = None, progress=None,
-                        screen: float | None = None, screen_scores=None) -> PruningPlan:
-    """Remove `fraction` (or k) of the heads in steps of `step_fraction` of all heads, re-valuing the
-    survivors with weighted Banzhaf values before every step; `budget` evaluations split evenly.
-
-    game: a game over every head of `loaded` (model_game / objective_game), any ablation mode.
-    prior: "none" or "gradient" (gate gradients at the step's operating point, shrinkage target).
-    screen, screen_scores: value only the `screen` x step-size survivors that `screen_scores(removed)`
-    (e.g. pruning.screening.gate_gradient_screen) scores lowest; the other survivors stay present, and
-    p defaults to 1 - step size / candidates (1/2 for screen=2): the budget goes where the decision is.
-    The plan's removal mode follows the game's ablation (mean -> mean_compensated).
-    """
-    heads = loaded.components.heads
-    if list(game.players) != heads:
-        raise PruningError(f"iterative_head_plan needs a game over all {len(heads)} heads of this model in order "
-                           f"(model_game(model, batch, metric, 'heads')); got {game.n_players} players")
-    if prior not in ("none", "gradient"):
-        raise PruningError(f"prior must be 'none' or 'gradient', got {prior!r}")
-    n = len(heads)
+def _schedule_for(n: int, budget: int, fraction, k, step_fraction: float, screen, screen_scores, *, ols: bool):
+    """(k, step, step sizes, evaluations per step) for removing fraction (or k) of n heads, each
+    setting checked; refuses a budget the first step cannot be valued with."""
     if (k is None) == (fraction is None):
         raise PruningError("say how many heads to remove: give k= or fraction=, one of them")
     if fraction is not None:
@@ -135,13 +120,38 @@ def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_d
     per_step = budget // len(sizes)
     if per_step < 1:
         raise PruningError(f"budget {budget} cannot be split over {len(sizes)} steps")
-    ols = prior == "none" and (estimator_settings or {}).get("method", "ols") == "ols"
     first_players = n if screen is None else min(n, math.ceil(screen * sizes[0]))
     needed = min(first_players + 4, 2**first_players) if ols else 5  # players of the first step
     if per_step < needed:
         raise PruningError(f"budget {budget} split over {len(sizes)} steps gives {per_step} evaluations per step; "
                            f"the first step values {first_players} heads and needs at least {needed}. Raise the budget to "
                            f"{needed * len(sizes)} or more, take larger steps, or use prior='gradient'")
+    return k, step, sizes, per_step
+
+
+def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_dir, fraction: float | None = None,
+                        k: int | None = None, step_fraction: float = 0.05, p: float | None = None,
+                        prior: str = "none", seed: int = 0, min_per_layer: int = 1, removal: str = "physical",
+                        estimator_settings: dict | None = None, progress=None,
+                        screen: float | None = None, screen_scores=None) -> PruningPlan:
+    """Remove `fraction` (or k) of the heads in steps of `step_fraction` of all heads, re-valuing the
+    survivors with weighted Banzhaf values before every step; `budget` evaluations split evenly.
+
+    game: a game over every head of `loaded` (model_game / objective_game), any ablation mode.
+    prior: "none" or "gradient" (gate gradients at the step's operating point, shrinkage target).
+    screen, screen_scores: value only the `screen` x step-size survivors that `screen_scores(removed)`
+    (e.g. pruning.screening.gate_gradient_screen) scores lowest; the other survivors stay present, and
+    p defaults to 1 - step size / candidates (1/2 for screen=2): the budget goes where the decision is.
+    The plan's removal mode follows the game's ablation (mean -> mean_compensated).
+    """
+    heads = loaded.components.heads
+    if list(game.players) != heads:
+        raise PruningError(f"iterative_head_plan needs a game over all {len(heads)} heads of this model in order "
+                           f"(model_game(model, batch, metric, 'heads')); got {game.n_players} players")
+    if prior not in ("none", "gradient"):
+        raise PruningError(f"prior must be 'none' or 'gradient', got {prior!r}")
+    k, step, sizes, per_step = _schedule_for(len(heads), budget, fraction, k, step_fraction, screen, screen_scores,
+                                             ols=prior == "none" and (estimator_settings or {}).get("method", "ols") == "ols")
     store_dir = Path(store_dir)
     comps = loaded.components
     layer_of = lambda name: comps.parse(name).layer  # noqa: E731
@@ -180,9 +190,15 @@ def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_d
                 "fraction": fraction, "k": k, "step_fraction": step_fraction, "step": step, "budget": budget,
                 "budget_per_step": per_step, "seed": seed, "min_per_layer": min_per_layer,
                 "ablation": game.fingerprint.get("ablation"),
-                "objective": getattr(game, "objective", None) or game.fingerprint.get("objective"),
+                "objective": game.objective or game.fingerprint.get("objective"),
                 "estimator_settings": estimator_settings or {}, "screen": screen,
                 "screen_scores": getattr(screen_scores, "__name__", None) if screen_scores else None}
+    return _plan_from_steps(game, loaded, removed, removal, settings, steps)
+
+
+def _plan_from_steps(game: Game, loaded: LoadedModel, removed: list[str], removal: str, settings: dict,
+                     steps: list[dict]) -> PruningPlan:
+    """The plan with its replayable record; removal follows the game's ablation (mean -> compensated)."""
     record = {"policy": "iterative_head_plan", "settings": settings, "steps": steps,
               "game_fingerprint": {k_: v for k_, v in game.fingerprint.items() if k_ != "players"}}
     ablation = game.fingerprint.get("ablation")

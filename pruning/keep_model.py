@@ -1,9 +1,9 @@
 """The main job's pruning method: heads removed so that the model stays the model.
 
-Measured on SmolLM2-135M (benchmarks/head_pruning.py): at 10-30% of heads, how a head is removed
-matters more than how it is ranked (mean-compensated removal keeps perplexity near dense where
-zero removal doubles it), and values aimed at the operating point beat values averaged over every
-coalition size. So the default is:
+Why this shape (benchmarks/head_pruning.py measures it on SmolLM2-135M; the numbers are in its
+results file): at 10-30% of heads, how a head is removed matters more than how it is ranked
+(mean-compensated removal stays much nearer the dense perplexity than zero removal), and values
+aimed at the operating point beat values averaged over every coalition size. So the default is:
 
 1. game: LM loss on calibration text, heads ablated to their mean over that text (the same means
    the export folds into the output-projection bias, so the game values the model that ships);

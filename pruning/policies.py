@@ -9,7 +9,7 @@ import torch
 
 from probes.values import Values
 from pruning.errors import PruningError
-from pruning.importance import metric_sign
+from probes.metrics import metric_sign
 from pruning.plan import REMOVAL_MODES, PruningPlan, check_removal_matches, model_identity, values_ablation
 from pruning.sparsity import allocate_ratios, check_n_m, check_n_m_fits, n_m_sparsity
 from surgery.batch import TokenBatch

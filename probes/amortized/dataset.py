@@ -8,7 +8,7 @@ Head values come from probes.head_values (any estimator, a set budget, a seed) a
 from the game over each layer's attention ("L{l}.attn", all heads of a layer as one player). Every
 evaluation streams to a CoalitionStore under store_dir, one directory per (batch, players,
 estimator, budget, seed), so a rerun resumes. The metric is the task's natural one made
-differentiable (pair_accuracy -> logit_diff, accuracy -> logprob; see features.SMOOTH_METRIC):
+differentiable (pair_accuracy -> logit_diff, accuracy -> logprob; see probes.metrics.SMOOTH_METRIC):
 features and values must describe the same quantity.
 
 Estimation time is recorded per evaluation in a sidecar `<store>.timing.json` when evaluations
@@ -145,8 +145,9 @@ def estimate_layer_values(model, name: str, task, *, estimator: str | None = Non
     loaded = load(model)
     tokens, metric = resolve_batch(task)
     store = _store_path(store_dir, name, "attns", estimator, budget, seed)
-    game = model_game(loaded, tokens, metric, "attns", store=store, task_name=name, max_rows=max_rows)
-    game.batch_size = max(1, max_rows)  # chunks, so the store persists as it goes
+    # batch_size: chunks, so the store persists as it goes
+    game = model_game(loaded, tokens, metric, "attns", store=store, task_name=name, max_rows=max_rows,
+                      batch_size=max(1, max_rows))
     budget = budget if budget is not None else 10 * game.n_players
     start = time.perf_counter()
     values = estimate(game, budget=budget, seed=seed, estimator=estimator)
@@ -159,8 +160,8 @@ def leave_one_out(model, name: str, task, players: str = "heads", *, store_dir=N
     loaded = load(model)
     tokens, metric = resolve_batch(task)
     store = None if store_dir is None else Path(store_dir) / f"{name}-{players}-loo"
-    game = model_game(loaded, tokens, metric, players, store=store, task_name=name, max_rows=max_rows)
-    game.batch_size = max(1, max_rows)
+    game = model_game(loaded, tokens, metric, players, store=store, task_name=name, max_rows=max_rows,
+                      batch_size=max(1, max_rows))
     coalitions = ~np.eye(game.n_players, dtype=bool)
     start = time.perf_counter()
     values = game(np.concatenate([np.ones((1, game.n_players), dtype=bool), coalitions]))

@@ -18,9 +18,8 @@ Putting every head's gate at t (a fractional model, not a random coalition) and 
 gradients over ig_steps midpoints is the cheap stand-in: all heads from one batched forward/backward
 over ig_steps copies of the batch. As steps grow the sum over heads tends to v(all) - v(none), like
 the values'; on SmolLM2 the path is rough near t = 0 (layers 0 and 2), so 16 steps miss the sum
-(22.0 against 15.7 on induction) while the ranking is already there.
-On SmolLM2 it tracks the 12k-evaluation head values better than attribution patching or
-leave-one-out (Spearman 0.49 vs 0.30 and 0.47 on induction; benchmarks/amortized.py has the rest).
+while the ranking is already there. benchmarks/amortized.py compares how well it, attribution
+patching and leave-one-out track precise head values (its results file holds the numbers).
 
 The same forward runs with eager attention so the attention patterns can be read (entropy, sink,
 previous-token and self attention); the backward pass gives the gradients. The metric is used with
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from probes.errors import ProbeError
+from probes.metrics import metric_sign, smooth_metric
 from surgery.batch import TokenBatch
 from surgery.engine import AblationEngine
 from surgery.loading import LoadedModel, load
@@ -55,8 +55,6 @@ LAYER_FEATURES = (
 )
 # Gate settings integrated gradients average over, unless head_features is told otherwise.
 IG_STEPS = 16
-# Differentiable metric used for features when a task's natural metric is a step function.
-SMOOTH_METRIC = {"pair_accuracy": "logit_diff", "accuracy": "logprob"}
 
 
 @dataclass
@@ -130,13 +128,13 @@ class HeadFeatures:
 def resolve_batch(task, metric=None) -> tuple[TokenBatch, object]:
     """(TokenBatch, metric) from a TaskBatch (+ metric name) or a (TokenBatch, metric) pair.
 
-    A TaskBatch without a metric name gets its natural metric, made differentiable (SMOOTH_METRIC)."""
+    A TaskBatch without a metric name gets its natural metric, made differentiable (probes.metrics.smooth_metric)."""
     from probes.tasks import TaskBatch
 
     if isinstance(task, TaskBatch):
         name = metric if metric is not None else task.default_metric
         if isinstance(name, str):
-            name = SMOOTH_METRIC.get(name, name) if metric is None else name
+            name = smooth_metric(name) if metric is None else name
         return task.tokens, task.metric(name)
     if isinstance(task, tuple) and len(task) == 2 and isinstance(task[0], TokenBatch) and callable(task[1]):
         return task
@@ -160,7 +158,7 @@ def head_features(model, task, metric=None, *, ig_steps: int = IG_STEPS, max_row
     batch = batch.to(loaded.device)
     gates = torch.ones(1, engine.n_players, requires_grad=True, device=loaded.device)
     z, grad, attention = {}, {}, {}
-    sign = 1.0 if getattr(metric, "higher_is_better", True) else -1.0
+    sign = metric_sign(metric)
     dtype = next(loaded.model.parameters()).dtype
     with ExitStack() as stack, _eager_attention(loaded):
         for layer, block in enumerate(adapter.blocks(loaded.model)):

@@ -72,8 +72,7 @@ class ValuePredictor:
 
     # epochs and weight_decay: the best of a small grid on held-out tasks of SmolLM2 (each task
     # predicted by a predictor trained on the others; benchmarks/amortized.py): longer, less
-    # regularised training fits the training tasks' idiosyncrasies. Six held-out tasks: Spearman
-    # 0.51 here, 0.36 at 600 epochs and 1e-3 (whose top-10 overlap is higher, 0.53 against 0.43).
+    # regularised training fits the training tasks' idiosyncrasies.
     def __init__(self, hidden: Sequence[int] = (32, 32), epochs: int = 200, lr: float = 1e-2,
                  weight_decay: float = 0.1, loss: str = "huber", seed: int = 0):
         if loss not in ("huber", "mse"):

@@ -2,13 +2,15 @@
 
     estimate(game, budget=..., seed=..., stop=None, **settings) -> Values
 
-`get_estimator(name)` returns that function. DEFAULT_ESTIMATOR is the one with the lowest error
-per evaluation over budgets 2n-20n in benchmarks/results/estimators.json (benchmarks/estimators.py).
+`get_estimator(name)` returns that function; `register_estimator(name, fn)` adds one (ESTIMATORS is
+a read-only view of what is registered). DEFAULT_ESTIMATOR was chosen by error per evaluation over
+budgets 2n-20n (benchmarks/estimators.py writes the table, benchmarks/results/estimators.json).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import MappingProxyType
 
 from probes.errors import ProbeError
 from probes.estimators import (bandit, chains, exact, interaction, kernel_ridge, msr, ordered, owen, permutation,
@@ -17,7 +19,7 @@ from probes.values import Values
 
 Estimator = Callable[..., Values]
 
-ESTIMATORS: dict[str, Estimator] = {
+_REGISTRY: dict[str, Estimator] = {
     "exact": exact.exact_shapley,
     "permutation": permutation.permutation_shapley,
     "bandit": bandit.bandit_shapley,
@@ -34,14 +36,34 @@ ESTIMATORS: dict[str, Estimator] = {
     # Not a Shapley estimator: p-weighted Banzhaf values for pruning near an operating point.
     "weighted_banzhaf": weighted_banzhaf.weighted_banzhaf,
 }
+# Read-only: add an estimator with register_estimator, so a typo cannot silently replace one.
+ESTIMATORS = MappingProxyType(_REGISTRY)
 
 # Chosen from the benchmark table at every budget 2n-20n (see module docstring): one antithetic
 # permutation chain read as regression pairs, then Leverage SHAP pairs, ridge toward a prior and
 # the kernel-ridge step of leverage_shap_krr (chains.py). At 2n it is antithetic permutation
-# sampling (the best there); from 5n on it fits like leverage_shap_krr (the best at 10n-20n).
+# sampling; from 5n on it fits like leverage_shap_krr.
 # leverage_shap_krr, the default before, keeps its name and exact behaviour, so its stores and
 # values files replay unchanged.
 DEFAULT_ESTIMATOR = "chain_krr"
+
+
+def register_estimator(name: str, estimator: Estimator, *, replace: bool = False) -> Estimator:
+    """Make `estimator` callable as estimate(game, ..., estimator=name) and get_estimator(name).
+
+    estimator(game, budget=None, seed=None, stop=None, **settings) -> Values, like the built-in ones.
+    replace=True overwrites an estimator of that name (a built-in one included). Returns `estimator`,
+    so it works as a decorator: `@functools.partial(register_estimator, "mine")`.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ProbeError(f"an estimator name must be a non-empty string, got {name!r}")
+    if not callable(estimator):
+        raise ProbeError(f"estimator {name!r} must be callable as estimator(game, budget=, seed=, stop=, ...); "
+                         f"got {type(estimator).__name__}")
+    if name in _REGISTRY and not replace and _REGISTRY[name] is not estimator:
+        raise ProbeError(f"an estimator named {name!r} is already registered; choose another name or pass replace=True")
+    _REGISTRY[name] = estimator
+    return estimator
 
 
 def get_estimator(name: str | None = None) -> Estimator:

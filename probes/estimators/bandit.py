@@ -55,54 +55,31 @@ def bandit_shapley(
     stop = start_stop(stop)
     ledger = Ledger(game)
     empty, full = ledger.empty_and_full()
-    sums, squares, counts = np.zeros(n), np.zeros(n), np.zeros(n)
-    low, high = np.full(n, np.inf), np.full(n, -np.inf)
+    tallies = _Tallies(n)
     active = np.ones(n, dtype=bool)
     # Position from which marginals are set to zero (Held & Yang: half the players removed).
     cutoff = n if truncation_fraction is None else max(1, int(round(n * truncation_fraction)))
     round_number = 0
     while active.any():
-        all_orders = draw_orders(rng, pairs_per_round, n, antithetic=True).reshape(-1, n)
-        # Take as many of this round's pairs as the remaining budget allows (at least one, or stop).
-        for n_pairs in range(pairs_per_round, 0, -1):
-            orders = all_orders[: 2 * n_pairs]
-            positions, rows, needed = _needed_prefixes(orders, active, cutoff)
-            coalitions = prefix_coalitions(orders[rows], needed)
-            if ledger.cost(coalitions) <= budget - ledger.spent:
-                break
-        else:
+        drawn = _affordable_round(rng, ledger, budget, pairs_per_round, n, active, cutoff)
+        if drawn is None:
             break
+        orders, positions, rows, needed, coalitions = drawn
         values = np.full((orders.shape[0], n + 1), np.nan)
         values[:, 0], values[:, n] = empty, full
         values[rows, needed] = ledger(coalitions)
-        # Marginal of each active player along each order; truncated positions contribute zero.
-        samples = np.zeros((orders.shape[0], n))
-        for r in range(orders.shape[0]):
-            players = np.flatnonzero(active)
-            p = positions[r, players]
-            keep = p < cutoff
-            samples[r, players[keep]] = values[r, p[keep] + 1] - values[r, p[keep]]
-        pair_samples = samples.reshape(-1, 2, n).mean(axis=1)  # one independent sample per pair
-        for sample in pair_samples:
-            sums[active] += sample[active]
-            squares[active] += sample[active] ** 2
-            counts[active] += 1
-            low[active] = np.minimum(low[active], sample[active])
-            high[active] = np.maximum(high[active], sample[active])
-        means = sums / np.maximum(counts, 1)
-        variance = np.maximum(squares / np.maximum(counts, 1) - means**2, 0.0)
-        spread = np.full(n, float(value_range)) if value_range is not None else np.maximum(high - low, 0.0)
-        width = bernstein_halfwidth(variance, counts, spread, delta)
+        for sample in _pair_samples(values, positions, active, cutoff):
+            tallies.add(sample, active)
+        means, variance, width = tallies.summary(value_range, delta)
+        counts = tallies.counts
         decided = (counts >= min_samples) & ((means - width > threshold) | (means + width < threshold))
         capped = np.zeros(n, dtype=bool) if max_samples_per_player is None else counts >= max_samples_per_player
         active &= ~(decided | capped)
         round_number += 1
         if should_stop(stop, ledger, means, _stderrs(variance, counts), round_number):
             break
-    means = sums / np.maximum(counts, 1)
-    variance = np.maximum(squares / np.maximum(counts, 1) - means**2, 0.0)
-    spread = np.full(n, float(value_range)) if value_range is not None else np.maximum(high - low, 0.0)
-    width = bernstein_halfwidth(variance, counts, spread, delta)
+    means, variance, width = tallies.summary(value_range, delta)
+    counts = tallies.counts
     decision = np.where(means - width > threshold, "above", np.where(means + width < threshold, "below", "undecided"))
     settings = {"threshold": threshold, "delta": delta, "value_range": value_range, "min_samples": min_samples,
                 "max_samples_per_player": max_samples_per_player, "truncation_fraction": truncation_fraction,
@@ -111,6 +88,55 @@ def bandit_shapley(
                "interval_halfwidth": [None if not np.isfinite(x) else float(x) for x in width]}
     return make_values(game, ledger, "bandit", means, _stderrs(variance, counts), settings=settings, seed=seed,
                        details=details)
+
+
+class _Tallies:
+    """Running sums of each player's marginal samples: mean, variance, range, count."""
+
+    def __init__(self, n: int) -> None:
+        self.sums, self.squares, self.counts = np.zeros(n), np.zeros(n), np.zeros(n)
+        self.low, self.high = np.full(n, np.inf), np.full(n, -np.inf)
+
+    def add(self, sample: np.ndarray, active: np.ndarray) -> None:
+        self.sums[active] += sample[active]
+        self.squares[active] += sample[active] ** 2
+        self.counts[active] += 1
+        self.low[active] = np.minimum(self.low[active], sample[active])
+        self.high[active] = np.maximum(self.high[active], sample[active])
+
+    def summary(self, value_range: float | None, delta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(means, biased variances, empirical-Bernstein half-widths at confidence 1 - delta)."""
+        n = len(self.sums)
+        means = self.sums / np.maximum(self.counts, 1)
+        variance = np.maximum(self.squares / np.maximum(self.counts, 1) - means**2, 0.0)
+        spread = np.full(n, float(value_range)) if value_range is not None else np.maximum(self.high - self.low, 0.0)
+        return means, variance, bernstein_halfwidth(variance, self.counts, spread, delta)
+
+
+def _affordable_round(rng, ledger, budget: int, pairs_per_round: int, n: int, active: np.ndarray, cutoff: int):
+    """This round's antithetic orders, cut to as many pairs as the remaining budget allows (at least
+    one): (orders, positions, rows, needed prefix lengths, their coalitions), or None to stop."""
+    all_orders = draw_orders(rng, pairs_per_round, n, antithetic=True).reshape(-1, n)
+    for n_pairs in range(pairs_per_round, 0, -1):
+        orders = all_orders[: 2 * n_pairs]
+        positions, rows, needed = _needed_prefixes(orders, active, cutoff)
+        coalitions = prefix_coalitions(orders[rows], needed)
+        if ledger.cost(coalitions) <= budget - ledger.spent:
+            return orders, positions, rows, needed, coalitions
+    return None
+
+
+def _pair_samples(values: np.ndarray, positions: np.ndarray, active: np.ndarray, cutoff: int) -> np.ndarray:
+    """One marginal sample per antithetic pair and player: the mean of the pair's two marginals of
+    each active player (truncated positions contribute zero)."""
+    n = positions.shape[1]
+    samples = np.zeros((values.shape[0], n))
+    for r in range(values.shape[0]):
+        players = np.flatnonzero(active)
+        p = positions[r, players]
+        keep = p < cutoff
+        samples[r, players[keep]] = values[r, p[keep] + 1] - values[r, p[keep]]
+    return samples.reshape(-1, 2, n).mean(axis=1)
 
 
 def _needed_prefixes(orders: np.ndarray, active: np.ndarray, cutoff: int):

@@ -20,11 +20,10 @@ fitted function's Shapley values exactly, and refits the linear model on what is
 4. g = the fitted odd function; phi = phi(g) + Leverage SHAP of v - g (with g's endpoints, so
    efficiency holds exactly).
 
-Measured in benchmarks/estimators.py: at 10 n its error is below leverage_shap_size's on every game
-and far below it where interactions are dense (the saturating score game: 0.21 -> 0.14). At
-2n-5n there are too few pairs beyond the linear fit's n unknowns and GCV falls back to Leverage
-SHAP. On SmolLM2's 270 heads the gain is small (benchmarks/head_values.py --curve-only): what the
-linear model misses there is not smooth in the Hamming geometry this kernel assumes.
+The kernel step helps where interactions are dense and smooth in the Hamming geometry this kernel
+assumes; at 2n-5n there are too few pairs beyond the linear fit's n unknowns and GCV falls back to
+Leverage SHAP. benchmarks/estimators.py (synthetic games) and benchmarks/head_values.py --curve-only
+(SmolLM2's heads) measure it; their results files hold the numbers.
 
 Rounds before the last (for stopping criteria) use the plain linear fit; the kernel fit runs once
 on everything evaluated (memory O(centres^2): the pairs x centres features are accumulated in

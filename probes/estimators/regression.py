@@ -229,6 +229,6 @@ def leverage_shap_size(game: Game, budget: int, seed: int | None = None, stop: S
     The size terms vanish at the empty and full coalitions, so they leave the Shapley values and
     efficiency alone; they absorb how the value bends with the number of players present (a
     saturating metric), which a model linear in the players cannot, and which otherwise lands in
-    the residual as noise. Lowest error per evaluation at 10 n in benchmarks/estimators.py.
+    the residual as noise. benchmarks/estimators.py measures its error per evaluation against the others.
     """
     return regression_shapley(game, budget, seed, stop, distribution="leverage", size_degree=size_degree, **settings)

@@ -4,8 +4,8 @@ Every estimator's Values carry, in details, `expected_relative_error` = sqrt(sum
 (the relative L2 error the sampling noise alone leaves) and `expected_seed_spearman`, the Spearman
 correlation two runs with different seeds would have if each erred by its standard errors (Monte
 Carlo around the estimate). Below STABLE_RANKING_SPEARMAN the run warns: the ranking is not yet
-stable at this budget. The README's table (SmolLM2's 270 heads: seed Spearman 0.60 at 4k, 0.80 at
-12k, 0.90 at 40k evaluations) is this quantity measured; the warning makes it live for any game.
+stable at this budget. The README's head-values table is this quantity measured between seeds on
+SmolLM2's heads; the warning makes it live for any game.
 """
 
 from __future__ import annotations
@@ -59,6 +59,6 @@ def reliability_details(estimator: str, means, stderrs, n_evaluations: int) -> d
             f"{estimator}: at {n_evaluations} evaluations ({n_evaluations / n:.1f} per player) the run's own standard "
             f"errors put the expected relative error at {error:.2f} and the seed-to-seed Spearman of the ranking at "
             f"{spearman:.2f}, below the {STABLE_RANKING_SPEARMAN} a stable ranking needs. Raise the budget (on "
-            "SmolLM2's 270 heads: Spearman 0.6 at 4k, 0.8 at 12k, 0.9 at 40k evaluations; README) or rank only "
+            "the README's head-values table shows how the agreement grows with evaluations) or rank only "
             "the top-k.", UnstableRankingWarning, stacklevel=4)
     return {"expected_relative_error": error, "expected_seed_spearman": spearman}

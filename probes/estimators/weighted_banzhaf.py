@@ -263,6 +263,17 @@ def weighted_banzhaf(
     empty, full = ledger.empty_and_full()
     ends = {row.tobytes() for row in pack_coalitions(np.array([np.zeros(n, bool), np.ones(n, bool)]))}
     rows = draw_sample(n, p, int(budget) - 2, seed, ends)
+    phi, stderrs, lam, done, rounds_used = _fit_in_rounds(ledger, rows, n, p, method, prior_vector, ridge, n_rounds,
+                                                          stop)
+    details = {"p": p, "n_draws": int(done), "n_distinct": int(ledger.n_used), "rounds": rounds_used,
+               "ridge_chosen": lam, "exact": False}
+    return make_values(game, ledger, "weighted_banzhaf", phi, stderrs, settings=settings, seed=seed, details=details)
+
+
+def _fit_in_rounds(ledger, rows: np.ndarray, n: int, p: float, method: str, prior_vector, ridge, n_rounds: int,
+                   stop) -> tuple[np.ndarray, np.ndarray, float | None, int, int]:
+    """Evaluate the draws in n_rounds blocks, refitting after each when a stopping criterion may end
+    the run (else once, at the end): (phi, stderrs, lam, draws used, rounds used)."""
     y = np.empty(0)
     phi, stderrs, lam = np.zeros(n), np.full(n, np.nan), None
     bounds = np.linspace(0, len(rows), n_rounds + 1).round().astype(int)[1:]
@@ -287,9 +298,7 @@ def weighted_banzhaf(
             continue  # an early round too small to fit; later rounds add draws
         if should_stop(stop, ledger, phi, stderrs, round_number):
             break
-    details = {"p": p, "n_draws": int(done), "n_distinct": int(ledger.n_used), "rounds": rounds_used,
-               "ridge_chosen": lam, "exact": False}
-    return make_values(game, ledger, "weighted_banzhaf", phi, stderrs, settings=settings, seed=seed, details=details)
+    return phi, stderrs, lam, done, rounds_used
 
 
 estimate = weighted_banzhaf

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -157,6 +158,16 @@ def check_distinct_outputs(*paths) -> None:
 def write_json(path: Path, data: dict) -> None:
     """Atomic (surgery.atomic_io): a full disk never leaves half a JSON file, and the error names it."""
     write_json_atomic(path, data)
+
+
+def finite_or_none(data):
+    """`data` with NaN/inf floats written as None: JSON has neither (a perplexity can overflow on a
+    broken model)."""
+    if isinstance(data, dict):
+        return {k: finite_or_none(v) for k, v in data.items()}
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data
 
 
 def save_figure(figure, path: str | os.PathLike) -> None:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import sys
 import warnings
 
-from pruning.cli.common import (EVAL_FORMAT, CLIError, add_model, check_output, check_seq_len, load_model,
-                                progress_bar, stages, write_json)
+from pruning.cli.common import (EVAL_FORMAT, CLIError, add_model, check_output, check_seq_len, finite_or_none,
+                                load_model, progress_bar, stages, write_json)
 from pruning.cli.plan_cmds import calibration_batches
+from pruning.evaluate import EVAL_METRICS
 
-# Built-in tasks and the accuracy-like metric `surgery eval` reports for each.
-EVAL_METRICS = {"induction": "accuracy", "ioi": "pair_accuracy", "factual": "accuracy",
-                "agreement": "pair_accuracy", "greater_than": "prob_mass"}
 
 
 def cmd_prune(args) -> int:
@@ -42,37 +39,19 @@ def cmd_prune(args) -> int:
 
 def evaluate(loaded, tasks: list[str], text: str | None, n: int, seq_len: int, seed: int, *,
              prompt_tokens: int = 128, new_tokens: int = 16) -> dict:
-    """Perplexity on text and the accuracy-like metric of each task, plus size, forward time and latency
-    (prefill of a prompt, per-token generation with the cache: pruning/latency.py)."""
-    from probes.tasks import get_task
-    from pruning.evaluate import forward_seconds, next_token_loss, parameter_count, task_score
-    from pruning.latency import measure_latency
+    """pruning.evaluate.evaluate_model with a progress bar, and the text task's warnings (a text too
+    short for n sequences) printed as one line each."""
+    from pruning.evaluate import evaluate_model
 
-    results: dict = {"model": str(loaded.source), **parameter_count(loaded)}
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, progress_bar(len(tasks) + 1, "evaluating", unit="task") as update:
         warnings.simplefilter("always", UserWarning)
-        text_batch = get_task("text", path=text, n=n, seq_len=seq_len).batch(loaded, seed=seed)
-    for w in caught:  # ours (a text too short for n sequences) as one line; anything else as it was
+        results = evaluate_model(loaded, tasks, text=text, n=n, seq_len=seq_len, seed=seed,
+                                 prompt_tokens=prompt_tokens, new_tokens=new_tokens, progress=update)
+    for w in caught:  # ours as one line; anything else as it was
         if issubclass(w.category, UserWarning) and str(w.message).startswith("text:"):
             print(f"surgery: warning: {w.message}", file=sys.stderr)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    with progress_bar(len(tasks) + 1, "evaluating", unit="task") as update:
-        results["text"] = next_token_loss(loaded, [text_batch.tokens])
-        results["text"]["source"] = text or "builtin standard-library documentation"
-        results["text"]["sequences"] = text_batch.size
-        results["text"]["sequences_requested"] = n
-        results["text"]["seq_len"] = seq_len
-        update(1)
-        scores = {}
-        for name in tasks:
-            tb = get_task(name, n=n).batch(loaded, seed=seed)
-            scores[name] = {"metric": EVAL_METRICS.get(name, tb.default_metric),
-                            "value": task_score(loaded, tb, EVAL_METRICS.get(name))}
-            update(1)
-    results["tasks"] = scores
-    results["forward_seconds"] = forward_seconds(loaded, text_batch.tokens)
-    results["latency"] = measure_latency(loaded, prompt_tokens=prompt_tokens, new_tokens=new_tokens, seed=seed)
     return results
 
 
@@ -104,18 +83,9 @@ def cmd_eval(args) -> int:
                  f"({lat['decode_tokens_per_s']:.1f} tokens/s)")
     print(line)
     if out:
-        write_json(out, {"format": EVAL_FORMAT, **_finite(results)})
+        write_json(out, {"format": EVAL_FORMAT, **finite_or_none(results)})
         print(f"wrote {out}")
     return 0
-
-
-def _finite(data):
-    """JSON has no NaN/inf: write them as null (a perplexity can overflow on a broken model)."""
-    if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
-    return data
 
 
 def register(sub) -> None:

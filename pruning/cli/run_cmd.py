@@ -16,29 +16,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pruning.cli.common import (RUN_REPORT_FORMAT, CLIError, add_model, check_output, load_model, progress_bar, stages,
-                                step, write_json)
-from pruning.cli.model_cmds import EVAL_METRICS, _finite, evaluate
+from pruning.cli.common import (RUN_REPORT_FORMAT, CLIError, add_model, check_output, finite_or_none, load_model,
+                                progress_bar, stages, step, write_json)
+from pruning.cli.model_cmds import EVAL_METRICS, evaluate
 
 
 def cmd_run(args) -> int:
     import surgery
-    from probes.head_values import head_values
     from pruning.export import export_pruned
-    from pruning.policies import head_plan
     from surgery.remote_code import installed_model_class
     from surgery.save import verify_export
     from transformers import AutoModelForCausalLM
 
-    # Every argument is checked here, before the model is loaded or a coalition evaluated.
-    if not 0.0 < args.fraction < 1.0:
-        raise CLIError(f"--fraction {args.fraction} must lie strictly between 0 and 1")
-    for flag, value, least in (("--budget", args.budget, 1), ("--n", args.n, 1), ("--length", args.length, 1),
-                               ("--max-rows", args.max_rows, 1), ("--eval-n", args.eval_n, 1),
-                               ("--cal-n", args.cal_n, 1), ("--seq-len", args.seq_len, 2)):
-        if value < least:
-            raise CLIError(f"{flag} {value} must be a positive whole number" if least == 1 else
-                           f"{flag} {value} must be at least {least}")
+    check_run_arguments(args)
     out = Path(args.out)
     export_dir = check_run_outputs(out, args)
     started = time.perf_counter()
@@ -54,25 +44,7 @@ def cmd_run(args) -> int:
         raise CLIError(f"the built-in text gives only {text.size} sequences of {args.seq_len} tokens; lower "
                        f"--eval-n/--cal-n")
     calibration = text.rows(args.eval_n, args.eval_n + args.cal_n).tokens
-    if args.method == "keep-model":
-        from pruning.keep_model import keep_model_head_plan
-
-        with progress_bar(args.budget, "operating-point head values (screened, iterative)") as update:
-            plan = keep_model_head_plan(loaded, calibration, fraction=args.fraction, budget=args.budget,
-                                        seed=args.seed, store_dir=out / "store", max_rows=args.max_rows,
-                                        progress=lambda s: update(s["new_evaluations"]))
-        steps = plan.provenance[0]["steps"]
-        print(f"  {sum(s['n_evaluations'] for s in steps)} evaluations in {len(steps)} step(s); removed "
-              + ", ".join(plan.heads[:8]) + (" ..." if len(plan.heads) > 8 else ""))
-    else:
-        task = get_task(args.task, length=args.length) if args.task == "induction" else get_task(args.task)
-        with progress_bar(args.budget, f"head values on {args.task}") as update:
-            values = head_values(loaded, task, budget=args.budget, seed=args.seed, store=out / "store",
-                                 n_examples=args.n, progress=update, max_rows=args.max_rows)
-        values.save(out / "values.json")
-        print(f"  {values.n_evaluations} evaluations; top 5 heads: "
-              + ", ".join(f"{n} {v:+.3f}" for n, v in values.top_k(5)))
-        plan = head_plan(values, loaded, fraction=args.fraction, values_file=str(out / "values.json"))
+    plan = plan_heads_for_run(args, loaded, calibration, out)
     plan.save(out / "plan.json")
     compensated = plan.removal_mode == "mean_compensated"
     with stages(f"exporting ({plan.summary()}, {plan.removal_mode} removal, {args.dtype})") as stage:
@@ -96,11 +68,52 @@ def cmd_run(args) -> int:
                               "disjoint_from_evaluation": True},
               "heads_removed": plan.heads, "before": before, "after": after,
               "loads_with": manifest["loads_with"], "wall_seconds": round(time.perf_counter() - started, 1)}
-    write_json(out / "report.json", {"format": RUN_REPORT_FORMAT, **_finite(report)})
+    write_json(out / "report.json", {"format": RUN_REPORT_FORMAT, **finite_or_none(report)})
     print_table(before, after)
     print(f"\nexport: {export_dir} ({manifest['loads_with'].replace('dir', repr(str(export_dir)))})")
     print(f"values, plan and report in {out}; {report['wall_seconds']:.0f} s in all")
     return 0
+
+
+def check_run_arguments(args) -> None:
+    """Every argument checked, before the model is loaded or a coalition evaluated."""
+    if not 0.0 < args.fraction < 1.0:
+        raise CLIError(f"--fraction {args.fraction} must lie strictly between 0 and 1")
+    for flag, value, least in (("--budget", args.budget, 1), ("--n", args.n, 1), ("--length", args.length, 1),
+                               ("--max-rows", args.max_rows, 1), ("--eval-n", args.eval_n, 1),
+                               ("--cal-n", args.cal_n, 1), ("--seq-len", args.seq_len, 2)):
+        if value < least:
+            raise CLIError(f"{flag} {value} must be a positive whole number" if least == 1 else
+                           f"{flag} {value} must be at least {least}")
+
+
+def plan_heads_for_run(args, loaded, calibration, out: Path):
+    """The run's PruningPlan: keep-model (operating-point values, iterative, on the calibration text)
+    or shapley (head values on --task, the lowest --fraction removed)."""
+    from probes.head_values import head_values
+    from probes.tasks import get_task
+    from pruning.policies import head_plan
+
+    if args.method == "keep-model":
+        from pruning.keep_model import keep_model_head_plan
+
+        with progress_bar(args.budget, "operating-point head values (screened, iterative)") as update:
+            plan = keep_model_head_plan(loaded, calibration, fraction=args.fraction, budget=args.budget,
+                                        seed=args.seed, store_dir=out / "store", max_rows=args.max_rows,
+                                        progress=lambda s: update(s["new_evaluations"]))
+        steps = plan.provenance[0]["steps"]
+        print(f"  {sum(s['n_evaluations'] for s in steps)} evaluations in {len(steps)} step(s); removed "
+              + ", ".join(plan.heads[:8]) + (" ..." if len(plan.heads) > 8 else ""))
+    else:
+        task = get_task(args.task, length=args.length) if args.task == "induction" else get_task(args.task)
+        with progress_bar(args.budget, f"head values on {args.task}") as update:
+            values = head_values(loaded, task, budget=args.budget, seed=args.seed, store=out / "store",
+                                 n_examples=args.n, progress=update, max_rows=args.max_rows)
+        values.save(out / "values.json")
+        print(f"  {values.n_evaluations} evaluations; top 5 heads: "
+              + ", ".join(f"{n} {v:+.3f}" for n, v in values.top_k(5)))
+        plan = head_plan(values, loaded, fraction=args.fraction, values_file=str(out / "values.json"))
+    return plan
 
 
 def check_run_outputs(out: Path, args) -> Path:

@@ -86,7 +86,7 @@ def test_constant_channels_score_zero_fluctuation_and_go_first_without_changing_
     assert plan.provenance[0]["settings"]["score"] == "given"
     assert plan.mlp_channels[1] == [3, 7]
     from pruning.apply import apply_plan
-    pruned, _ = apply_plan(loaded, PruningPlan(plan.model, mlp_channels={1: [3, 7]}), calibration=calibration)
+    pruned = apply_plan(loaded, PruningPlan(plan.model, mlp_channels={1: [3, 7]}), calibration=calibration).model
     batch = token_batch(loaded)
     torch.testing.assert_close(logits(pruned, batch), logits(loaded, batch), rtol=0, atol=1e-5)
 

@@ -167,16 +167,6 @@ def test_unknown_task_lists_the_known_ones():
     assert get_task("SVA").name == "agreement" and get_task("greater-than").name == "greater_than"
 
 
-def test_batch_fingerprint_changes_with_the_examples(bpe_tokenizer):
-    task = get_task("factual", n=4)
-    a, b, c = (task.batch(bpe_tokenizer, seed=s) for s in (0, 0, 1))
-    assert a.fingerprint() == b.fingerprint() and a.fingerprint() != c.fingerprint()
-    assert a.fingerprint("accuracy")["metric"] == "accuracy"
-    one = Task.from_prompts("t", ["The capital of France is"], ["Paris"])
-    two = Task.from_prompts("t", ["The capital of Italy is"], ["Rome"])
-    assert one.fingerprint() != two.fingerprint()
-
-
 def test_wordpiece_splits_are_refused_with_the_pieces_named():
     from tokenizers import Tokenizer, models, pre_tokenizers
     vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "the", "capital", "of", "france", "is", "pa", "##ris",
