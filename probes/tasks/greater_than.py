@@ -19,13 +19,13 @@ NOUNS = ["war", "expedition", "dynasty", "drought", "siege", "reign", "project",
 CENTURIES = list(range(11, 18))
 
 
-def _template(noun: str, century: int, yy: int) -> str:
+def prompt_template(noun: str, century: int, yy: int) -> str:
     return f"The {noun} lasted from the year {century}{yy:02d} to the year {century}"
 
 
 def year_mode(tok: Tok) -> tuple[str, dict[str, int]]:
     """('pair', {'00': id, ...}) or ('digit', {'0': id, ...}) for this tokenizer."""
-    prompt = _template("war", 17, 32)
+    prompt = prompt_template("war", 17, 32)
     for mode, strings in (("pair", [f"{i:02d}" for i in range(100)]), ("digit", [str(i) for i in range(10)])):
         ids = {}
         for s in strings:
@@ -61,7 +61,7 @@ def greater_than_task(n: int = 32) -> Task:
                 yy = tens * 10 + int(torch.randint(0, 10, (1,), generator=g))
                 key, values = tens, range(10)
                 target = str(tens + 1)
-            prompt = _template(noun, century, yy)
+            prompt = prompt_template(noun, century, yy)
             p, _ = continuation(tok, prompt, target, join="")
             fmt = (lambda v: f"{v:02d}") if mode == "pair" else str
             set_ids = [ids[fmt(v)] for v in values if v != key]

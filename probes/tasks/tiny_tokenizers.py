@@ -13,7 +13,7 @@ def corpus() -> list[str]:
     lines += [p + " " + r + " " + w for p, r, w in agreement.examples(400, 0)]
     lines += [f"{p} {r} {w}" for v in agreement.VERBS for p, r, w in [("The dog", *v)]]
     lines += [" ".join(ioi.NAMES), " ".join(w for pair in agreement.NOUNS + agreement.ATTRACTORS for w in pair)]
-    lines += [greater_than._template(n, c, y) + f"{y:02d}" for n in greater_than.NOUNS for c in (11, 14, 17)
+    lines += [greater_than.prompt_template(n, c, y) + f"{y:02d}" for n in greater_than.NOUNS for c in (11, 14, 17)
               for y in range(0, 100, 7)]
     lines += ["one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
               "seventeen eighteen nineteen twenty apple banana cherry melon grape lemon orange peach"]

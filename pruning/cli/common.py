@@ -52,6 +52,30 @@ def add_values_kind(parser, kind: str, run, only_flags=()) -> None:
     parser.set_defaults(func=dispatch)
 
 
+RAY_ONLY_FLAGS = (("address", "--address"), ("workers", "--workers"), ("num_gpus", "--num-gpus"))
+
+
+def check_values_args(args) -> None:
+    """Every `surgery values` flag that can be checked without the model, before anything is loaded
+    or evaluated (every kind: heads, layers, tokens, sources)."""
+    from probes.estimators import get_estimator
+
+    if args.backend != "ray":
+        given = [flag for attr, flag in RAY_ONLY_FLAGS if getattr(args, attr) is not None]
+        if given:
+            raise CLIError(f"{', '.join(given)} only apply to --backend ray (this run evaluates locally); "
+                           "add --backend ray or drop them")
+    for attr, flag in (("budget", "--budget"), ("n", "--n"), ("max_rows", "--max-rows"), ("seq_len", "--seq-len"),
+                       ("window", "--window"), ("workers", "--workers")):
+        value = getattr(args, attr, None)
+        if value is not None and value < 1:
+            raise CLIError(f"{flag} {value} must be a positive whole number")
+    if args.num_gpus is not None and not args.num_gpus >= 0:
+        raise CLIError(f"--num-gpus {args.num_gpus} must be 0 or more (GPUs per Ray worker)")
+    if args.estimator is not None:
+        get_estimator(args.estimator)  # an unknown name is refused here, naming the known ones
+
+
 def load_model(args):
     """surgery.load(--model), running the model's own code only with --trust-remote-code."""
     import surgery

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 
-from pruning.cli.common import CLIError, add_values_kind, check_distinct_outputs, check_output, check_store
+from pruning.cli.common import (CLIError, add_values_kind, check_distinct_outputs, check_output, check_store,
+                                check_values_args)
 
 SOURCE_FLAGS = (("adapters", "--adapters"), ("prompts", "--prompts"), ("names", "--names"), ("reward", "--reward"))
 EVALUATIONS = ("candidates", "targets", "generate")
@@ -105,8 +106,6 @@ def cmd_sources(args) -> int:
     from probes.sources import source_values, sources_game
     from probes.sources.data import read_records
     from surgery.lora_compose import load_adapters, require_peft
-
-    from pruning.cli.values_cmds import check_values_args  # imported here: values_cmds registers this module
 
     check_values_args(args)
     require_peft()

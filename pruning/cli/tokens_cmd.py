@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from pruning.cli.common import CLIError, add_values_kind, check_output, check_store, load_model
+from pruning.cli.common import CLIError, add_values_kind, check_output, check_store, check_values_args, load_model
 
 TOKEN_ONLY_FLAGS = (("prompt", "--prompt"), ("target", "--target"), ("players", "--players"),
                     ("removal", "--removal"), ("filler", "--filler"), ("figure", "--figure"))
@@ -17,6 +17,10 @@ def cmd_tokens(args) -> int:
 
     if not args.prompt:
         raise CLIError("surgery values tokens needs --prompt '<text>' (the input whose parts are valued)")
+    check_values_args(args)
+    if args.backend == "ray":
+        raise CLIError("surgery values tokens evaluates locally (one prompt's coalitions batch on one model); "
+                       "drop --backend ray")
     out = check_output(args.out, args.force, inputs=[args.model])
     check_store(args.store, inputs=[args.model])
     loaded = load_model(args)

@@ -7,8 +7,8 @@ import time
 import numpy as np
 
 from pruning.cli.common import (CLUSTERS_FORMAT, CLIError, add_model, add_task, check_distinct_outputs, check_output,
-                                check_seq_len, check_store, load_model, progress_bar, save_figure, task_from_args,
-                                write_json)
+                                check_seq_len, check_store, check_values_args, load_model, progress_bar, save_figure,
+                                task_from_args, write_json)
 from pruning.cli.sources_cmd import add_sources_kind
 
 
@@ -63,29 +63,6 @@ def cmd_values(args) -> int:
         print(f"efficiency gap (sum of values - (v(all) - v(none))): {gap:+.3g}")
     print(f"wrote {out}")
     return 0
-
-
-RAY_ONLY_FLAGS = (("address", "--address"), ("workers", "--workers"), ("num_gpus", "--num-gpus"))
-
-
-def check_values_args(args) -> None:
-    """Every flag that can be checked without the model, before anything is loaded or evaluated."""
-    from probes.estimators import get_estimator
-
-    if args.backend != "ray":
-        given = [flag for attr, flag in RAY_ONLY_FLAGS if getattr(args, attr) is not None]
-        if given:
-            raise CLIError(f"{', '.join(given)} only apply to --backend ray (this run evaluates locally); "
-                           "add --backend ray or drop them")
-    for attr, flag in (("budget", "--budget"), ("n", "--n"), ("max_rows", "--max-rows"), ("seq_len", "--seq-len"),
-                       ("window", "--window"), ("workers", "--workers")):
-        value = getattr(args, attr, None)
-        if value is not None and value < 1:
-            raise CLIError(f"{flag} {value} must be a positive whole number")
-    if args.num_gpus is not None and not args.num_gpus >= 0:
-        raise CLIError(f"--num-gpus {args.num_gpus} must be 0 or more (GPUs per Ray worker)")
-    if args.estimator is not None:
-        get_estimator(args.estimator)  # an unknown name is refused here, naming the known ones
 
 
 def _ray_builder(args, games: list):
