@@ -23,6 +23,18 @@ from surgery.loading import load
 VALUE_METRICS = ("total", "mean")
 
 
+class InputGame(Game):
+    """A Game over prompt spans that also keeps what built it: `prepared` (text, spans, token ids,
+    target), `removal` (the bound removal mode) and `per_token(coalitions)` -> [m, K] target log-probs."""
+
+    def __init__(self, players, value_function, fingerprint=None, *, prepared=None, removal=None,
+                 per_token: Callable | None = None, **game_options) -> None:
+        super().__init__(players, value_function, fingerprint, **game_options)
+        self.prepared = prepared
+        self.removal = removal
+        self.per_token = per_token
+
+
 def input_game(model, prompt: str, target: str | Sequence[int] | None = None, players="words", *,
                removal: str = "replace", metric: str | int | Callable = "total", filler="pad",
                embedding_mode: str = "zero", reference: str | None = None, chat: bool = False,
@@ -65,12 +77,10 @@ def input_game(model, prompt: str, target: str | Sequence[int] | None = None, pl
         "target_ids": prep.target.tolist(), "players_unit": players if isinstance(players, str) else "spans",
         "metric": metric_name(metric) if callable(metric) else str(metric), **removal_mode.describe(),
     }
-    game = Game(prep.names, value_function, fingerprint, batch_size=max(max_rows, 1) * 16, store=store)
-    game.prepared = prep
-    game.removal = removal_mode
-    game.per_token = per_token if logits_fn is None else _no_per_token
-    game.objective = {"name": "input", "metric": fingerprint["metric"], "target": prep.target_text}
-    return game
+    objective = {"name": "input", "metric": fingerprint["metric"], "target": prep.target_text}
+    return InputGame(prep.names, value_function, fingerprint, batch_size=max(max_rows, 1) * 16, store=store,
+                     objective=objective, prepared=prep, removal=removal_mode,
+                     per_token=per_token if logits_fn is None else _no_per_token)
 
 
 def _reducer(metric, n_target: int):
