@@ -39,6 +39,7 @@ from pruning.importance import block_influence  # noqa: E402
 from pruning.latency import measure_latency  # noqa: E402
 from pruning.policies import layer_plan  # noqa: E402
 from pruning.width import channel_scores, width_plan  # noqa: E402
+from surgery.components import parse_component  # noqa: E402
 from surgery.layer_repair import contiguous_spans, span_targets  # noqa: E402
 from surgery.mlp_width import channel_statistics  # noqa: E402
 
@@ -179,7 +180,7 @@ def main() -> None:
                        f"calibrate, rows {n_cal_max}..{n_cal_max + args.n_eval - 1} are held out"),
               "dense": {"perplexity": dense_ppl["perplexity"], **dense_speed}, "variants": []}
     bi = block_influence(loaded, cal)
-    bi_scores = {int(name[1:]): score for name, score in bi.items()}
+    bi_scores = {parse_component(name).layer: score for name, score in bi.items()}
     result["block_influence"] = bi
     check_rows, checked = rows(held_out, 0, 2), set()
     with tempfile.TemporaryDirectory() as tmp:

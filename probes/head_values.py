@@ -24,6 +24,7 @@ from probes.estimators import DEFAULT_ESTIMATOR, estimate
 from probes.model_game import is_legacy_digest, model_digest, model_game
 from probes.values import Values
 from surgery.batch import TokenBatch
+from surgery.components import parse_head_name
 from surgery.loading import LoadedModel, load
 
 # Budget when none is given: ten evaluations per head (the budget the default estimator was chosen at).
@@ -160,7 +161,7 @@ class HeadValues(Values):
             from matplotlib.patches import Rectangle
 
             for h in self.harmful(confidence):
-                layer, head = _parse(h.name)
+                layer, head = parse_head_name(h.name)
                 ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="black", lw=1.2))
         task = self.fingerprint.get("task")
         if task:
@@ -272,11 +273,6 @@ def _z(confidence: float) -> float:
     from scipy.stats import norm
 
     return float(norm.ppf(0.5 + confidence / 2))
-
-
-def _parse(name: str) -> tuple[int, int]:
-    layer, head = name[1:].split(".H")
-    return int(layer), int(head)
 
 
 def _with_means(values: Values, means: np.ndarray) -> Values:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from os import PathLike
@@ -20,10 +19,11 @@ import numpy as np
 
 from probes.errors import FingerprintMismatchError, MalformedValuesFileError, ProbeError
 from probes.fingerprint import fingerprint_id
+from surgery.components import parse_head_name
+from surgery.errors import SurgeryError
 
 VALUES_SCHEMA = "model-surgery.values"
 VALUES_VERSION = 1
-HEAD_NAME = re.compile(r"^L(\d+)\.H(\d+)$")
 # Estimators whose standard error of 0 means the value is exact. Any other zero (sliding window,
 # neighbourhood: an approximation with no sampling error to estimate) means no interval exists.
 EXACT_ESTIMATORS = ("exact", "exact_interaction", "exact_owen_tree")
@@ -248,10 +248,11 @@ class Values:
         """Head values as a [layer, head] matrix, from names like `L3.H7`; missing heads are NaN."""
         parsed = []
         for name, value in zip(self.names, self.means):
-            match = HEAD_NAME.match(name)
-            if match is None:
-                raise ProbeError(f"as_matrix needs head names like 'L3.H7'; got {name!r}")
-            parsed.append((int(match[1]), int(match[2]), value))
+            try:
+                layer, head = parse_head_name(name)
+            except SurgeryError:
+                raise ProbeError(f"as_matrix needs head names like 'L3.H7'; got {name!r}") from None
+            parsed.append((layer, head, value))
         n_layers = n_layers if n_layers is not None else 1 + max(p[0] for p in parsed)
         n_heads = n_heads if n_heads is not None else 1 + max(p[1] for p in parsed)
         matrix = np.full((n_layers, n_heads), np.nan)

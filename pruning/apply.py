@@ -15,6 +15,7 @@ from pruning.errors import PruningError
 from pruning.plan import PruningPlan
 from pruning.sparsity import input_norms, sparsify
 from surgery.batch import TokenBatch, concat_batches
+from surgery.components import parse_head_name
 from surgery.cut import mask_heads, remove_heads, remove_layers
 from surgery.layer_repair import repair_layers
 from surgery.mlp_width import remove_mlp_channels
@@ -56,7 +57,7 @@ def apply_plan(loaded: LoadedModel, plan: PruningPlan, *, calibration: Iterable[
         report["sparsity"] = sparsify(work, plan.sparsity, plan.sparsity_method or "magnitude", norms,
                                       tuple(plan.n_m) if plan.n_m else None)
     dropped = set(plan.layers)
-    heads = [h for h in plan.heads if int(h.split(".")[0][1:]) not in dropped]
+    heads = [h for h in plan.heads if parse_head_name(h)[0] not in dropped]
     if heads:
         cut = remove_heads if plan.head_removal == "physical" else mask_heads
         reference = None

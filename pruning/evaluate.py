@@ -9,6 +9,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from surgery.batch import TokenBatch
+from surgery.components import parse_head_name
 from surgery.cut import parameter_count as surgery_parameter_count
 from surgery.engine import AblationEngine
 from surgery.loading import LoadedModel
@@ -84,7 +85,7 @@ def masked_logits(loaded: LoadedModel, plan, batch: TokenBatch, calibration: Tok
     if plan.sparsity:
         raise ValueError("masked_logits covers head and layer removal; compare sparsity against apply_plan")
     dropped = set(plan.layers)
-    players = [h for h in plan.heads if int(h.split(".")[0][1:]) not in dropped] + [f"L{l}" for l in plan.layers]
+    players = [h for h in plan.heads if parse_head_name(h)[0] not in dropped] + [f"L{l}" for l in plan.layers]
     if not players:
         return plain_logits(loaded.model, batch)
     mode = "mean" if getattr(plan, "removal_mode", "zero") == "mean_compensated" else "zero"

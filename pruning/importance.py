@@ -25,15 +25,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from probes.metrics import metric_sign, smooth_metric
 from probes.values import Values, values_from_arrays
 from surgery.components import head_name, layer_name
 from surgery.engine import AblationEngine, leave_one_out_masks
 from surgery.loading import LoadedModel
-
-
-def metric_sign(metric) -> float:
-    """+1 for metrics where higher is better; loss-like metrics are negated so scores mean 'helps'."""
-    return 1.0 if getattr(metric, "higher_is_better", True) else -1.0
 
 
 def head_magnitude(loaded: LoadedModel) -> dict[str, float]:
@@ -54,10 +50,6 @@ def head_magnitude(loaded: LoadedModel) -> dict[str, float]:
     return scores
 
 
-# Metrics with no gradient (step functions) and the smooth metric that measures the same thing.
-SMOOTH = {"accuracy": "logprob", "pair_accuracy": "logit_diff"}
-
-
 def head_gradient(loaded: LoadedModel, task_batch, metric: str | None = None) -> dict[str, float]:
     """Michel et al. head importance: mean over examples of |d metric / d gate| at gates = 1.
 
@@ -66,7 +58,7 @@ def head_gradient(loaded: LoadedModel, task_batch, metric: str | None = None) ->
     """
     if metric is None:
         metric = "loss" if "loss" in task_batch.metrics else task_batch.default_metric
-    metric = SMOOTH.get(metric, metric)
+    metric = smooth_metric(metric)
     engine = AblationEngine(loaded, "heads")
     totals = torch.zeros(engine.n_players, dtype=torch.float64)
     for i in range(task_batch.size):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pruning.errors import PruningError
 from surgery.atomic_io import write_json_atomic
+from surgery.components import parse_head_name
+from surgery.errors import SurgeryError
 from surgery.loading import LoadedModel
 
 PLAN_FORMAT = "model-surgery.pruning-plan"
@@ -218,9 +220,6 @@ _REMOVAL_OF_ABLATION = {v: k for k, v in ABLATION_OF_REMOVAL.items()}
 
 def _head_key(name: str) -> tuple[int, int]:
     try:
-        layer, head = name.split(".")
-        if not (layer[0] == "L" and head[0] == "H"):
-            raise ValueError
-        return int(layer[1:]), int(head[1:])
-    except (ValueError, IndexError, AttributeError):
+        return parse_head_name(name)
+    except SurgeryError:
         raise PruningError(f"bad head name {name!r} in plan: expected 'L<layer>.H<head>'") from None

@@ -17,7 +17,6 @@ peft is an optional dependency (the `adapters` extra); without it every entry po
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass

@@ -45,7 +45,7 @@ import numpy as np
 
 from probes.errors import BudgetTooSmallError, ProbeError
 from probes.estimators._common import Ledger, make_values, should_stop, start_stop
-from probes.estimators.exact import MAX_EXACT_PLAYERS, all_coalitions, evaluate_all
+from probes.estimators.exact import MAX_EXACT_PLAYERS, evaluate_all
 from probes.game import Game, pack_coalitions
 from probes.stopping import StoppingCriterion
 from probes.values import Values
