@@ -34,7 +34,7 @@ from pruning.evaluate import (EVAL_METRICS, exported_logits, forward_seconds, ma
 from pruning.export import export_pruned
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("torch", "transformers", "numpy", "scipy", "scikit-learn", "shapiq", "safetensors", "captum")
+PACKAGES = ("torch", "transformers", "numpy", "scipy", "scikit-learn", "shapiq", "safetensors", "captum", "peft", "shap")
 
 
 # ------------------------------------------------------------------------------------ run record

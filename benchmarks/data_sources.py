@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,19 +31,13 @@ from probes.sources.assumption import assumption_check  # noqa: E402
 from probes.sources.data import candidate_evaluation, preference_pairs  # noqa: E402
 from probes.sources.dpo import lora_model, sequential_dpo, train_dpo  # noqa: E402
 from probes.sources.synthetic import addition_evaluation, addition_sources  # noqa: E402
+from benchmarks.bench_common import write_results  # noqa: E402
 from surgery.atomic_io import write_json_atomic  # noqa: E402
 from surgery.lora_compose import active, load_adapters  # noqa: E402
 
 ADAPTERS = ROOT / "benchmarks" / "results" / "data_sources"
 RESULTS = ROOT / "benchmarks" / "results" / "data_sources.json"
 TRAIN_RECORD = "training.json"
-
-
-def versions() -> dict:
-    import peft
-    import transformers
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "numpy": np.__version__}
 
 
 def train_or_reuse(directory: Path, settings: dict, train) -> dict:
@@ -118,7 +110,7 @@ def measure(args, names, evaluation, digest, result, save) -> None:
     save()
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--n-pairs", type=int, default=8, help="preference pairs per source")
@@ -134,18 +126,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--adapters-dir", default=str(ADAPTERS), help="where the trained adapters are written")
     parser.add_argument("--out", default=str(RESULTS))
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                text=True, cwd=ROOT).stdout.strip())
-    result = {"command": "python " + " ".join(sys.argv), "git_commit": commit, "git_dirty": dirty,
-              "versions": versions(), "settings": vars(args), "training": {}}
+    result = {"training": {}}
     start = time.perf_counter()
 
     def save():
         result["seconds"] = round(time.perf_counter() - start, 1)
-        write_json_atomic(args.out, result)
+        write_results(args.out, result, args)
     loaded = surgery.load(args.model)
     digest = model_digest(loaded)
     sources = addition_sources(n_pairs=args.n_pairs, seed=args.seed)

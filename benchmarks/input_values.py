@@ -16,8 +16,6 @@ Spearman rank correlation against exact, mean over seeds. Writes benchmarks/resu
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -33,7 +31,7 @@ from probes.estimators.reliability import UnstableRankingWarning  # noqa: E402
 from probes.game import Game  # noqa: E402
 from probes.inputs import input_game  # noqa: E402
 from probes.tasks.builtin_text import stdlib_docs_text  # noqa: E402
-from surgery.atomic_io import write_json_atomic  # noqa: E402
+from benchmarks.bench_common import write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "input_values.json"
 
@@ -47,13 +45,6 @@ def prompt_of(tokenizer, n_tokens: int, skip: int = 0) -> str:
             break
         text = (text + " " + word).strip()
     return text
-
-
-def versions() -> dict:
-    import captum
-    import transformers
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "captum": captum.__version__, "numpy": np.__version__}
 
 
 def speed_row(loaded, prompt: str, target: str, filler: int, n_ours: int, captum_samples: dict) -> dict:
@@ -160,37 +151,36 @@ def accuracy_rows(loaded, prompt: str, target: str, budgets, seeds: int, ours: l
     return info, rows
 
 
-def main() -> None:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--speed-tokens", type=int, nargs="+", default=[20, 50])
+    parser.add_argument("--speed-tokens", type=int, nargs="+", default=[20, 50, 100])
     parser.add_argument("--ours-coalitions", type=int, default=32)
     parser.add_argument("--words", type=int, default=7, help="word players of the accuracy prompt (exact: 2^words)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[16, 32, 64, 96])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS))
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_args(argv)
     # Low-budget runs warn that their ranking is unstable: that is what this benchmark measures.
     warnings.filterwarnings("ignore", category=UnstableRankingWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     torch.set_num_threads(args.threads)
     loaded = surgery.load(args.model)
     filler = loaded.tokenizer(" ", add_special_tokens=False)["input_ids"][0]
-    report = {"benchmark": "input_values", "model": args.model, "command": "python " + " ".join(sys.argv),
-              "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-              "git_dirty": bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                               capture_output=True, text=True).stdout.strip()),
-              "versions": versions(), "threads": args.threads, "speed": [], "accuracy": None}
+    report = {"benchmark": "input_values", "model": args.model, "threads": args.threads, "speed": [], "accuracy": None}
     t_start = time.perf_counter()
     accuracy_prompt = " ".join(prompt_of(loaded.tokenizer, 60).split(" ")[:args.words])
     info, rows = accuracy_rows(loaded, accuracy_prompt, " the", args.budgets, args.seeds,
                                ["chain_krr", "permutation", "kernel_shap"])
     report["accuracy"] = {"prompt": accuracy_prompt, **info, "rows": rows}
-    write_json_atomic(Path(args.out), report)  # partial results as they come
+    write_results(args.out, report, args)  # partial results as they come
     for n_tokens in args.speed_tokens:
         prompt = prompt_of(loaded.tokenizer, n_tokens, skip=200)
-        n_players = len(loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         row = speed_row(loaded, prompt, " the", filler, args.ours_coalitions,
                         {"svs": {"n_samples": 1}, "kernel": {"n_samples": 16}})
         report["speed"].append(row)
@@ -198,14 +188,14 @@ def main() -> None:
               f"ShapleyValueSampling {row['captum_shapley_value_sampling_per_s']:.1f}/s "
               f"(x{row['ratio_vs_shapley_value_sampling']:.1f}), KernelShap {row['captum_kernel_shap_per_s']:.1f}/s "
               f"(x{row['ratio_vs_kernel_shap']:.1f})", flush=True)
-        write_json_atomic(Path(args.out), report)
+        write_results(args.out, report, args)
     prompt = prompt_of(loaded.tokenizer, 20, skip=400)
     report["prefix_reuse"] = prefix_row(loaded, prompt, " the", args.ours_coalitions // 2)
     print(f"chat template prefix reuse ({report['prefix_reuse']['shared_prefix_tokens']} of "
           f"{report['prefix_reuse']['prompt_tokens']} tokens shared): x{report['prefix_reuse']['speedup']:.2f} "
           f"coalitions/s", flush=True)
     report["seconds"] = time.perf_counter() - t_start
-    write_json_atomic(Path(args.out), report)
+    write_results(args.out, report, args)
     print(f"wrote {args.out} ({report['seconds']:.0f} s)")
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import write_results  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.bench_common import write_results  # noqa: E402
 
 PROMPT = "Q: Where did Anna go, and what did she do there?\nA:"
 SUFFIX, REFERENCE = "\nAnna went to", " Rome"
