@@ -151,6 +151,27 @@ class TreeValues:
                 return level[name]
         raise KeyError(f"no node {name!r} in this tree")
 
+    def render(self, labels: dict[str, str] | None = None, *, digits: int = 4) -> str:
+        """The tree as indented text, one node per line with its value, children under their group in
+        level order (e.g. SCAR's sentences and segments: labels={name: segment text})."""
+        labels = labels or {}
+        children: dict[str | None, list[str]] = {}
+        for name, parent in self.parents.items():  # insertion order is the tree's order
+            children.setdefault(parent, []).append(name)
+        total = float(np.sum(self.levels[0].means)) if self.levels else 0.0
+        lines: list[str] = []
+
+        def walk(name: str, depth: int) -> None:
+            value = total if self.parents.get(name, "") is None else self.node(name)
+            label = f"  {labels[name]!r}" if name in labels else ""
+            lines.append(f"{'    ' * depth}{name}: {value:+.{digits}f}{label}")
+            for child in children.get(name, []):
+                walk(child, depth + 1)
+
+        for root in children.get(None, []):
+            walk(root, 0)
+        return "\n".join(lines)
+
     def to_json_dict(self) -> dict[str, Any]:
         return {"schema": "model-surgery.tree-values", "version": 1, "tree": self.tree, "parents": self.parents,
                 "players": self.players.to_json_dict(), "levels": [level.to_json_dict() for level in self.levels]}

@@ -172,3 +172,27 @@ def test_exact_tree_values_count_as_exact_intervals():
     result = exact_owen_tree(soum_game(5, seed=0).game, [[0, 1], [2, 3, 4]])
     assert result.players.has_interval().all() and result.levels[0].has_interval().all()
     assert result.levels[0].details["depth"] == 1
+
+
+def test_render_shows_every_node_with_groups_summing_their_children():
+    from probes.estimators.owen_tree import owen_tree
+    from probes.synthetic_games import soum_game
+
+    game = soum_game(8, seed=0).game
+    tree = owen_tree(game, [[0, [1, 2]], [[3, 4], 5, 6], 7])
+    lines = tree.render({"p7": "last one"}, digits=10).splitlines()
+    depth = [(len(line) - len(line.lstrip(" "))) // 4 for line in lines]
+    names = [line.strip().split(":")[0] for line in lines]
+    values = [float(line.split(":")[1].split()[0]) for line in lines]
+    assert sorted(n for n in names if n.startswith("p")) == sorted(game.players)
+    assert "'last one'" in lines[names.index("p7")]
+    for i, d in enumerate(depth):  # a node's value is the sum of the nodes one level below it, up to the next sibling
+        kids = []
+        for j in range(i + 1, len(lines)):
+            if depth[j] <= d:
+                break
+            if depth[j] == d + 1:
+                kids.append(values[j])
+        if kids:
+            assert abs(values[i] - sum(kids)) < 1e-6, names[i]
+    assert abs(values[0] - float(game(np.ones((1, 8), bool))[0] - game(np.zeros((1, 8), bool))[0])) < 1e-6
