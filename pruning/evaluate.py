@@ -19,7 +19,8 @@ EVAL_METRICS = {"induction": "accuracy", "ioi": "pair_accuracy", "factual": "acc
                 "agreement": "pair_accuracy", "greater_than": "prob_mass"}
 
 
-def parameter_count(loaded: LoadedModel) -> dict:
+def size_report(loaded: LoadedModel) -> dict:
+    """Parameters (tied ones once), nonzero parameters and their bytes: the size columns of an evaluation."""
     params = list(loaded.model.parameters())  # shared (tied) parameters are yielded once
     total = surgery_parameter_count(loaded.model)
     nonzero = sum(int((p != 0).sum()) for p in params)
@@ -127,7 +128,7 @@ def evaluate_model(loaded: LoadedModel, tasks: Sequence[str] | None = None, *, t
     from pruning.latency import measure_latency
 
     tasks = list(EVAL_METRICS) if tasks is None else list(tasks)
-    results: dict = {"model": str(loaded.source), **parameter_count(loaded)}
+    results: dict = {"model": str(loaded.source), **size_report(loaded)}
     text_batch = get_task("text", path=text, n=n, seq_len=seq_len).batch(loaded, seed=seed)
     results["text"] = next_token_loss(loaded, [text_batch.tokens])
     results["text"]["source"] = text or "builtin standard-library documentation"

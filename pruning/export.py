@@ -11,7 +11,7 @@ from typing import Callable, Iterable
 from pruning.apply import apply_plan
 from pruning.calibration import calibration_batch
 from pruning.errors import PruningError
-from pruning.evaluate import parameter_count
+from pruning.evaluate import size_report
 from pruning.plan import REMOVAL_MODES, PruningPlan, check_removal_matches
 from surgery.batch import TokenBatch
 from surgery.loading import LoadedModel
@@ -58,12 +58,12 @@ def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: boo
                           stacklevel=2)
     if progress is not None:
         progress("applying the plan")
-    before = parameter_count(loaded)
+    before = size_report(loaded)
     applied = apply_plan(loaded, plan, calibration=batches)
     pruned, report = applied.model, applied.report
     if target_dtype is not None:
         pruned.model.to(target_dtype)  # a private copy: cast in place instead of copying again
-    after = parameter_count(pruned)
+    after = size_report(pruned)
     shrinks = plan.head_removal == "physical" and bool(plan.heads) or bool(plan.layers) or bool(plan.mlp_channels)
     notes = _export_notes(plan, compensated, width_compensated, repaired)
     manifest = {

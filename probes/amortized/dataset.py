@@ -34,6 +34,7 @@ from probes.model_game import model_game
 from probes.values import Values
 from surgery.atomic_io import write_json_atomic
 from surgery.loading import load
+from surgery.engine import leave_one_out_masks
 
 FORMAT = "model-surgery.value-dataset"
 
@@ -162,9 +163,8 @@ def leave_one_out(model, name: str, task, players: str = "heads", *, store_dir=N
     store = None if store_dir is None else Path(store_dir) / f"{name}-{players}-loo"
     game = model_game(loaded, tokens, metric, players, store=store, task_name=name, max_rows=max_rows,
                       batch_size=max(1, max_rows))
-    coalitions = ~np.eye(game.n_players, dtype=bool)
     start = time.perf_counter()
-    values = game(np.concatenate([np.ones((1, game.n_players), dtype=bool), coalitions]))
+    values = game(leave_one_out_masks(game.n_players).numpy())  # row 0: everyone; row 1 + i: all but i
     return values[0] - values[1:], _timed_info(store, time.perf_counter() - start, game.n_evaluations,
                                                game.n_players + 1)
 
