@@ -26,11 +26,13 @@ from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
 import numpy as np
+import torch
 
 from probes.errors import ProbeError
 from probes.game import Game, pack_coalitions
 from probes.metrics import metric_sign
 from probes.model_game import game_fingerprint
+from surgery.engine import chunk_order, first_ablated_layer
 
 INSTALL_HINT = ("run `pip install ray` (for ray:// addresses `pip install 'ray[client]'`), "
                 "or install the extra: `pip install 'model-surgery[ray]'`")
@@ -258,13 +260,10 @@ class RayEvaluator:
         return metric_sign(self.metric)
 
     def _engine_order(self, coalitions: np.ndarray) -> np.ndarray:
-        """Row order of the engine's chunks: by first ablated layer, descending, stable.
-
-        The driver holds no engine (it never loads the model) and surgery.engine exposes no public
-        chunk plan, so the order is rebuilt here from the workers' first-layer table; it must stay in
-        step with AblationEngine's chunking (tests/probes/test_distributed.py compares the values)."""
-        first = np.where(~coalitions, self._first_layer[None, :], self._n_layers).min(axis=1)
-        return np.argsort(-first, kind="stable")
+        """Row order of the engine's chunks, from the workers' first-layer table through the engine's
+        own model-free plan (the driver never loads the model, so it holds no engine)."""
+        first = first_ablated_layer(torch.from_numpy(~coalitions), torch.as_tensor(self._first_layer), self._n_layers)
+        return chunk_order(first).numpy()
 
     def __call__(self, coalitions: np.ndarray,
                  on_result: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:

@@ -141,9 +141,7 @@ class AblationEngine:
             ablated = torch.ones_like(masks, dtype=torch.bool)
         else:
             ablated = ~masks if masks.dtype == torch.bool else masks < 1
-        first = self._first_layer.to(masks.device).expand_as(masks)
-        big = torch.full_like(first, self.loaded.components.n_layers)
-        return torch.where(ablated, first, big).min(dim=1).values
+        return first_ablated_layer(ablated, self._first_layer.to(masks.device), self.loaded.components.n_layers)
 
     def _chunk_logits(self, masks: torch.Tensor, batch: TokenBatch, replacements) -> torch.Tensor:
         """Logits at the scored positions for c coalitions: [c, B, P, vocab]."""
@@ -171,7 +169,7 @@ class AblationEngine:
     def _chunks(self, masks: torch.Tensor, batch: TokenBatch):
         """Yield (indices, mask chunk), grouping coalitions that share their first ablated layer."""
         per_chunk = max(1, self.max_rows // batch.size)
-        order = torch.argsort(self.first_ablated_layer(masks), descending=True, stable=True)
+        order = chunk_order(self.first_ablated_layer(masks))
         for start in range(0, len(order), per_chunk):
             idx = order[start:start + per_chunk]
             yield idx, masks[idx]
@@ -217,6 +215,20 @@ class AblationEngine:
                           replacements, expand_from=None)
             yield
 
+
+
+def first_ablated_layer(ablated: torch.Tensor, first_layer: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """Per coalition (rows of `ablated` [m, n_players], True = absent), the lowest layer holding an
+    absent player, given each player's first layer; n_layers when none is absent. Model-free, so a
+    driver that never loads the model (probes.distributed) plans chunks exactly as the engine does."""
+    first = first_layer.expand_as(ablated)
+    return torch.where(ablated, first, torch.full_like(first, n_layers)).min(dim=1).values
+
+
+def chunk_order(first_ablated: torch.Tensor) -> torch.Tensor:
+    """The order in which the engine evaluates coalitions: by first ablated layer, descending, stable,
+    so coalitions that leave the same lower layers untouched run in the same chunks."""
+    return torch.argsort(first_ablated, descending=True, stable=True)
 
 
 def leave_one_out_masks(n_players: int, *, with_empty: bool = False) -> torch.Tensor:
