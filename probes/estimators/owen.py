@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from probes.errors import ProbeError
-from probes.estimators._common import Ledger, make_values, mean_and_stderr, require_budget, should_stop, start_stop
-from probes.estimators.owen_tree import owen_tree
-from probes.estimators.permutation import walk_marginals
+from probes.estimators._common import Ledger, make_values, mean_and_stderr, require_budget, start_stop
+from probes.estimators.owen_tree import antithetic_order_rounds, owen_tree
 from probes.game import Game
 from probes.stopping import StoppingCriterion
 from probes.values import Values
@@ -79,21 +78,8 @@ def owen_values(
     rng = np.random.default_rng(seed)
     stop = start_stop(stop)
     ledger = Ledger(game)
-    empty, full = ledger.empty_and_full()
-    per_unit = 2 * (n - 1)
-    units_per_round = max(1, (budget - 2) // per_unit // n_rounds)
-    samples = []
-    round_number = 0
-    while budget - ledger.spent >= per_unit:
-        n_units = max(1, min(units_per_round, (budget - ledger.spent) // per_unit))
-        orders = draw_group_orders(rng, n_units, members)
-        marginals, _ = walk_marginals(ledger, orders.reshape(-1, n), empty, full, None)
-        samples.append(marginals.reshape(n_units, 2, n).mean(axis=1))
-        round_number += 1
-        means, stderrs = mean_and_stderr(np.concatenate(samples))
-        if should_stop(stop, ledger, means, stderrs, round_number):
-            break
-    player_samples = np.concatenate(samples)
+    player_samples = antithetic_order_rounds(ledger, budget, n_rounds, stop,
+                                             lambda n_units: draw_group_orders(rng, n_units, members))
     group_samples = np.stack([player_samples[:, m].sum(axis=1) for m in members], axis=1)
     settings = {"groups": labels, "budget": budget}
     player_means, player_stderrs = mean_and_stderr(player_samples)

@@ -260,6 +260,26 @@ def draw_tree_orders(rng: np.random.Generator, n_units: int, structure: SpanTree
     return np.asarray(rows)
 
 
+def antithetic_order_rounds(ledger: Ledger, budget: int, n_rounds: int, stop, draw_orders) -> np.ndarray:
+    """Per-unit player samples [units, n] from orders drawn as antithetic pairs (draw_orders(k) ->
+    [k, 2, n]), spent in rounds a stopping criterion can end; each sample is the pair's mean marginal.
+    Shared by the one-level and the tree Owen samplers."""
+    n = ledger.game.n_players
+    empty, full = ledger.empty_and_full()
+    per_unit = 2 * (n - 1)
+    units_per_round = max(1, (budget - 2) // per_unit // n_rounds)
+    samples, round_number = [], 0
+    while budget - ledger.spent >= per_unit:
+        n_units = max(1, min(units_per_round, (budget - ledger.spent) // per_unit))
+        marginals, _ = walk_marginals(ledger, draw_orders(n_units).reshape(-1, n), empty, full, None)
+        samples.append(marginals.reshape(n_units, 2, n).mean(axis=1))
+        round_number += 1
+        means, stderrs = mean_and_stderr(np.concatenate(samples))
+        if should_stop(stop, ledger, means, stderrs, round_number):
+            break
+    return np.concatenate(samples)
+
+
 def owen_tree(game: Game, tree: Sequence, budget: int | None = None, seed: int | None = None,
               stop: StoppingCriterion | None = None, *, names: dict[tuple, str] | None = None,
               n_rounds: int = 8) -> TreeValues:
@@ -276,19 +296,9 @@ def owen_tree(game: Game, tree: Sequence, budget: int | None = None, seed: int |
     rng = np.random.default_rng(seed)
     stop = start_stop(stop)
     ledger = Ledger(game)
-    empty, full = ledger.empty_and_full()
-    units_per_round = max(1, (budget - 2) // per_unit // n_rounds)
-    samples, round_number = [], 0
-    while budget - ledger.spent >= per_unit:
-        n_units = max(1, min(units_per_round, (budget - ledger.spent) // per_unit))
-        orders = draw_tree_orders(rng, n_units, structure)
-        marginals, _ = walk_marginals(ledger, orders.reshape(-1, n), empty, full, None)
-        samples.append(marginals.reshape(n_units, 2, n).mean(axis=1))
-        round_number += 1
-        means, stderrs = mean_and_stderr(np.concatenate(samples))
-        if should_stop(stop, ledger, means, stderrs, round_number):
-            break
-    return _tree_result(game, ledger, structure, np.concatenate(samples), exact=False, seed=seed,
+    samples = antithetic_order_rounds(ledger, budget, n_rounds, stop,
+                                      lambda n_units: draw_tree_orders(rng, n_units, structure))
+    return _tree_result(game, ledger, structure, samples, exact=False, seed=seed,
                         settings={"tree": structure.as_nested(), "budget": budget})
 
 
