@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from conftest import token_batch
+from token_batches import token_batch
 from probes.amortized import (HEAD_FEATURES, ValueDataset, ValuePredictor, build_example, head_features,
                               leave_one_out)
 from probes.amortized.features import HeadFeatures, gate_integrated_gradients

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import token_batch
+from token_batches import token_batch
 
 from probes.clustering import cluster_heads, plot_clusters, specificity, specificity_ratio
 from probes.errors import ProbeError

@@ -20,7 +20,7 @@ import ray
 import ray.cloudpickle
 import torch
 import tiny_models
-from conftest import token_batch
+from token_batches import token_batch
 
 import surgery
 from probes.distributed import DistributedError, RayEvaluator, connect, ray_model_game

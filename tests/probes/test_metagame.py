@@ -16,6 +16,7 @@ from probes.estimators.metagame import gradient_base, interaction_matrix, meta_a
 from probes.game import Game
 from probes.interaction_matrix import InteractionMatrix
 from probes.synthetic_games import soum_game
+from token_batches import token_batch
 
 SUBGAME_WEIGHT = {  # weight of v(S + i) - v(S), |S| = s, in i's attribution within T + i, |T| = t
     "shapley": lambda s, t: factorial(s) * factorial(t - s) / factorial(t + 1),
@@ -124,7 +125,6 @@ def test_matrix_round_trips_json_and_bad_input_is_refused(tmp_path):
 
 def test_meta_attribution_and_layer_tree_on_the_heads_of_a_tiny_model():
     import transformers as tf
-    from conftest import token_batch
 
     import surgery
     from probes.estimators.owen_tree import exact_owen_tree

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import token_batch
+from token_batches import token_batch
 
 from probes.estimators import estimate
 from probes.model_game import model_game

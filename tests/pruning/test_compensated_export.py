@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import token_batch
+from token_batches import token_batch
 from safetensors import safe_open
 
 import surgery

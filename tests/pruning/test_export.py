@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import token_batch
+from token_batches import token_batch
 
 import surgery
 from probes.values import values_from_arrays

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import token_batch
+from token_batches import token_batch
 
 import pruning
 from probes.model_game import model_digest

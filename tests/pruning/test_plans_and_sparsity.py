@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import token_batch
+from token_batches import token_batch
 from tiny_models import build
 
 import surgery

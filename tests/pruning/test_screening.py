@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import surgery
 import torch
-from conftest import token_batch
+from token_batches import token_batch
 from tiny_models import build
 
 from probes.game import Game

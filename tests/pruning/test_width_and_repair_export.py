@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from conftest import token_batch
+from token_batches import token_batch
 
 import surgery
 from pruning.apply import with_layer_repair

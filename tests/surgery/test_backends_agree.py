@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import token_batch
+from token_batches import token_batch
 from tiny_models import build
 
 import surgery

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import transformers as tf
-from conftest import token_batch
+from token_batches import token_batch
 
 import surgery
 from surgery.engine import AblationEngine

@@ -4,7 +4,7 @@ the mean-ablated model's logits, for every family and every GQA layout; exports 
 import pytest
 import torch
 import transformers as tf
-from conftest import token_batch
+from token_batches import token_batch
 
 import surgery
 from surgery.cut import mask_heads, remove_heads

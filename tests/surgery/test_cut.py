@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import token_batch
+from token_batches import token_batch
 
 from surgery.cut import head_counts, mask_heads, parameter_count, remove_heads, remove_layers
 from surgery.errors import SurgeryError

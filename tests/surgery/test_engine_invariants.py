@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import token_batch
+from token_batches import token_batch
 from tiny_models import MLP_DOWN
 
 import surgery

@@ -5,7 +5,7 @@ a plain checkpoint whose logits equal the in-memory repaired model's; bad input 
 import pytest
 import torch
 import transformers as tf
-from conftest import token_batch
+from token_batches import token_batch
 
 import surgery
 from surgery.cut import remove_layers

@@ -5,7 +5,7 @@ every family; same widths export a plain checkpoint, different widths the remote
 import pytest
 import torch
 import transformers as tf
-from conftest import token_batch
+from token_batches import token_batch
 
 import surgery
 from surgery.engine import AblationEngine

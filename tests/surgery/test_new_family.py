@@ -3,7 +3,7 @@ and an export, with no edit anywhere in surgery/."""
 
 import pytest
 import torch
-from conftest import token_batch
+from token_batches import token_batch
 
 import renamed_phi_family
 import surgery

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import token_batch
+from token_batches import token_batch
 
 import surgery
 from surgery.cut import mask_heads, remove_heads, remove_layers

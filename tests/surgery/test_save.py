@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import transformers as tf
-from conftest import token_batch
+from token_batches import token_batch
 
 from surgery.cut import mask_heads, remove_heads, remove_layers
 from surgery.errors import SurgeryError
