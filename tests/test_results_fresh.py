@@ -52,7 +52,21 @@ def setting_differences(run: dict, script: Path) -> list[str]:
     now = json.loads(json.dumps(vars(module.make_parser().parse_args(run["argv"])), default=str))  # as recorded
     recorded = run["settings"]
     return [f"setting {k!r} was {recorded.get(k)!r}, the script now gives {now.get(k)!r}"
-            for k in sorted(set(now) | set(recorded)) if now.get(k) != recorded.get(k)]
+            for k in sorted(set(now) | set(recorded)) if not same_setting(recorded.get(k), now.get(k))]
+
+
+def same_setting(recorded, now) -> bool:
+    """Equal, or the same path inside the checkout: a default such as benchmarks/results/x.json is
+    absolute in the record, and a clone elsewhere (CI) gives another prefix to the same file."""
+    if recorded == now:
+        return True
+    if not (isinstance(recorded, str) and isinstance(now, str) and Path(now).is_absolute()):
+        return False
+    try:
+        inside = Path(now).relative_to(ROOT).as_posix()
+    except ValueError:
+        return False
+    return recorded.endswith("/" + inside)
 
 
 def script_changed_since(commit: str, script: Path) -> str | None | bool:
@@ -126,3 +140,10 @@ def test_a_changed_default_makes_a_results_file_stale(tmp_path):
     assert setting_differences(run, script) == ["setting 'budget' was 300, the script now gives 600"]
     explicit = {"argv": ["--budget", "300"], "settings": {"budget": 300, "seed": 0}}
     assert setting_differences(explicit, script) == []  # the command set it: a new default does not matter
+
+
+def test_a_path_default_is_the_same_setting_in_another_checkout():
+    inside = ROOT / "benchmarks" / "results" / "x.json"
+    assert same_setting("/elsewhere/clone/benchmarks/results/x.json", str(inside))
+    assert not same_setting("/elsewhere/clone/benchmarks/results/y.json", str(inside))
+    assert not same_setting("/tmp/x.json", "/tmp/other/x.json")  # outside the checkout: compared as given
