@@ -33,6 +33,10 @@ def add_model(parser, help_extra: str = "") -> None:
                              "model is refused; model-surgery's own exports load without it)")
 
 
+def _apply(flags) -> str:
+    return "applies" if len(flags) == 1 else "apply"
+
+
 def add_values_kind(parser, kind: str, run, only_flags=()) -> None:
     """Let `surgery values` take the kind `kind`, run by `run(args)`; the (attribute, flag) pairs in
     `only_flags` belong to that kind and are refused for the others, before any model loads."""
@@ -46,7 +50,7 @@ def add_values_kind(parser, kind: str, run, only_flags=()) -> None:
             return run(args)
         given = [flag for attr, flag in only_flags if getattr(args, attr) is not None]
         if given:
-            raise CLIError(f"{', '.join(given)} only apply to `surgery values {kind}`; drop them")
+            raise CLIError(f"{', '.join(given)} {_apply(given)} only to `surgery values {kind}`; drop them")
         return run_others(args)
 
     parser.set_defaults(func=dispatch)
@@ -63,7 +67,7 @@ def check_values_args(args) -> None:
     if args.backend != "ray":
         given = [flag for attr, flag in RAY_ONLY_FLAGS if getattr(args, attr) is not None]
         if given:
-            raise CLIError(f"{', '.join(given)} only apply to --backend ray (this run evaluates locally); "
+            raise CLIError(f"{', '.join(given)} {_apply(given)} only to --backend ray (this run evaluates locally); "
                            "add --backend ray or drop them")
     for attr, flag in (("budget", "--budget"), ("n", "--n"), ("max_rows", "--max-rows"), ("seq_len", "--seq-len"),
                        ("window", "--window"), ("workers", "--workers")):

@@ -136,8 +136,8 @@ def test_store_repair_command_salvages_a_store_with_a_damaged_middle_record(tmp_
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--address", "auto"], "--address only apply to --backend ray"),
-    (["--workers", "4", "--num-gpus", "1"], "--workers, --num-gpus only apply to --backend ray"),
+    (["--address", "auto"], "--address applies only to --backend ray"),
+    (["--workers", "4", "--num-gpus", "1"], "--workers, --num-gpus apply only to --backend ray"),
     (["--max-rows", "0"], "--max-rows 0 must be a positive"),
     (["--estimator", "nope"], "unknown estimator 'nope'"),
 ])

@@ -56,7 +56,7 @@ def test_sources_values_merge_and_targets(capsys, tiny_dir, adapters, tmp_path):
 def test_sources_bad_input_is_one_line(capsys, tiny_dir, adapters, prompts, tmp_path, monkeypatch):
     code, _, err = run_cli(capsys, "values", "heads", "--task", "induction", "--adapters", adapters[0],
                            "--out", tmp_path / "h.json")
-    assert code == 2 and "--adapters only apply to `surgery values sources`" in err
+    assert code == 2 and "--adapters applies only to `surgery values sources`" in err
     code, _, err = run_cli(capsys, "values", "sources", "--base", tiny_dir, "--adapters", *([adapters[0]] * 13),
                            "--prompts", prompts, "--estimator", "exact", "--out", tmp_path / "x.json")
     assert code == 2 and "limited to 12 sources" in err and len(err.strip().splitlines()) == 1

@@ -26,7 +26,7 @@ def test_values_tokens_writes_values_that_render(tiny_dir, tmp_path, capsys):
 
 def test_token_flags_are_refused_for_heads(tiny_dir, tmp_path, capsys):
     code, _, text = run_cli(capsys, "values", "heads", "--model", tiny_dir, "--prompt", "x", "--out", tmp_path / "v.json")
-    assert code == 2 and "--prompt only apply to `surgery values tokens`" in text
+    assert code == 2 and "--prompt applies only to `surgery values tokens`" in text
 
 
 def test_values_tokens_needs_a_prompt(tiny_dir, tmp_path, capsys):
