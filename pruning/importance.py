@@ -6,6 +6,9 @@ Heads:
 - `head_gradient`: Michel et al. (2019), "Are Sixteen Heads Really Better than One?": a gate xi_h
   on every head, importance = E_x |d loss(x) / d xi_h| at xi = 1, one backward per example.
 - `head_leave_one_out`: v(all) - v(all without h), one ablated forward per head.
+- `head_fluctuation`: FLAP (An et al. 2024) for heads: the variance over calibration tokens of each
+  of the head's output-projection input channels times that channel's squared column norm, summed
+  over the head's channels. What mean-compensated removal loses is exactly that fluctuation.
 - `random_scores`: a seeded random order (the floor every criterion must beat).
 
 Layers:
@@ -82,6 +85,26 @@ def _leave_one_out(engine: AblationEngine, task_batch, metric, progress) -> dict
     fn = task_batch.metric(metric)
     v = metric_sign(fn) * engine.evaluate(leave_one_out_masks(engine.n_players), task_batch.tokens, fn, progress=progress)
     return dict(zip(engine.players, (v[0] - v[1:]).tolist()))
+
+
+def head_fluctuation(loaded: LoadedModel, batch) -> dict[str, float]:
+    """FLAP's fluctuation score per head on calibration `batch` (a TokenBatch; real tokens only)."""
+    from surgery.players import resolve_players
+    from surgery.reference import record_sites
+
+    comps, adapter = loaded.components, loaded.adapter
+    blocks = adapter.blocks(loaded.model)
+    acts = record_sites(loaded, resolve_players(comps, "heads"), batch.to(loaded.device), reduce_mean=False).heads
+    real = batch.attention_mask.to(loaded.device).bool()  # [B, T]
+    scores: dict[str, float] = {}
+    with torch.no_grad():
+        for layer, x in sorted(acts.items()):  # x: [B, T, H, D]
+            tokens = x[real].double()  # [N, H, D]
+            variance = tokens.var(dim=0, unbiased=False)  # [H, D]
+            column_norms = adapter.out_proj_weight(blocks[layer]).double().pow(2).sum(0)  # [H * D]
+            per_head = (variance * column_norms.view(variance.shape)).sum(1)
+            scores.update({head_name(layer, h): float(per_head[h]) for h in range(per_head.numel())})
+    return scores
 
 
 def random_scores(names: list[str], seed: int) -> dict[str, float]:

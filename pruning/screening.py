@@ -30,13 +30,20 @@ def _row(batch: TokenBatch, i: int) -> TokenBatch:
                       pick(batch.targets))
 
 
-def gate_gradient_screen(engine: AblationEngine, batch: TokenBatch) -> ScreenScores:
+def gate_gradient_screen(engine: AblationEngine, batch: TokenBatch, *, tasks=()) -> ScreenScores:
     """A screen for iterative_head_plan: removed -> {surviving head: E_x |d loss / d gate|}.
 
     engine: over every head (its mode is the removal the plan ships: mean for compensated removal);
     batch: calibration text (next-token targets). Removed heads are gated to 0, the rest to 1.
+    tasks: (TaskBatch, metric name, weight) triples of the objective's task terms; each adds
+    |weight| x E_example |d metric / d gate| (per example, so opposite signs never cancel). Use a
+    smooth metric (probes.metrics.smooth_metric): a step metric has no gradient.
     """
     loss = make_metric("loss")
+    terms = [([(_row(batch, i), loss) for i in range(batch.size)], 1.0)]
+    for task_batch, metric, weight in tasks:
+        rows = [task_batch.rows(i, i + 1) for i in range(task_batch.size)]
+        terms.append(([(row.tokens, row.metric(metric)) for row in rows], abs(float(weight))))
     names = engine.players
 
     def scores(removed: list[str]) -> dict[str, float]:
@@ -46,13 +53,13 @@ def gate_gradient_screen(engine: AblationEngine, batch: TokenBatch) -> ScreenSco
             if name in gone:
                 base[0, i] = 0.0
         total = torch.zeros(engine.n_players, dtype=torch.float64)
-        for i in range(batch.size):
-            example = _row(batch, i)
-            gates = base.clone().requires_grad_(True)
-            value = loss(engine.logits(gates, example), example)[0]
-            (grad,) = torch.autograd.grad(value, gates)
-            total += grad[0].abs().double()
-        return {name: float(total[i] / batch.size) for i, name in enumerate(names) if name not in gone}
+        for rows, weight in terms:
+            for example, metric in rows:
+                gates = base.clone().requires_grad_(True)
+                value = metric(engine.logits(gates, example), example)[0]
+                (grad,) = torch.autograd.grad(value, gates)
+                total += weight / len(rows) * grad[0].abs().double()
+        return {name: float(total[i]) for i, name in enumerate(names) if name not in gone}
 
     scores.__name__ = "gate_gradient_screen"
     return scores

@@ -37,7 +37,9 @@ def record_sites(loaded: LoadedModel, layout: PlayerLayout, batch: TokenBatch, r
         if not reduce_mean:
             return x.detach().clone()
         w = weights.view(*weights.shape, *([1] * (x.ndim - 2)))
-        return (x * w).sum(dim=(0, 1)) / w.sum()
+        # Averaged in float32, stored in the model's dtype: a float32 mean would promote a bfloat16
+        # model's stream where it is substituted, and its next layer would refuse the input.
+        return ((x * w).sum(dim=(0, 1)) / w.sum()).to(x.dtype)
 
     with ExitStack() as stack:
         for layer, site in layout.sites.items():

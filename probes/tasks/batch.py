@@ -108,16 +108,22 @@ class TaskBatch:
 
     def rows(self, start: int, stop: int) -> "TaskBatch":
         """Examples start:stop, with padding trimmed to the longest of them."""
-        t = self.tokens
-        am = t.attention_mask[start:stop]
-        if am.shape[0] == 0:
+        if not 0 <= start < min(stop, self.size):
             raise TaskError(f"rows({start}, {stop}) of a batch of {self.size} is empty")
+        return self.select(range(start, min(stop, self.size)))
+
+    def select(self, indices: Sequence[int]) -> "TaskBatch":
+        """The examples at `indices` (in that order), with padding trimmed to the longest of them."""
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        if index.numel() == 0:
+            raise TaskError(f"select() of no examples from a batch of {self.size}")
+        t = self.tokens
+        am = t.attention_mask[index]
         width = int(am.sum(1).max())
-        cut = lambda x: None if x is None else x[start:stop]
-        tokens = TokenBatch(t.input_ids[start:stop, :width], am[:, :width], t.score_positions[start:stop],
-                            cut(t.targets))
+        cut = lambda x: None if x is None else x[index]  # noqa: E731
+        tokens = TokenBatch(t.input_ids[index, :width], am[:, :width], t.score_positions[index], cut(t.targets))
         return TaskBatch(tokens, self.task, self.metrics, cut(self.counterfactuals), cut(self.token_ids),
-                         cut(self.token_weights), tuple(self.texts[start:stop]))
+                         cut(self.token_weights), tuple(self.texts[i] for i in index.tolist()) if self.texts else ())
 
 
 def build_batch(task: str, metrics: Sequence[str], rows: Sequence[Row], tok: Tok) -> TaskBatch:

@@ -19,6 +19,7 @@ from pathlib import Path
 from pruning.cli.common import (RUN_REPORT_FORMAT, CLIError, add_model, check_output, finite_or_none, load_model,
                                 progress_bar, stages, step, write_json)
 from pruning.cli.model_cmds import EVAL_METRICS, evaluate
+from pruning.keep_model import DEFAULTS as KEEP_MODEL
 
 
 def cmd_run(args) -> int:
@@ -62,7 +63,10 @@ def cmd_run(args) -> int:
     after = evaluate(reloaded, tasks, None, args.eval_n, args.seq_len, args.eval_seed)
     after["bytes_on_disk"] = manifest["bytes"]
     report = {"model": str(loaded.source), "method": args.method, "task": args.task if args.method == "shapley"
-              else "keep-model (LM loss on calibration text)", "budget": args.budget, "seed": args.seed,
+              else "keep-model (LM loss on calibration text" + (" + task terms)" if args.task_weight else ")"),
+              "objective": plan.provenance[0].get("settings", {}).get("objective"),
+              "game_dtype": plan.provenance[0].get("settings", {}).get("game_dtype"),
+              "budget": args.budget, "seed": args.seed,
               "fraction": args.fraction, "removal": plan.removal_mode, "dtype": manifest.get("dtype"),
               "calibration": {"sequences": args.cal_n, "seq_len": args.seq_len,
                               "disjoint_from_evaluation": True},
@@ -79,9 +83,12 @@ def check_run_arguments(args) -> None:
     """Every argument checked, before the model is loaded or a coalition evaluated."""
     if not 0.0 < args.fraction < 1.0:
         raise CLIError(f"--fraction {args.fraction} must lie strictly between 0 and 1")
+    if not (args.task_weight >= 0 and args.task_weight < float("inf")):
+        raise CLIError(f"--task-weight {args.task_weight} must be a finite number >= 0 (0: calibration text only)")
     for flag, value, least in (("--budget", args.budget, 1), ("--n", args.n, 1), ("--length", args.length, 1),
                                ("--max-rows", args.max_rows, 1), ("--eval-n", args.eval_n, 1),
-                               ("--cal-n", args.cal_n, 1), ("--seq-len", args.seq_len, 2)):
+                               ("--cal-n", args.cal_n, 1), ("--seq-len", args.seq_len, 2),
+                               ("--game-task-n", args.game_task_n, 1)):
         if value < least:
             raise CLIError(f"{flag} {value} must be a positive whole number" if least == 1 else
                            f"{flag} {value} must be at least {least}")
@@ -95,11 +102,22 @@ def plan_heads_for_run(args, loaded, calibration, out: Path):
     from pruning.policies import head_plan
 
     if args.method == "keep-model":
-        from pruning.keep_model import keep_model_head_plan
+        from pruning.keep_model import calibration_task_terms, game_dtype_for, keep_model_head_plan
 
+        terms = []
+        if args.task_weight:
+            # The game's task prompts are never ones the before/after table scores.
+            held_out = {name: get_task(name, n=args.eval_n).batch(loaded, seed=args.eval_seed) for name in EVAL_METRICS}
+            terms = calibration_task_terms(loaded, list(EVAL_METRICS), n=args.game_task_n, weight=args.task_weight,
+                                           seed=args.seed, held_out=held_out)
+        dtype = game_dtype_for(args.game_dtype, loaded)
+        print(f"  game: LM loss on {args.cal_n} calibration sequences"
+              + (f" + {len(terms)} task terms (weight {args.task_weight}, {args.game_task_n} prompts each)" if terms
+                 else "") + f", heads mean-ablated, in {str(dtype).removeprefix('torch.')}")
         with progress_bar(args.budget, "operating-point head values (screened, iterative)") as update:
             plan = keep_model_head_plan(loaded, calibration, fraction=args.fraction, budget=args.budget,
                                         seed=args.seed, store_dir=out / "store", max_rows=args.max_rows,
+                                        tasks=terms, game_dtype=dtype,
                                         progress=lambda s: update(s["new_evaluations"]))
         steps = plan.provenance[0]["steps"]
         print(f"  {sum(s['n_evaluations'] for s in steps)} evaluations in {len(steps)} step(s); removed "
@@ -152,6 +170,13 @@ def register(sub) -> None:
     p.add_argument("--task", default="induction", help="shapley: task the head values are computed on")
     p.add_argument("--n", type=int, default=4, help="shapley: examples in the task batch of the game")
     p.add_argument("--cal-n", type=int, default=4, help="keep-model: calibration sequences (game and compensation)")
+    p.add_argument("--task-weight", type=float, default=KEEP_MODEL["task_weight"],
+                   help="keep-model: weight of each built-in task's term in the game, on prompts the table never "
+                        "scores (0: calibration text only)")
+    p.add_argument("--game-task-n", type=int, default=KEEP_MODEL["task_n"], help="keep-model: game prompts per task")
+    p.add_argument("--game-dtype", default=KEEP_MODEL["game_dtype"], choices=["auto", "model", "bf16", "fp32"],
+                   help="keep-model: dtype the game is evaluated in (auto: bfloat16 where the device runs it "
+                        "natively); the export keeps --dtype")
     p.add_argument("--seq-len", type=int, default=64, help="tokens per calibration and evaluation text sequence")
     p.add_argument("--dtype", default="model", choices=["model", "bf16", "fp16", "fp32"],
                    help="dtype of the exported weights (default: the model's own)")

@@ -18,6 +18,9 @@ def test_default_run_removes_heads_with_compensation_and_the_export_equals_mean_
     assert code == 0, stderr
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "keep-model" and report["removal"] == "mean_compensated"
+    terms = [t["term"] for t in report["objective"]["terms"]]  # text loss plus every built-in task
+    assert terms == ["loss", "induction", "ioi", "factual", "agreement", "greater_than"]
+    assert report["game_dtype"] in ("bfloat16", "float32")
     plan = PruningPlan.load(out / "plan.json")
     n_heads = 18
     assert len(plan.heads) == round(0.2 * n_heads) == len(report["heads_removed"])

@@ -107,3 +107,28 @@ def test_baseline_scores_build_plans_and_are_refused_on_another_model(llama):
     assert len(plan.heads) == round(0.25 * len(llama.components.heads))
     with pytest.raises(PruningError, match="another model"):
         head_plan(values, surgery.load(build("llama", seed=1)), fraction=0.25)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_fluctuation_is_channel_variance_times_output_column_norm(family):
+    """FLAP's head score from the output projection's own input, captured with a plain hook."""
+    from pruning.importance import head_fluctuation
+
+    loaded = surgery.load(build(family))
+    batch = token_batch(loaded, batch=2, seq=9)
+    scores = head_fluctuation(loaded, batch)
+    assert list(scores) == loaded.components.heads
+    block = loaded.adapter.blocks(loaded.model)[1]
+    proj = block.get_submodule(loaded.adapter.attn_out_proj)
+    seen = []
+    handle = proj.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    with torch.no_grad():
+        loaded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    handle.remove()
+    x = seen[0][batch.attention_mask.bool()].double()  # [tokens, H * D]
+    weight = loaded.adapter.out_proj_weight(block).double()  # [hidden, H * D]
+    D = loaded.components.head_dim
+    for h in range(loaded.components.n_heads[1]):
+        cols = slice(h * D, (h + 1) * D)
+        expected = float((x[:, cols].var(0, unbiased=False) * weight[:, cols].pow(2).sum(0)).sum())
+        assert scores[f"L1.H{h}"] == pytest.approx(expected, rel=1e-6)

@@ -69,3 +69,18 @@ def test_screened_iterative_plan_values_candidates_and_ships_compensated_removal
     assert plan.removal_mode == "mean_compensated" and plan.calibration["digest"]
     with pytest.raises(PruningError, match="screen"):
         iterative_head_plan(game, tiny_llama, budget=60, store_dir=tmp_path / "x", k=2, screen=2.0)
+
+
+def test_task_terms_add_their_weighted_gradient_to_the_screen(tiny_llama):
+    """A task term adds |weight| x E|d metric / d gate| (per example) to the text screen."""
+    from probes.tasks.base import TaskBatch
+
+    batch = token_batch(tiny_llama, batch=2, seq=10, positions=4)
+    task = TaskBatch(token_batch(tiny_llama, batch=3, seq=8, positions=3), "toy", ("loss",))
+    from surgery.engine import AblationEngine
+    engine = AblationEngine(tiny_llama, "heads", mode="mean", reference=batch)
+    text_only = gate_gradient_screen(engine, batch)([])
+    task_only = gate_gradient_screen(engine, task.tokens)([])  # the same loss, as a text term
+    mixed = gate_gradient_screen(engine, batch, tasks=[(task, "loss", -0.5)])([])
+    for name in ("L0.H0", "L1.H3", "L2.H5"):
+        assert mixed[name] == pytest.approx(text_only[name] + 0.5 * task_only[name], rel=1e-5)
