@@ -58,7 +58,7 @@ def reliability_details(estimator: str, means, stderrs, n_evaluations: int) -> d
         warnings.warn(
             f"{estimator}: at {n_evaluations} evaluations ({n_evaluations / n:.1f} per player) the run's own standard "
             f"errors put the expected relative error at {error:.2f} and the seed-to-seed Spearman of the ranking at "
-            f"{spearman:.2f}, below the {STABLE_RANKING_SPEARMAN} a stable ranking needs. Raise the budget (on "
+            f"{spearman:.2f}, below the {STABLE_RANKING_SPEARMAN} a stable ranking needs. Raise the budget ("
             "the README's head-values table shows how the agreement grows with evaluations) or rank only "
             "the top-k.", UnstableRankingWarning, stacklevel=4)
     return {"expected_relative_error": error, "expected_seed_spearman": spearman}
