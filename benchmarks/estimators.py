@@ -35,6 +35,7 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from probes.errors import BudgetTooSmallError  # noqa: E402
 from probes.estimators import DEFAULT_ESTIMATOR, get_estimator  # noqa: E402
 from probes.game import Game  # noqa: E402
 from probes.shapiq_interop import run_shapiq_approximator  # noqa: E402
@@ -253,13 +254,19 @@ def run_benchmark(
                     # A fresh game object per run: no estimator profits from another's cached values.
                     fresh = Game(game.players, game.value_function, game.fingerprint)
                     start = time.perf_counter()
-                    values = run(fresh, budget, seed)
+                    try:
+                        values = run(fresh, budget, seed)
+                    except BudgetTooSmallError as refused:  # below this estimator's minimum (small_games.py)
+                        results["skipped"][f"{game_name} {estimator} {key}"] = str(refused)
+                        break
                     seconds.append(time.perf_counter() - start)
                     e, r = _errors(values.means, truth)
                     l2.append(e)
                     rho.append(r)
                     used.append(fresh.n_evaluations)
                     expected.append(values.details.get("expected_relative_error"))
+                if not l2:
+                    continue
                 table[estimator][key] = {
                     "budget": budget, "relative_l2": float(np.mean(l2)), "relative_l2_seeds": l2,
                     "spearman": float(np.mean(rho)), "evaluations": float(np.mean(used)),
