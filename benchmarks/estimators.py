@@ -35,6 +35,7 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from probes.errors import BudgetTooSmallError  # noqa: E402
 from probes.estimators import DEFAULT_ESTIMATOR, get_estimator  # noqa: E402
 from probes.game import Game  # noqa: E402
 from probes.shapiq_interop import run_shapiq_approximator  # noqa: E402
@@ -116,6 +117,12 @@ def peer_factory(game_name: str) -> dict | None:
     return None if factory is None else {"factory": factory, "kwargs": {"n": int(n), "seed": int(n)}}
 
 
+def budget_plan(n: int, budgets) -> dict[str, int]:
+    """{label: budget} for an n-player game: multipliers of n ("2n": 2n, ...), or a callable
+    n -> {label: budget} (benchmarks/small_games.py: budgets up to 2^n)."""
+    return dict(budgets(n)) if callable(budgets) else {f"{m}n": m * n for m in budgets}
+
+
 def all_values_table(game: Game) -> np.ndarray:
     """v(S) for every S, indexed by the bit mask of S (player i = bit i)."""
     n = game.n_players
@@ -152,7 +159,7 @@ def start_peer(peer_python: Path, games: dict, budget_multipliers, seeds, workdi
             continue
         specs.append(spec)
     request = {"games": specs, "approximators": SHAPIQ_PEER, "seeds": list(seeds), "max_seconds": PEER_MAX_SECONDS,
-               "budgets": {s["name"]: [m * s["n_players"] for m in budget_multipliers] for s in specs}}
+               "budgets": {s["name"]: list(budget_plan(s["n_players"], budget_multipliers).values()) for s in specs}}
     (workdir / "request.json").write_text(json.dumps(request))
     answer = workdir / "response.json"
     worker = Path(__file__).resolve().parent / "shapiq_peer_worker.py"
@@ -168,17 +175,17 @@ def merge_peer(results: dict, answer: dict, games: dict, budget_multipliers) -> 
         n = game.n_players
         for estimator, rows in table.items():
             cells = {}
-            for multiplier in budget_multipliers:
-                runs = rows.get(str(multiplier * n), [])
+            for key, budget in budget_plan(n, budget_multipliers).items():
+                runs = rows.get(str(budget), [])
                 failed = [r["error"] for r in runs if "error" in r]
                 if failed or not runs:
-                    results["shapiq_peer"]["failures"].setdefault(game_name, {})[f"{estimator} {multiplier}n"] = \
+                    results["shapiq_peer"]["failures"].setdefault(game_name, {})[f"{estimator} {key}"] = \
                         failed[0] if failed else "not run"
                     continue
                 scores = [_errors(np.asarray(r["estimate"]), truth) for r in runs]
                 l2 = [e for e, _ in scores]
-                cells[f"{multiplier}n"] = {
-                    "budget": multiplier * n, "relative_l2": float(np.mean(l2)), "relative_l2_seeds": l2,
+                cells[key] = {
+                    "budget": budget, "relative_l2": float(np.mean(l2)), "relative_l2_seeds": l2,
                     "spearman": float(np.mean([r for _, r in scores])),
                     "evaluations": float(np.mean([r["evaluations"] for r in runs])),
                     "seconds": float(np.mean([r["seconds"] for r in runs])),
@@ -223,11 +230,15 @@ def run_benchmark(
     seeds: Sequence[int] = (0, 1, 2),
     default: str = DEFAULT_ESTIMATOR,
     verbose: bool = True,
+    only: Sequence[str] | None = None,
 ) -> dict:
-    """Error vs budget of every estimator on every game; see the module docstring."""
+    """Error vs budget of every estimator (or those named in `only`) on every game; see the module
+    docstring. `budget_multipliers`: multipliers of n, or n -> {label: budget} (budget_plan)."""
     results: dict = {"games": {}, "skipped": {}}
     runners = {name: (run, 10**9) for name, run in OURS.items()}
     runners.update({name: (run, limit) for name, (run, limit, _) in SHAPIQ.items() if run is not None})
+    if only is not None:
+        runners = {name: runner for name, runner in runners.items() if name in only}
     results["skipped"] = {name: why for name, (_, _, why) in SHAPIQ.items() if why}
     for game_name, (game, truth) in games.items():
         n = game.n_players
@@ -237,29 +248,34 @@ def run_benchmark(
             if n > max_players:
                 continue
             table[estimator] = {}
-            for multiplier in budget_multipliers:
-                budget = multiplier * n
+            for key, budget in budget_plan(n, budget_multipliers).items():
                 l2, rho, seconds, used, expected = [], [], [], [], []
                 for seed in seeds:
                     # A fresh game object per run: no estimator profits from another's cached values.
                     fresh = Game(game.players, game.value_function, game.fingerprint)
                     start = time.perf_counter()
-                    values = run(fresh, budget, seed)
+                    try:
+                        values = run(fresh, budget, seed)
+                    except BudgetTooSmallError as refused:  # below this estimator's minimum (small_games.py)
+                        results["skipped"][f"{game_name} {estimator} {key}"] = str(refused)
+                        break
                     seconds.append(time.perf_counter() - start)
                     e, r = _errors(values.means, truth)
                     l2.append(e)
                     rho.append(r)
                     used.append(fresh.n_evaluations)
                     expected.append(values.details.get("expected_relative_error"))
-                table[estimator][f"{multiplier}n"] = {
+                if not l2:
+                    continue
+                table[estimator][key] = {
                     "budget": budget, "relative_l2": float(np.mean(l2)), "relative_l2_seeds": l2,
                     "spearman": float(np.mean(rho)), "evaluations": float(np.mean(used)),
                     "seconds": float(np.mean(seconds)),
                 }
                 if all(e is not None for e in expected):  # what the estimator said its error would be
-                    table[estimator][f"{multiplier}n"]["expected_relative_l2"] = float(np.mean(expected))
+                    table[estimator][key]["expected_relative_l2"] = float(np.mean(expected))
             if verbose:
-                cells = "  ".join(f"{m}n {table[estimator][f'{m}n']['relative_l2']:.4f}" for m in budget_multipliers)
+                cells = "  ".join(f"{k} {cell['relative_l2']:.4f}" for k, cell in table[estimator].items())
                 print(f"{game_name:22s} {estimator:30s} {cells}", flush=True)
         results["games"][game_name] = {"n_players": n, "estimators": table}
     return results
@@ -272,6 +288,8 @@ def rank_estimators(results: dict, budget: str = "10n") -> dict[str, float]:
     for entry in results["games"].values():
         table = entry["estimators"]
         run = {name: v[budget]["relative_l2"] for name, v in table.items() if budget in v}  # slow ones may skip it
+        if not run:
+            continue
         best = min(run.values())
         for name, error in run.items():
             ratios.setdefault(name, []).append(error / best)
@@ -284,8 +302,8 @@ def summarize(results: dict, default: str, budget_multipliers: Sequence[int] = B
     """At each budget, the default's error over the best alternative's (every other estimator in the
     table, ours and both shapiq releases), per game and worst over games."""
     per_budget = {}
-    for multiplier in budget_multipliers:
-        key = f"{multiplier}n"
+    labels = dict.fromkeys(k for entry in results["games"].values() for k in budget_plan(entry["n_players"], budget_multipliers))
+    for key in labels:
         per_game = {}
         for game_name, entry in results["games"].items():
             table = entry["estimators"]

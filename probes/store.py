@@ -4,6 +4,7 @@ Layout of a store directory (plain files, readable with `cat` and `jq`):
 
     header.json     {"format", "version", "fingerprint", "fingerprint_id", "n_players"}
     values.jsonl    one record per line: {"c": packed coalition as hex, "v": value, "crc": crc32}
+    estimators.json {estimator: version} of the versioned estimators (chain_krr) that ran on it
     lock            the writer lock (flock); holds the pid of the process that has the store open
 
 Why this shape: model evaluations are the expensive thing in this project, so every chunk is
@@ -43,6 +44,7 @@ STORE_VERSION = 1
 HEADER = "header.json"
 LOG = "values.jsonl"
 LOCK = "lock"
+ESTIMATORS = "estimators.json"  # {estimator name: version} of the versioned estimators that ran on the store
 REPAIR_COMMAND = "surgery store repair --store {path}"
 
 # Locks this process holds: resolved store path -> [fd, number of open store objects, owner pid].
@@ -265,6 +267,27 @@ class CoalitionStore:
             handle.flush()
             if self.durable:
                 os.fsync(handle.fileno())
+
+    def estimator_versions(self) -> dict[str, int]:
+        """{name: version} of the versioned estimators that have run on this store ({} for a store
+        made before versions were recorded): a later version may evaluate other coalitions and
+        give other values, so it must not silently re-value a run of an earlier one."""
+        path = self.path / ESTIMATORS
+        if not path.exists():
+            return {}
+        try:
+            return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+        except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as error:
+            raise StoreCorruptError(f"{path} is not a JSON object of estimator versions ({error}); "
+                                    "delete it to let the next run record its version") from error
+
+    def record_estimator_version(self, name: str, version: int) -> None:
+        """Note that `name` at `version` ran on this store (the latest run of each name is kept)."""
+        from surgery.atomic_io import write_json_atomic
+
+        versions = self.estimator_versions()
+        if versions.get(name) != version:
+            write_json_atomic(self.path / ESTIMATORS, {**versions, name: int(version)}, sort_keys=True)
 
     def coalitions(self) -> tuple[np.ndarray, np.ndarray]:
         """All stored coalitions as (bool[m, n], float[m]), e.g. to train a surrogate."""

@@ -9,6 +9,7 @@ budgets 2n-20n (benchmarks/estimators.py writes the table, benchmarks/results/es
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from types import MappingProxyType
 
@@ -28,6 +29,9 @@ _REGISTRY: dict[str, Estimator] = {
     "leverage_shap_size": regression.leverage_shap_size,
     "leverage_shap_krr": kernel_ridge.leverage_shap_krr,
     "chain_krr": chains.chain_krr,
+    # Each version as it was, so a store or values file a version made replays to the same values.
+    "chain_krr@1": functools.partial(chains.chain_krr, version=1),
+    "chain_krr@2": functools.partial(chains.chain_krr, version=2),
     "msr": msr.msr_shapley,
     "sliding_window": ordered.sliding_window_values,
     "neighbourhood": ordered.neighbourhood_values,

@@ -102,6 +102,14 @@ def _canonical(rows: np.ndarray, k: int, n: int) -> np.ndarray:
     return rows
 
 
+def _canonical_units(rows: np.ndarray) -> np.ndarray:
+    """Each unit as its stratum's streams hand it: the side of size k = min(|S|, n - |S|), and for
+    k = n/2 the side holding player 0."""
+    n = rows.shape[1]
+    flip = (rows.sum(1) > n - rows.sum(1)) | ((2 * rows.sum(1) == n) & ~rows[:, 0])
+    return np.where(flip[:, None], ~rows, rows)
+
+
 def _unrank(ranks: np.ndarray, k: int, m: int) -> np.ndarray:
     """The k-subsets of range(m) with the given colex ranks, as bool rows [len(ranks), m]."""
     rows = np.zeros((len(ranks), m), dtype=bool)
@@ -117,15 +125,18 @@ def _unrank(ranks: np.ndarray, k: int, m: int) -> np.ndarray:
 class _StratumStream:
     """The units of stratum k in a uniformly random order that depends only on (seed, k)."""
 
-    def __init__(self, n: int, k: int, seed: int) -> None:
+    def __init__(self, n: int, k: int, seed: int, skip: np.ndarray | None = None) -> None:
+        """skip: units (canonical S sides) that are already in the design elsewhere; never handed."""
         self.n, self.k = n, k
         self.middle = 2 * k == n  # units: the k-subsets holding player 0
         self.count = math.comb(n - 1, k - 1) if self.middle else math.comb(n, k)
         self.rng = np.random.default_rng([seed, k])
         self.handed = 0
         self._ranks: np.ndarray | None = None
-        self._seen: set[bytes] = set()
+        self._skip = set() if skip is None else {key.tobytes() for key in np.packbits(skip, axis=1)}
+        self._seen: set[bytes] = set(self._skip)
         self._buffer = np.zeros((0, n), dtype=bool)
+        self._position = 0  # ranks of the permutation used so far (handed + skipped)
 
     def take(self, count: int) -> np.ndarray:
         """The next `count` units (S sides), bool [count, n]."""
@@ -134,13 +145,7 @@ class _StratumStream:
         if self.count <= PERMUTE_LIMIT:
             if self._ranks is None:
                 self._ranks = self.rng.permutation(self.count)
-            ranks = self._ranks[self.handed : self.handed + count]
-            if self.middle:
-                rows = np.zeros((len(ranks), self.n), dtype=bool)
-                rows[:, 0] = True
-                rows[:, 1:] = _unrank(ranks, self.k - 1, self.n - 1)
-            else:
-                rows = _unrank(ranks, self.k, self.n)
+            rows = self._unrank_next(count)
         else:
             # Random k-subsets in stream order, repeats skipped. Draws are kept in a buffer rather
             # than discarded, so the j-th unit is the same however the requests are chunked.
@@ -158,6 +163,24 @@ class _StratumStream:
         self.handed += count
         return rows
 
+    def _unrank_next(self, count: int) -> np.ndarray:
+        """The next `count` units of the rank permutation, passing over the skipped ones."""
+        kept = []
+        while sum(len(r) for r in kept) < count:
+            want = count - sum(len(r) for r in kept)
+            ranks = self._ranks[self._position : self._position + want]
+            self._position += len(ranks)
+            if self.middle:
+                rows = np.zeros((len(ranks), self.n), dtype=bool)
+                rows[:, 0] = True
+                rows[:, 1:] = _unrank(ranks, self.k - 1, self.n - 1)
+            else:
+                rows = _unrank(ranks, self.k, self.n)
+            if self._skip:
+                rows = rows[[key.tobytes() not in self._skip for key in np.packbits(rows, axis=1)]]
+            kept.append(rows)
+        return np.concatenate(kept)
+
 
 class PairedSequence:
     """The nested unit sequence of one (n, seed, distribution); see the module docstring.
@@ -167,15 +190,21 @@ class PairedSequence:
 
     CHUNK = 4096  # units generated per step
 
-    def __init__(self, n: int, rng: np.random.Generator, distribution: str) -> None:
+    def __init__(self, n: int, rng: np.random.Generator, distribution: str, taken: np.ndarray | None = None) -> None:
+        """taken: distinct units (S sides, bool rows) already in the design before this sequence (an
+        antithetic chain, chains.py): they hold their strata's first seats and are never drawn again,
+        so the sequence continues a stratified sample without repeats and ends with every unit."""
         self.n = n
         self.ks = stratum_sizes(n)
         self.counts = np.array([units_in_stratum(n, int(k)) for k in self.ks])
         self.exact_counts = [math.comb(n - 1, int(k) - 1) if 2 * k == n else math.comb(n, int(k)) for k in self.ks]
         self.mass = stratum_mass(n, distribution)
-        self.total = total_units(n)
         self.seed = int(rng.integers(2**63))  # the only draw from rng, whatever the budget
-        self.seats = np.zeros(len(self.ks), dtype=np.int64)  # units handed to each stratum so far
+        self.taken = None if taken is None else _canonical_units(np.asarray(taken, dtype=bool))
+        taken_strata = np.zeros(0, dtype=np.int64) if taken is None else np.minimum(taken.sum(1), n - taken.sum(1))
+        self.taken_counts = np.bincount(taken_strata - 1, minlength=len(self.ks)).astype(np.int64)
+        self.total = total_units(n) - int(self.taken_counts.sum())
+        self.seats = self.taken_counts.copy()  # units handed to each stratum so far (taken ones included)
         self._streams: dict[int, _StratumStream] = {}
         self._first = np.zeros((0, n), dtype=bool)
         self._stratum = np.zeros(0, dtype=np.int64)
@@ -243,10 +272,17 @@ class PairedSequence:
             for index in np.unique(strata):
                 stream = self._streams.get(int(index))
                 if stream is None:
-                    stream = self._streams[int(index)] = _StratumStream(self.n, int(self.ks[index]), self.seed)
+                    stream = self._streams[int(index)] = _StratumStream(self.n, int(self.ks[index]), self.seed,
+                                                                        self._taken_in(int(self.ks[index])))
                 where = np.flatnonzero(strata == index)
                 rows[where] = stream.take(len(where))
             self._append(rows, self.ks[strata])
+
+    def _taken_in(self, k: int) -> np.ndarray | None:
+        if self.taken is None:
+            return None
+        sizes = self.taken.sum(1)
+        return self.taken[np.minimum(sizes, self.n - sizes) == k]
 
     def _append(self, rows: np.ndarray, strata: np.ndarray) -> None:
         end = self.length + len(rows)
@@ -267,7 +303,8 @@ class PairedSequence:
         self.extend(length)
         stratum = self._stratum[:length]
         m = np.bincount(stratum - 1, minlength=len(self.ks)) if length else np.zeros(len(self.ks), dtype=np.int64)
-        full = np.array([a >= c for a, c in zip(m.tolist(), self.exact_counts)], dtype=bool)
+        full = np.array([a + t >= c for a, t, c in zip(m.tolist(), self.taken_counts.tolist(), self.exact_counts)],
+                        dtype=bool)
         sampled_strata = ~full & (m > 0)
         n_sampled = int(m[sampled_strata].sum())
         q = np.where(sampled_strata, m / max(n_sampled, 1), 0.0)

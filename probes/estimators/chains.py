@@ -43,10 +43,12 @@ from probes.estimators.kernel_ridge import fit_odd_kernel
 from probes.estimators.priors import resolve_prior
 from probes.estimators.regression import PairedRun, size_basis, unit_weights
 from probes.estimators._common import make_values, require_budget, should_stop, start_stop
-from probes.game import Game
+from probes.game import Game, pack_coalitions
 from probes.stopping import StoppingCriterion
 from probes.values import Values
 
+VERSION = 2  # settings["version"] of what chain_krr returns; chain_krr@1 replays version 1 (see chain_krr)
+DETERMINED_UNITS_PER_PLAYER = 3  # version 2: from 3n pairs (6n evaluations) on, no ridge toward the chain
 RIDGE_PENALTIES = np.concatenate([[0.0], np.logspace(-4, 3, 15)])  # relative to mean diagonal of the normal matrix
 
 
@@ -57,17 +59,22 @@ class ChainSequence:
     with the same seed extends a smaller one. Chain units of an enumerated stratum repeat an
     enumerated unit, so the fit leaves them out (fit_mask); the ledger does not pay for them twice."""
 
-    def __init__(self, n: int, n_units: int, rng: np.random.Generator) -> None:
-        self.n = n
+    def __init__(self, n: int, n_units: int, rng: np.random.Generator, version: int = VERSION) -> None:
+        self.n, self.version = n, version
         self.order = np.argsort(rng.random(n))
         ranks = np.argsort(self.order)
         # Prefix k of the order, k = 1..n-1; below 2n evaluations only the first prefixes fit.
-        sizes = np.arange(1, min(n, n_units + 1))
-        self.chain = ranks[None, :] < sizes[:, None]
+        whole_chain = ranks[None, :] < np.arange(1, n)[:, None]
+        self.chain = whole_chain[: min(n - 1, n_units)]
+        sizes = self.chain.sum(1)
         self.strata = np.minimum(sizes, n - sizes)
-        self.pairs = PairedSequence(n, rng, "leverage")
+        # Version 2: the pairs continue the chain's strata without repeating its units, so the
+        # design is a stratified sample without repeats that ends with every coalition (version 1
+        # drew them independently: chain units repeated, and at small n a good share of the budget
+        # went to coalitions already evaluated).
+        self.pairs = PairedSequence(n, rng, "leverage", taken=whole_chain if version >= 2 else None)
         self.ks = self.pairs.ks
-        self.max_units = len(self.chain) + total_units(n)
+        self.max_units = len(self.chain) + self.pairs.total
 
     def design(self, upto: int) -> PairedDesign:
         pairs = self.pairs.design(max(int(upto) - len(self.chain), 0))
@@ -85,8 +92,8 @@ class ChainSequence:
             stratum_units=pairs.stratum_units)
 
     def fit_mask(self, design: PairedDesign) -> np.ndarray:
-        return np.concatenate([~np.isin(self.strata, design.saturated_strata),
-                               np.ones(len(design.first) - len(self.chain), dtype=bool)])
+        chain_fits = ~np.isin(self.strata, design.saturated_strata) if self.version < 2 else np.ones(len(self.chain), bool)
+        return np.concatenate([chain_fits, np.ones(len(design.first) - len(self.chain), dtype=bool)])
 
 
 def _odd_problem(design, units, first_values, second_values, size_degree):
@@ -147,19 +154,29 @@ def fit_linear_gcv(design, units, first_values, second_values, total, size_degre
 
 def chain_krr(game: Game, budget: int, seed: int | None = None, stop: StoppingCriterion | None = None, *,
               prior=None, gamma: float = 1.0, max_centers: int = 3000, size_degree: int = 3,
-              size_margin: float = 1.0, n_bootstrap: int = 30, n_rounds: int = 8) -> Values:
+              size_margin: float = 1.0, n_bootstrap: int = 30, n_rounds: int = 8, version: int | None = None) -> Values:
     """One antithetic chain + Leverage SHAP pairs, ridge toward a prior, kernel step (module
     docstring). `prior`: n values, a dict name -> value or Values for the same players; None = the
-    equal split, used only once the data determine the fit (one chain alone = permutation sampling)."""
+    equal split, used only once the data determine the fit (one chain alone = permutation sampling).
+
+    version: None = the current one (VERSION), refusing a store that holds a run of another version
+    (check_store_version); 1 or 2 (registered as "chain_krr@1", "chain_krr@2") runs that version as
+    it was, so a store or values file made by it replays to the same values."""
     n = game.n_players
     name = "chain_krr"
+    explicit = version is not None
+    version = VERSION if version is None else version
+    if version not in (1, 2):
+        raise ProbeError(f"chain_krr: unknown version {version!r}; 1 (before small games were fixed) or 2 (current)")
     # As Leverage SHAP: below 2n only part of the chain fits, and the fit leans on the prior.
     budget = require_budget(budget, n + 2, name, "v(empty), v(full) and n/2 complementary pairs to determine n values")
     if not gamma > 0 or int(max_centers) < 1:
         raise ProbeError(f"chain_krr: gamma must be > 0 and max_centers >= 1, got {gamma}, {max_centers}")
+    if game.store is not None and not explicit:
+        check_store_version(game.store, n, budget, seed)
     rng = np.random.default_rng(seed)
     stop = start_stop(stop)
-    sequence = ChainSequence(n, (budget - 2) // 2, rng)
+    sequence = ChainSequence(n, (budget - 2) // 2, rng, version)
     run = PairedRun(game, budget, rng, "leverage", stop, sequence=sequence)
     run.chain_order = sequence.order
     total = run.full - run.empty
@@ -170,15 +187,21 @@ def chain_krr(game: Game, budget: int, seed: int | None = None, stop: StoppingCr
             coef = fit_linear_gcv(run.design, units, run.first_values, run.second_values, total, None, prior_values)[0]
             if should_stop(stop, run.ledger, coef[:n], np.full(n, np.nan), round_number):
                 break
+    # Version 2, no prior: once the pairs determine the fit (DETERMINED_UNITS_PER_PLAYER * n units),
+    # no ridge toward the chain's noisy estimate (version 1 kept it, 4x leverage_shap_krr's error near 2^n).
+    fixed_penalty = 0.0 if version >= 2 and prior is None and len(units) >= DETERMINED_UNITS_PER_PLAYER * n else None
     phi, stderrs, details = _final_estimate(run, units, len(evaluated), prior_values, prior is not None, gamma,
-                                            max_centers, size_degree, size_margin, n_bootstrap, rng)
+                                            max_centers, size_degree, size_margin, n_bootstrap, rng, fixed_penalty)
+    if game.store is not None:
+        game.store.record_estimator_version(name, version)
     settings = {"gamma": gamma, "max_centers": max_centers, "size_degree": size_degree, "size_margin": size_margin,
-                "n_bootstrap": n_bootstrap, "budget": budget, "prior": None if prior is None else prior_values.tolist()}
+                "n_bootstrap": n_bootstrap, "budget": budget, "prior": None if prior is None else prior_values.tolist(),
+                "version": version}
     return make_values(game, run.ledger, name, phi, stderrs, settings=settings, seed=seed, details=details)
 
 
 def _final_estimate(run, units, n_evaluated, prior, prior_given, gamma, max_centers, size_degree, size_margin,
-                    n_bootstrap, rng):
+                    n_bootstrap, rng, fixed_penalty=None):
     design, n = run.design, run.design.n
     total = run.full - run.empty
     details = {"n_chain_pairs": int(min(n_evaluated, n - 1)), "n_pairs": int(max(n_evaluated - (n - 1), 0))}
@@ -199,7 +222,8 @@ def _final_estimate(run, units, n_evaluated, prior, prior_given, gamma, max_cent
     # pairs beyond the chain are too few to determine the regression, and lets go once they are.
     prior = prior if prior_given else chain_estimate
     degree = size_degree if len(units) > size_margin * (n + size_degree) else None
-    coef, penalty, residual = fit_linear_gcv(design, units, run.first_values, run.second_values, total, degree, prior)
+    coef, penalty, residual = fit_linear_gcv(design, units, run.first_values, run.second_values, total, degree, prior,
+                                             fixed_penalty)
     phi = coef[:n]
     problem = (run.first_values, run.second_values, total, degree, prior, penalty)
     # Kernel step on the odd residual of the linear fit; g is odd, so v - g keeps its pairs
@@ -213,7 +237,7 @@ def _final_estimate(run, units, n_evaluated, prior, prior_given, gamma, max_cent
         # The penalty is chosen again on v - g: with the interactions g explains out of the
         # residual, GCV can tell a wrong prior from noise.
         refit, penalty, _ = fit_linear_gcv(design, units, run.first_values - g, run.second_values + g,
-                                           total - kernel_values.sum(), degree, prior - kernel_values)
+                                           total - kernel_values.sum(), degree, prior - kernel_values, fixed_penalty)
         phi = refit[:n] + kernel_values
         details["kernel_centers"] = len(model.centers)
     details.update({"ridge_penalty": float(penalty), "size_degree_used": degree})
@@ -261,3 +285,29 @@ def _bootstrap(design, units, problem, n_bootstrap, rng):
         redraw = units[rng.integers(0, len(units), size=len(units))]
         replicates[b] = fit_linear_gcv(design, redraw, *problem)[0][: design.n]
     return replicates.std(axis=0, ddof=1)
+
+
+
+def check_store_version(store, n: int, budget: int, seed) -> None:
+    """Refuse to re-value, with the current version, a store that holds a run of another version of
+    chain_krr: the one its estimators.json names, or, for a store made before versions were recorded,
+    version 1 when that version's design for this budget and seed is in the store and the current
+    one's is not (a run that stopped early is not recognised)."""
+    recorded = store.estimator_versions().get("chain_krr")
+    if recorded is None and len(store) and seed is not None:
+        held = {v: _design_in_store(store, n, budget, seed, v) for v in (1, VERSION)}
+        recorded = 1 if held[1] and not held[VERSION] else None
+    if recorded is not None and recorded != VERSION:
+        raise ProbeError(
+            f"store {store.path} holds a run of chain_krr version {recorded}; this chain_krr is version {VERSION}, "
+            f"which evaluates other coalitions and fits differently, so it would not replay that run. Replay it "
+            f"with estimator 'chain_krr@{recorded}' (CLI: --estimator chain_krr@{recorded}), value it with the "
+            f"current version by naming it ('chain_krr@{VERSION}'), or use a new store")
+
+
+def _design_in_store(store, n: int, budget: int, seed, version: int) -> bool:
+    """Whether every coalition chain_krr `version` evaluates at this budget and seed is in the store."""
+    sequence = ChainSequence(n, (budget - 2) // 2, np.random.default_rng(seed), version)
+    first = sequence.design(min((budget - 2) // 2, sequence.max_units)).first
+    keys = pack_coalitions(np.concatenate([first, ~first]))
+    return all(key.tobytes() in store for key in keys)
