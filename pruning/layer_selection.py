@@ -142,6 +142,16 @@ def layer_order(loaded, criterion: str, k: int, calibration: TokenBatch, *, meas
                    "evaluations": game.n_evaluations}
 
 
+def check_repair_calibration(loaded, calibration: TokenBatch) -> None:
+    """Refuse, before any work, a repair with fewer calibration tokens than the hidden size (each
+    span's map has hidden x hidden entries; surgery.layer_repair would refuse it only after the search)."""
+    hidden = int(loaded.model.config.hidden_size)
+    tokens = int(calibration.attention_mask.sum())
+    if tokens < hidden:
+        raise PruningError(f"layer repair needs at least {hidden} calibration tokens (the hidden size), got {tokens}; "
+                           f"give more calibration text (more or longer sequences) or turn repair off")
+
+
 def criterion_layer_plan(loaded, criterion: str, calibration: TokenBatch, *, k: int | None = None,
                          fraction: float | None = None, repair: bool = False, ridge: float = 0.1,
                          **settings) -> PruningPlan:
@@ -155,6 +165,8 @@ def criterion_layer_plan(loaded, criterion: str, calibration: TokenBatch, *, k: 
         if not 0.0 < fraction < 1.0:
             raise PruningError(f"fraction of layers {fraction} must lie strictly between 0 and 1")
         k = int(round(fraction * n))
+    if repair:
+        check_repair_calibration(loaded, calibration)
     order, record = layer_order(loaded, criterion, k, calibration, **settings)
     plan = PruningPlan(model_identity(loaded), layers=order, cornerstones=sorted(settings.get("cornerstones") or []),
                        provenance=[{"policy": "criterion_layer_plan", "removal_order": order, **record}])

@@ -121,6 +121,10 @@ def target_plan(loaded, calibration: TokenBatch, *, target_speedup=None, target_
     speed, count, ratios, fractions = check_targets(target_speedup, target_params, width_ratios, head_fractions,
                                                     head_values)
     n = loaded.components.n_layers
+    if repair:
+        from pruning.layer_selection import check_repair_calibration
+
+        check_repair_calibration(loaded, calibration)
     if speed is not None:
         table = check_timing_table(timing, loaded) if timing is not None else timing_table(loaded)
     else:

@@ -102,3 +102,9 @@ def test_bad_targets_are_refused_before_any_work(six_layers, cal):
     assert parse_param_count("100M") == 100_000_000 and parse_param_count("1.5b") == 1_500_000_000
     with pytest.raises(PruningError, match="not a positive count"):
         parse_param_count("lots")
+
+
+def test_repair_with_too_little_calibration_text_is_refused_before_any_work(six_layers):
+    short = token_batch(six_layers, batch=2, seq=8, seed=2, pad_last=False)  # 16 tokens < hidden 32
+    with pytest.raises(PruningError, match="at least 32 calibration tokens"):
+        target_plan(six_layers, short, target_speedup=1.2, timing=table_for(six_layers))
