@@ -94,6 +94,10 @@ def banzhaf_layer_order(game: Game, k: int, *, budget: int, seed: int = 0, itera
     steps = []
     for number, size in enumerate(sizes):
         playing = [name for name in candidates if name not in removed_names]
+        if k - len(removed_names) >= len(playing):  # every candidate left goes: nothing to value
+            removed_names.extend(playing)
+            steps.append({"step": number, "removed": playing, "p": 0.0, "n_players": len(playing)})
+            break
         store = None if store_dir is None else f"{store_dir}/step{number:02d}/store"
         sub = survivor_game(game, removed_names, store=store, players=playing)
         p = 1.0 - (k - len(removed_names)) / len(playing)

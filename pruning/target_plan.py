@@ -86,7 +86,9 @@ def _reaches(table: dict, goal: float, speed: bool, **settings) -> bool:
     return dense_ms(table) / cost >= goal if speed else cost <= goal
 
 
-def _fewest_layers(order, table, goal, speed, mlp_kept, heads_kept) -> int | None:
+def fewest_layers(order, table, goal, speed, mlp_kept=None, heads_kept=None) -> int | None:
+    """The fewest layers of `order` whose removal reaches the goal (speed-up if `speed`, else size) by the
+    table's prediction, at the given per-layer shares of MLP channels and heads kept; None if none do."""
     for k in range(len(order) + 1):
         if _reaches(table, goal, speed, dropped=order[:k], mlp_kept=mlp_kept, heads_kept=heads_kept):
             return k
@@ -113,11 +115,14 @@ def _check_reachable(table, goal, speed, droppable, n, max_w, max_h) -> list[int
 def target_plan(loaded, calibration: TokenBatch, *, target_speedup=None, target_params=None,
                 timing: dict | None = None, criterion: str = "sleb", width_ratios=DEFAULT_WIDTH_RATIOS,
                 width_score: str = "fluctuation", head_values=None, head_fractions=(0.0,), repair: bool = True,
-                ridge: float = 0.1, cornerstones=(), progress=None, **layer_settings) -> PruningPlan:
+                ridge: float = 0.1, cornerstones=(), selection: TokenBatch | None = None, progress=None,
+                **layer_settings) -> PruningPlan:
     """The least-loss combination of dropped layers (+ repair), MLP width and heads reaching the target.
 
     timing: a timing table (pruning.timing.timing_table, or its JSON); measured now when None and a
-    speed-up is the target. layer_settings: measure, budget, seed, store_dir (pruning.layer_selection)."""
+    speed-up is the target. selection: the text the layer criterion plays its game on (default: the
+    calibration text; a shorter batch makes SLEB / Banzhaf cheaper). layer_settings: measure, budget, seed,
+    store_dir (pruning.layer_selection)."""
     speed, count, ratios, fractions = check_targets(target_speedup, target_params, width_ratios, head_fractions,
                                                     head_values)
     n = loaded.components.n_layers
@@ -135,13 +140,14 @@ def target_plan(loaded, calibration: TokenBatch, *, target_speedup=None, target_
     cheapest_first = _check_reachable(table, goal, speed is not None, droppable, n, ratios[-1], fractions[-1])[::-1]
     # Layers any candidate may need: those that reach the goal at full width by the cheapest-first order
     # (an upper bound for every order), or all droppable ones when only narrower MLPs reach it.
-    k_max = _fewest_layers(cheapest_first, table, goal, speed is not None, None, None)
+    k_max = fewest_layers(cheapest_first, table, goal, speed is not None, None, None)
     k_max = len(cheapest_first) if k_max is None else k_max
     order, layer_record = [], None
     if k_max:
         from pruning.layer_selection import layer_order
 
-        order, layer_record = layer_order(loaded, criterion, k_max, calibration, cornerstones=sorted(protected),
+        order, layer_record = layer_order(loaded, criterion, k_max, calibration if selection is None else selection,
+                                          cornerstones=sorted(protected),
                                           progress=progress, **layer_settings)
     scores = channel_scores(loaded, calibration, width_score) if any(ratios) else None
     candidates = []
@@ -178,7 +184,7 @@ def _candidate(loaded, calibration, table, goal, speed, order, ratio, fraction, 
     n = loaded.components.n_layers
     mlp_kept = {l: 1.0 - ratio for l in range(n)}
     heads_kept = {l: 1.0 - fraction for l in range(n)}
-    k = _fewest_layers(order, table, goal, speed, mlp_kept, heads_kept)
+    k = fewest_layers(order, table, goal, speed, mlp_kept, heads_kept)
     if k is None:
         return None
     channels = width_plan(loaded, ratio, scores=scores, method=width_score).mlp_channels if ratio else {}
