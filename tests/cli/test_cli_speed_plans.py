@@ -68,3 +68,23 @@ def test_an_unreachable_speedup_names_the_most_reachable(tiny_dir, tmp_path, cap
     code, out, err = run_cli(capsys, "plan", "target", "--model", tiny_dir, "--target-speedup", "50", "--criterion",
                              "sleb", *CAL, "--out", tmp_path / "p.json")
     assert code == 2 and "cannot reach 50.00x without removing every layer; the most is" in err
+
+
+def test_run_with_a_target_speedup_drops_layers_and_reports_them(tiny_dir, tmp_path, capsys):
+    table = tmp_path / "timing.json"
+    code, out, err = run_cli(capsys, "plan", "layers", "--model", tiny_dir, "--target-speedup", "1.01", "--criterion",
+                             "block_influence", "--no-repair", *CAL, "--save-timing", table, "--out", tmp_path / "l.json")
+    assert code == 0, err
+    fixed = json.loads(table.read_text())
+    fixed.update(other_ms=2.0, layers=[{"block_ms": 10.0, "mlp_ms": 6.0}] * 3)
+    table.write_text(json.dumps(fixed))
+    code, out, err = run_cli(capsys, "run", "--model", tiny_dir, "--target-speedup", "1.3", "--timing", table,
+                             "--cal-n", "4", "--seq-len", "32", "--eval-n", "2", "--out", tmp_path / "run")
+    assert code == 0, err
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    plan = PruningPlan.load(tmp_path / "run" / "plan.json")
+    assert report["target_speedup"] == 1.3 and report["layers_removed"] == plan.layers
+    assert plan.provenance[0]["chosen"]["predicted"] >= 1.3
+    code, out, err = run_cli(capsys, "run", "--model", tmp_path / "missing", "--target-speedup", "0.9",
+                             "--out", tmp_path / "run2")
+    assert code == 2 and "above 1" in err
