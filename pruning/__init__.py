@@ -11,6 +11,7 @@ Model first, then values, then keyword settings, everywhere (pruning/facade.py).
 
 from pruning.facade import (AppliedPlan, PruningError, PruningPlan, apply_plan, evaluate_model, export_pruned,
                             next_token_loss, plan_heads, plan_layers, plan_sparsity, plan_width)
+from pruning.facade import plan_target
 
 __all__ = ["plan_heads", "plan_layers", "plan_sparsity", "plan_width", "apply_plan", "export_pruned",
-           "evaluate_model", "next_token_loss", "AppliedPlan", "PruningPlan", "PruningError"]
+           "evaluate_model", "next_token_loss", "AppliedPlan", "PruningPlan", "PruningError", "plan_target"]

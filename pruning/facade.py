@@ -38,10 +38,21 @@ def plan_heads(model, values: Values, *, k: int | None = None, fraction: float |
 
 
 def plan_layers(model, values: Values | None = None, *, k: int | None = None, fraction: float | None = None,
-                **settings) -> PruningPlan:
+                criterion: str | None = None, calibration: TokenBatch | None = None, **settings) -> PruningPlan:
     """Drop the k (or fraction) lowest-valued layers (values over the layers, or scores={layer: score}).
 
-    settings: cornerstones, scores, values_file, ... (pruning.policies.layer_plan)."""
+    settings: cornerstones, scores, values_file, ... (pruning.policies.layer_plan).
+    criterion: choose the layers on `calibration` instead: 'banzhaf' / 'banzhaf_iterative' (weighted
+    Banzhaf values at the operating point; budget=, seed=), 'sleb' (greedy, evaluated) or 'block_influence';
+    settings then: repair, ridge, measure, cornerstones, ... (pruning.layer_selection.criterion_layer_plan)."""
+    if criterion is not None:
+        from pruning.layer_selection import criterion_layer_plan
+
+        if values is not None:
+            raise PruningError(f"give layer values or criterion={criterion!r}, not both")
+        if calibration is None:
+            raise PruningError(f"criterion {criterion!r} chooses layers on calibration text: pass calibration=")
+        return criterion_layer_plan(load(model), criterion, calibration, k=k, fraction=fraction, **settings)
     from pruning.policies import layer_plan
 
     return layer_plan(values, load(model), k=k, fraction=fraction, **settings)
@@ -75,6 +86,17 @@ def plan_width(model, *, ratio: float, calibration: TokenBatch | None = None, **
     return width_plan(load(model), ratio, calibration=calibration, **settings)
 
 
+def plan_target(model, calibration: TokenBatch, *, target_speedup: float | None = None, target_params=None,
+                timing: dict | None = None, **settings) -> PruningPlan:
+    """Layers dropped (+ repair), MLP width and heads that reach a speed-up (by a timing table) or a
+    parameter count ('100M') at the least loss on `calibration` (pruning.target_plan.target_plan:
+    criterion, width_ratios, head_values, head_fractions, repair, seed, budget, ...)."""
+    from pruning.target_plan import target_plan
+
+    return target_plan(load(model), calibration, target_speedup=target_speedup, target_params=target_params,
+                       timing=timing, **settings)
+
+
 def apply_plan(model, plan: PruningPlan, *, calibration: TokenBatch | Iterable[TokenBatch] | None = None,
                check_model: bool = True) -> AppliedPlan:
     """A pruned copy of `model` (the original is untouched): AppliedPlan(model, report)."""
@@ -98,5 +120,5 @@ def evaluate_model(model, tasks: Iterable[str] | None = None, **settings) -> dic
     return evaluate_loaded(load(model), tasks, **settings)
 
 
-__all__ = ["plan_heads", "plan_layers", "plan_sparsity", "plan_width", "apply_plan", "export_pruned",
+__all__ = ["plan_heads", "plan_layers", "plan_sparsity", "plan_width", "plan_target", "apply_plan", "export_pruned",
            "evaluate_model", "next_token_loss", "AppliedPlan", "PruningPlan", "PruningError"]

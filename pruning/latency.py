@@ -32,23 +32,23 @@ def measure_latency(loaded: LoadedModel, *, prompt_tokens: int = 128, new_tokens
     causal = loaded.adapter.causal
     prefill, decode = [], []
     for run in range(repeats + 1):  # run 0 warms up (allocations, lazy init) and is not counted
-        start = _now(device)
+        start = clock_now(device)
         out = model(input_ids=ids, use_cache=causal) if causal else model(input_ids=ids)
-        prefill_s = _now(device) - start
+        prefill_s = clock_now(device) - start
         decode_s = 0.0
         if causal and new_tokens:
             # transformers 5.x names the cache `cache` (argument and output); older ones past_key_values.
             name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
             cache, token = getattr(out, name), out.logits[:, -1:].argmax(-1)
-            start = _now(device)
+            start = clock_now(device)
             for _ in range(new_tokens):
                 out = model(input_ids=token, use_cache=True, **{name: cache})
                 cache, token = getattr(out, name), out.logits[:, -1:].argmax(-1)
-            decode_s = (_now(device) - start) / new_tokens
+            decode_s = (clock_now(device) - start) / new_tokens
         if run:
             prefill.append(prefill_s)
             decode.append(decode_s)
-    prefill_s, decode_s = _median(prefill), _median(decode)
+    prefill_s, decode_s = median_of(prefill), median_of(decode)
     result = {"prefill_ms": 1e3 * prefill_s, "prefill_tokens_per_s": batch_size * prompt_tokens / prefill_s,
               "prompt_tokens": prompt_tokens, "batch_size": batch_size, "repeats": repeats,
               "device": str(device), "threads": torch.get_num_threads()}
@@ -58,12 +58,14 @@ def measure_latency(loaded: LoadedModel, *, prompt_tokens: int = 128, new_tokens
     return result
 
 
-def _now(device) -> float:
+def clock_now(device) -> float:
+    """perf_counter after the device has finished its queued work (CUDA is asynchronous)."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
 
 
-def _median(values: list[float]) -> float:
+def median_of(values: list[float]) -> float:
+    """The middle value (upper middle for an even count): robust to a run slowed by other load."""
     ordered = sorted(values)
     return ordered[len(ordered) // 2]

@@ -21,7 +21,9 @@ def cmd_prune(args) -> int:
     loaded = load_model(args)
     plan.check_model(loaded)
     calibration = None
-    if plan.sparsity and plan.sparsity_method == "wanda" or plan.heads and plan.removal_mode == "mean_compensated":
+    # Calibration text for every part of a plan that is fitted on it (width means and repair maps too).
+    if (plan.sparsity and plan.sparsity_method == "wanda" or plan.heads and plan.removal_mode == "mean_compensated"
+            or plan.mlp_channels and plan.mlp_removal == "mean_compensated" or plan.layer_repair):
         check_seq_len(loaded, args.seq_len)
         calibration = calibration_batches(loaded, args.text, args.calibration_n, args.seq_len)
     dtype = None if args.dtype == "model" else args.dtype
@@ -97,7 +99,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="export directory (must not exist unless --force)")
     p.add_argument("--force", action="store_true", help="replace --out if it is an export of model-surgery")
     p.add_argument("--text", default=None, metavar="FILE",
-                   help="calibration text for Wanda and for mean-compensated head removal "
+                   help="calibration text for Wanda, mean-compensated head and MLP-channel removal and layer repair "
                         "(default: built-in documentation text)")
     p.add_argument("--calibration-n", type=int, default=8,
                    help="calibration sequences (Wanda statistics, compensation means)")

@@ -1,8 +1,10 @@
-"""`surgery plan heads|layers|sparsity`: values in, a replayable PruningPlan JSON out."""
+"""`surgery plan heads|layers|sparsity|width|target`: values (or calibration text) in, a replayable
+PruningPlan JSON out (the speed-aimed kinds and layer criteria: pruning/cli/plan_speed.py)."""
 
 from __future__ import annotations
 
 from pruning.cli.common import CLIError, add_model, check_output, load_model, write_json
+from pruning.cli.plan_speed import SPEED_KIND_FLAGS, add_speed_flags, check_speed_args, layer_list, speed_plan
 
 
 def _load_values(path: str, kind: str):
@@ -19,15 +21,6 @@ def calibration_batches(loaded, text: str | None, n: int, seq_len: int, seed: in
     return [get_task("text", path=text, n=n, seq_len=seq_len).batch(loaded, seed=seed).tokens]
 
 
-def _layer_list(text: str | None, n_layers: int) -> list[int]:
-    if not text:
-        return []
-    parts = [p.strip() for p in text.split(",")]
-    if not all(p.isdigit() and int(p) < n_layers for p in parts):
-        raise CLIError(f"--protect {text!r}: give comma-separated layer numbers in 0..{n_layers - 1}, e.g. 0,{n_layers - 1}")
-    return [int(p) for p in parts]
-
-
 def _n_m(args) -> tuple[int, int] | None:
     from pruning.policies import check_n_m_settings
 
@@ -42,12 +35,14 @@ def _n_m(args) -> tuple[int, int] | None:
 # Flags of `plan` that only one or two kinds read; any other kind refuses them instead of ignoring them.
 KIND_FLAGS = {
     "fraction": ("heads", "layers"), "k": ("heads", "layers"), "harmful": ("heads",),
-    "min_per_layer": ("heads",), "masked": ("heads",), "removal": ("heads",), "protect": ("layers",), "find_cornerstones": ("layers",),
+    "min_per_layer": ("heads",), "masked": ("heads",), "removal": ("heads",), "protect": ("layers", "target"),
+    "find_cornerstones": ("layers",),
     "target": ("sparsity",), "allocation": ("sparsity",), "lam": ("sparsity",), "method": ("sparsity",),
-    "n_m": ("sparsity",),
+    "n_m": ("sparsity",), **SPEED_KIND_FLAGS,
 }
 KIND_HINT = {"heads": "--fraction, --k or --harmful", "layers": "--fraction or --k",
-             "sparsity": "--target for the mean fraction of weights zeroed"}
+             "sparsity": "--target for the mean fraction of weights zeroed", "width": "--ratio",
+             "target": "--target-speedup or --target-params"}
 
 
 def _refuse_foreign_flags(args, parser_defaults: dict) -> None:
@@ -63,11 +58,20 @@ def cmd_plan(args) -> int:
 
     _refuse_foreign_flags(args, args.plan_defaults)
     out = check_output(args.out, args.force, inputs=[args.values, args.model, args.text])
-    if args.kind in ("heads", "layers") and not args.values:
-        raise CLIError(f"plan {args.kind} needs --values FILE (from `surgery values {args.kind}`)")
+    by_speed = args.kind in ("width", "target") or (args.kind == "layers" and (
+        args.criterion != "values" or args.target_speedup is not None))
+    if args.kind in ("heads", "layers") and not args.values and not by_speed:
+        raise CLIError(f"plan {args.kind} needs --values FILE (from `surgery values {args.kind}`)"
+                       + (" or --criterion sleb|banzhaf|banzhaf_iterative|block_influence" if args.kind == "layers" else ""))
+    if by_speed and args.values:
+        raise CLIError(f"--values does not apply with --criterion {args.criterion} / targets: the layers are chosen "
+                       f"on calibration text")
+    ratios = check_speed_args(args) if by_speed else None
     n_m = _n_m(args) if args.kind == "sparsity" else None  # before loading anything
     loaded = load_model(args)
-    if args.kind == "heads":
+    if by_speed:
+        plan = speed_plan(args, loaded, ratios)
+    elif args.kind == "heads":
         if sum(x is not None for x in (args.fraction, args.k, args.harmful)) != 1:
             raise CLIError("plan heads needs exactly one of --fraction F, --k K or --harmful CONFIDENCE")
         values = _load_values(args.values, "heads")
@@ -77,7 +81,7 @@ def cmd_plan(args) -> int:
                          allow_unverified=args.allow_unverified_values)
     elif args.kind == "layers":
         values = _load_values(args.values, "layers")
-        protected = _layer_list(args.protect, loaded.components.n_layers)
+        protected = layer_list(args.protect, loaded.components.n_layers)
         corner = None
         if args.find_cornerstones:
             from probes.tasks import get_task
@@ -108,7 +112,8 @@ def register(sub) -> None:
     p = sub.add_parser("plan", help="turn values into a pruning plan (JSON)",
                        description="Build a PruningPlan from values: which heads to remove, which layers to drop, "
                                    "or the sparsity of each layer. The plan records the values file and settings.")
-    p.add_argument("kind", choices=["heads", "layers", "sparsity"], help="what the plan removes")
+    p.add_argument("kind", choices=["heads", "layers", "sparsity", "width", "target"],
+                   help="what the plan removes (target: layers + MLP width + heads to reach a speed-up or size)")
     add_model(p, " the plan is for (values of another model are refused)")
     p.add_argument("--values", default=None, help="values JSON from `surgery values` (layer values for sparsity)")
     p.add_argument("--fraction", type=float, default=None, help="fraction of heads/layers to remove, in [0, 1]")
@@ -136,7 +141,8 @@ def register(sub) -> None:
                    help="accept a values file that carries no model digest (or one of an older scheme); "
                         "the plan records that the values were not verified against the model")
     p.add_argument("--text", default=None, metavar="FILE",
-                   help="calibration text for OWL and cornerstones (default: built-in documentation text)")
+                   help="calibration text for OWL, cornerstones, layer criteria, width and target plans (default: built-in documentation text)")
+    add_speed_flags(p)
     p.add_argument("--out", required=True, help="plan JSON to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_plan, plan_defaults={dest: p.get_default(dest) for dest in KIND_FLAGS})

@@ -47,10 +47,10 @@ def cmd_run(args) -> int:
     calibration = text.rows(args.eval_n, args.eval_n + args.cal_n).tokens
     plan = plan_heads_for_run(args, loaded, calibration, out)
     plan.save(out / "plan.json")
-    compensated = plan.removal_mode == "mean_compensated"
+    needs_calibration = plan.removal_mode == "mean_compensated" or bool(plan.mlp_channels or plan.layer_repair)
     with stages(f"exporting ({plan.summary()}, {plan.removal_mode} removal, {args.dtype})") as stage:
         manifest = export_pruned(loaded, plan, export_dir, force=args.force, progress=stage,
-                                 calibration=calibration if compensated else None,
+                                 calibration=calibration if needs_calibration else None,
                                  dtype=None if args.dtype == "model" else args.dtype)
     with step("reloading the export with transformers"):
         # Plain transformers runs the export's own modeling file: first make sure it is exactly ours.
@@ -67,7 +67,9 @@ def cmd_run(args) -> int:
               "objective": plan.provenance[0].get("settings", {}).get("objective"),
               "game_dtype": plan.provenance[0].get("settings", {}).get("game_dtype"),
               "budget": args.budget, "seed": args.seed,
-              "fraction": args.fraction, "removal": plan.removal_mode, "dtype": manifest.get("dtype"),
+              "fraction": args.fraction, "target_speedup": args.target_speedup, "target_params": args.target_params,
+              "layers_removed": plan.layers, "mlp_channels_removed": sum(map(len, plan.mlp_channels.values())),
+              "removal": plan.removal_mode, "dtype": manifest.get("dtype"),
               "calibration": {"sequences": args.cal_n, "seq_len": args.seq_len,
                               "disjoint_from_evaluation": True},
               "heads_removed": plan.heads, "before": before, "after": after,
@@ -81,6 +83,10 @@ def cmd_run(args) -> int:
 
 def check_run_arguments(args) -> None:
     """Every argument checked, before the model is loaded or a coalition evaluated."""
+    if args.target_speedup is not None or args.target_params is not None:
+        from pruning.target_plan import DEFAULT_WIDTH_RATIOS, check_targets
+
+        check_targets(args.target_speedup, args.target_params, DEFAULT_WIDTH_RATIOS, (0.0,), None)
     if not 0.0 < args.fraction < 1.0:
         raise CLIError(f"--fraction {args.fraction} must lie strictly between 0 and 1")
     if not (args.task_weight >= 0 and args.task_weight < float("inf")):
@@ -101,6 +107,8 @@ def plan_heads_for_run(args, loaded, calibration, out: Path):
     from probes.tasks import get_task
     from pruning.policies import head_plan
 
+    if args.target_speedup is not None or args.target_params is not None:
+        return target_plan_for_run(args, loaded, calibration)
     if args.method == "keep-model":
         from pruning.keep_model import calibration_task_terms, game_dtype_for, keep_model_head_plan
 
@@ -131,6 +139,27 @@ def plan_heads_for_run(args, loaded, calibration, out: Path):
         print(f"  {values.n_evaluations} evaluations; top 5 heads: "
               + ", ".join(f"{n} {v:+.3f}" for n, v in values.top_k(5)))
         plan = head_plan(values, loaded, fraction=args.fraction, values_file=str(out / "values.json"))
+    return plan
+
+
+def target_plan_for_run(args, loaded, calibration):
+    """Layers (+ repair) and MLP width reaching --target-speedup / --target-params at the least loss on the
+    run's calibration text (pruning.target_plan)."""
+    import json
+
+    from pruning.target_plan import target_plan
+
+    timing = None
+    if args.timing:
+        with open(args.timing) as fh:
+            timing = json.load(fh)
+    with step(f"planning for {args.target_speedup or args.target_params} ({args.criterion} layers, repair, MLP width)"):
+        plan = target_plan(loaded, calibration, target_speedup=args.target_speedup, target_params=args.target_params,
+                           timing=timing, criterion=args.criterion, budget=args.budget, seed=args.seed,
+                           cornerstones=[0])
+    chosen = plan.provenance[0]["chosen"]
+    print(f"  chosen: layers {chosen['layers_dropped']}, MLP width ratio {chosen['width_ratio']}, predicted "
+          f"{chosen['predicted']:.3f}, calibration loss {chosen['calibration_loss']:.4f}")
     return plan
 
 
@@ -190,4 +219,12 @@ def register(sub) -> None:
     p.add_argument("--out", default="surgery-run", help="output directory (default: ./surgery-run)")
     p.add_argument("--force", action="store_true",
                    help="replace the values, plan, export and report of an earlier run in --out")
+    p.add_argument("--target-speedup", type=float, default=None,
+                   help="instead of --fraction of heads: drop layers (+ repair) and MLP width to reach this predicted "
+                        "speed-up at the least calibration loss (needs calibration tokens >= hidden size: raise --cal-n)")
+    p.add_argument("--target-params", default=None, help="instead of --fraction: a parameter count to reach, e.g. 100M")
+    p.add_argument("--criterion", default="sleb", choices=["sleb", "banzhaf", "banzhaf_iterative", "block_influence"],
+                   help="targets: how layers are chosen (banzhaf: --budget evaluations per valuation)")
+    p.add_argument("--timing", default=None, metavar="FILE",
+                   help="targets: timing table JSON (`surgery plan target --save-timing`); default: measured now")
     p.set_defaults(func=cmd_run)

@@ -1,0 +1,215 @@
+"""A plan that reaches a target speed-up (or size) at the least measured loss on calibration text.
+
+    plan = target_plan(loaded, calibration, target_speedup=1.25, timing=table)
+
+Search: the layers are put in drop order once by a layer criterion (pruning/layer_selection.py: SLEB,
+weighted Banzhaf values, Block Influence); then for every combination of an MLP width ratio (the
+lowest-scored channels of every MLP, mean-compensated) and a head fraction (the lowest-valued heads,
+when head values are given), the fewest layers of that order are dropped (repaired by ReplaceMe when
+`repair`) that reach the target by the timing table's prediction (pruning/timing.py) or by the
+parameter count. Each such candidate is applied and its next-token loss measured on the calibration
+text; the candidate with the least loss is the plan, and every candidate is recorded in its provenance.
+Given the seed and the timing table the plan is deterministic (no clock is read when a table is given).
+
+Refused before any work: both or neither target, a speed-up <= 1, a width ratio outside [0, 1), a head
+fraction without head values, and a target no combination reaches ("cannot reach 5.0x without removing
+every layer; the most is 2.9x").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from pruning.errors import PruningError
+from pruning.plan import PruningPlan, model_identity
+from pruning.timing import check_timing_table, dense_ms, predicted_ms, timing_table
+from pruning.width import channel_scores, check_width_ratio, width_plan
+from surgery.batch import TokenBatch
+
+DEFAULT_WIDTH_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4)
+_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}
+
+
+def parse_param_count(text) -> int:
+    """'100M' -> 100_000_000 ('135.5M', '2B', '800K', '12345' too)."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMBG]?)\s*", str(text), flags=re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise PruningError(f"target parameter count {text!r} is not a positive count; write e.g. 100M, 1.5B or "
+                           f"90000000")
+    return int(float(match.group(1)) * _SUFFIX[match.group(2).upper()])
+
+
+def check_targets(target_speedup, target_params, width_ratios, head_fractions, head_values) -> tuple:
+    """(speed-up or None, parameter count or None, width ratios, head fractions), all checked."""
+    if (target_speedup is None) == (target_params is None):
+        raise PruningError("give one target: a speed-up (e.g. 1.25) or a parameter count (e.g. 100M), not both "
+                           "and not neither")
+    if target_speedup is not None:
+        try:
+            target_speedup = float(target_speedup)
+        except (TypeError, ValueError):
+            raise PruningError(f"target speed-up {target_speedup!r} is not a number; e.g. 1.25") from None
+        if not math.isfinite(target_speedup) or target_speedup <= 1.0:
+            raise PruningError(f"target speed-up {target_speedup} must be a number above 1 (1.25 = 25% faster "
+                               f"than the dense model)")
+    if target_params is not None:
+        target_params = parse_param_count(target_params)
+    ratios = sorted({check_width_ratio(r) for r in width_ratios})
+    fractions = sorted({check_width_ratio(f, "head fraction") for f in head_fractions})
+    if any(fractions) and head_values is None:
+        raise PruningError("removing heads needs head values (from `surgery values heads`); give head_values= or "
+                           "leave head fractions at 0")
+    return target_speedup, target_params, ratios, fractions
+
+
+def component_params(loaded) -> dict:
+    """{"total", "layers": [{"block", "mlp"}]}: parameters of the model, of each block and its MLP."""
+    adapter, model = loaded.adapter, loaded.model
+    blocks = adapter.blocks(model)
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    layers = [{"block": count(b), "mlp": count(adapter.get(b, adapter.mlp_out))} for b in blocks]
+    return {"total": count(model), "layers": layers}
+
+
+def _params_table(params: dict) -> dict:
+    """Parameters in the timing table's shape, so one prediction serves both targets."""
+    outside = params["total"] - sum(l["block"] for l in params["layers"])
+    return {"other_ms": float(outside), "layers": [{"block_ms": float(l["block"]), "mlp_ms": float(l["mlp"])}
+                                                    for l in params["layers"]]}
+
+
+def _reaches(table: dict, goal: float, speed: bool, **settings) -> bool:
+    cost = predicted_ms(table, **settings)
+    return dense_ms(table) / cost >= goal if speed else cost <= goal
+
+
+def fewest_layers(order, table, goal, speed, mlp_kept=None, heads_kept=None) -> int | None:
+    """The fewest layers of `order` whose removal reaches the goal (speed-up if `speed`, else size) by the
+    table's prediction, at the given per-layer shares of MLP channels and heads kept; None if none do."""
+    for k in range(len(order) + 1):
+        if _reaches(table, goal, speed, dropped=order[:k], mlp_kept=mlp_kept, heads_kept=heads_kept):
+            return k
+    return None
+
+
+def _check_reachable(table, goal, speed, droppable, n, max_w, max_h) -> list[int]:
+    """Drop order by cost (dearest first, one layer kept when nothing is protected); refuses a target
+    that even dropping all of them at the widest cuts cannot reach."""
+    dearest = sorted(droppable, key=lambda l: (-table["layers"][l]["block_ms"], l))
+    if len(droppable) == n:
+        dearest = dearest[:-1]  # the cheapest layer stays: a model needs one block
+    kept = {l: 1.0 - max_w for l in range(n)}, {l: 1.0 - max_h for l in range(n)}
+    best = predicted_ms(table, dropped=dearest, mlp_kept=kept[0], heads_kept=kept[1])
+    if speed and dense_ms(table) / best < goal:
+        raise PruningError(f"cannot reach {goal:.2f}x without removing every layer; the most is "
+                           f"{dense_ms(table) / best:.2f}x (timing table, widest cuts allowed)")
+    if not speed and best > goal:
+        raise PruningError(f"cannot reach {goal / 1e6:.1f}M parameters without removing every layer; the fewest "
+                           f"is {best / 1e6:.1f}M")
+    return dearest
+
+
+def target_plan(loaded, calibration: TokenBatch, *, target_speedup=None, target_params=None,
+                timing: dict | None = None, criterion: str = "sleb", width_ratios=DEFAULT_WIDTH_RATIOS,
+                width_score: str = "fluctuation", head_values=None, head_fractions=(0.0,), repair: bool = True,
+                ridge: float = 0.1, cornerstones=(), selection: TokenBatch | None = None, progress=None,
+                **layer_settings) -> PruningPlan:
+    """The least-loss combination of dropped layers (+ repair), MLP width and heads reaching the target.
+
+    timing: a timing table (pruning.timing.timing_table, or its JSON); measured now when None and a
+    speed-up is the target. selection: the text the layer criterion plays its game on (default: the
+    calibration text; a shorter batch makes SLEB / Banzhaf cheaper). layer_settings: measure, budget, seed,
+    store_dir (pruning.layer_selection)."""
+    speed, count, ratios, fractions = check_targets(target_speedup, target_params, width_ratios, head_fractions,
+                                                    head_values)
+    n = loaded.components.n_layers
+    if repair:
+        from pruning.layer_selection import check_repair_calibration
+
+        check_repair_calibration(loaded, calibration)
+    if speed is not None:
+        table = check_timing_table(timing, loaded) if timing is not None else timing_table(loaded)
+    else:
+        table = _params_table(component_params(loaded))
+    goal = speed if speed is not None else float(count)
+    protected = set(int(c) for c in cornerstones) | ({0} if repair else set())  # a repair map needs a block before
+    droppable = [l for l in range(n) if l not in protected]
+    cheapest_first = _check_reachable(table, goal, speed is not None, droppable, n, ratios[-1], fractions[-1])[::-1]
+    # Layers any candidate may need: those that reach the goal at full width by the cheapest-first order
+    # (an upper bound for every order), or all droppable ones when only narrower MLPs reach it.
+    k_max = fewest_layers(cheapest_first, table, goal, speed is not None, None, None)
+    k_max = len(cheapest_first) if k_max is None else k_max
+    order, layer_record = [], None
+    if k_max:
+        from pruning.layer_selection import layer_order
+
+        order, layer_record = layer_order(loaded, criterion, k_max, calibration if selection is None else selection,
+                                          cornerstones=sorted(protected),
+                                          progress=progress, **layer_settings)
+    scores = channel_scores(loaded, calibration, width_score) if any(ratios) else None
+    candidates = []
+    for ratio in ratios:
+        for fraction in fractions:
+            candidate = _candidate(loaded, calibration, table, goal, speed is not None, order, ratio, fraction,
+                                   scores, width_score, head_values, repair, ridge)
+            if candidate is not None:
+                candidates.append(candidate)
+                if progress:
+                    progress({k: v for k, v in candidate.items() if k != "plan"})
+    if not candidates:
+        raise PruningError(f"no combination reaches the target with the layers {criterion!r} orders; allow wider "
+                           f"MLP cuts (width ratios) or more head removal")
+    best = min(candidates, key=lambda c: (c["calibration_loss"], c["layers_dropped"], c["width_ratio"]))
+    record = {"policy": "target_plan", "target_speedup": speed, "target_params": count, "criterion": criterion,
+              "repair": repair, "ridge": ridge, "width_score": width_score, "timing_table": table if speed else None,
+              "layer_choice": layer_record,
+              "candidates": [{k: v for k, v in c.items() if k != "plan"} for c in candidates],
+              "chosen": {k: v for k, v in best.items() if k != "plan"}}
+    plan = best["plan"]
+    plan.provenance = [record]
+    return plan
+
+
+@torch.inference_mode()
+def _candidate(loaded, calibration, table, goal, speed, order, ratio, fraction, scores, width_score, head_values,
+               repair, ridge) -> dict | None:
+    """The fewest layers of `order` that reach the goal at this width and head fraction, applied and
+    measured on the calibration text; None when even all of `order` do not reach it."""
+    from pruning.apply import apply_plan
+    from pruning.evaluate import next_token_loss
+
+    n = loaded.components.n_layers
+    mlp_kept = {l: 1.0 - ratio for l in range(n)}
+    heads_kept = {l: 1.0 - fraction for l in range(n)}
+    k = fewest_layers(order, table, goal, speed, mlp_kept, heads_kept)
+    if k is None:
+        return None
+    channels = width_plan(loaded, ratio, scores=scores, method=width_score).mlp_channels if ratio else {}
+    heads = []
+    if fraction:
+        from pruning.policies import head_plan
+
+        heads = head_plan(head_values, loaded, fraction=fraction).heads
+    while True:
+        layers = order[:k]
+        plan = PruningPlan(model_identity(loaded), heads=heads, layers=layers,
+                           mlp_channels={l: c for l, c in channels.items() if l not in set(layers)},
+                           layer_repair={"method": "replaceme_linear", "ridge": float(ridge)} if repair and layers
+                           else None)
+        model = apply_plan(loaded, plan, calibration=calibration, check_model=False).model
+        params = sum(p.numel() for p in model.model.parameters())
+        # A size target is checked on the applied model (rounded channel counts, compensation biases);
+        # one more layer of the order when the prediction fell short.
+        if speed or params <= goal:
+            break
+        if k == len(order):
+            return None
+        k += 1
+    loss = next_token_loss(model, [calibration])["loss"]
+    cost = predicted_ms(table, dropped=layers, mlp_kept=mlp_kept, heads_kept=heads_kept)
+    return {"plan": plan, "layers_dropped": layers, "width_ratio": ratio, "head_fraction": fraction,
+            "heads_removed": len(heads), "calibration_loss": loss, "parameters": params,
+            "predicted": dense_ms(table) / cost if speed else cost}

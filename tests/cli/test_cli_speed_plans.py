@@ -1,0 +1,90 @@
+"""`surgery plan layers --criterion`, `plan width`, `plan target --target-speedup/--target-params` on a
+tiny saved model: plans that prune, deterministic target plans given a timing table, errors before work."""
+
+import json
+
+from helpers import run_cli
+
+from pruning.plan import PruningPlan
+
+CAL = ("--cal-n", "4", "--cal-seq-len", "32")
+
+
+def test_layers_by_sleb_with_repair_prune_to_a_loadable_export(tiny_dir, tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    code, out, err = run_cli(capsys, "plan", "layers", "--model", tiny_dir, "--criterion", "sleb", "--k", "1",
+                             "--repair", *CAL, "--out", plan)
+    assert code == 0, err
+    loaded = PruningPlan.load(plan)
+    assert len(loaded.layers) == 1 and loaded.layers != [0] and loaded.layer_repair["method"] == "replaceme_linear"
+    assert loaded.provenance[0]["criterion"] == "sleb"
+    code, out, err = run_cli(capsys, "prune", "--model", tiny_dir, "--plan", plan, "--out", tmp_path / "export")
+    assert code == 0, err
+
+
+def test_width_plan_from_the_cli(tiny_dir, tmp_path, capsys):
+    plan = tmp_path / "width.json"
+    code, out, err = run_cli(capsys, "plan", "width", "--model", tiny_dir, "--ratio", "0.25", "--score",
+                             "activation_norm", *CAL, "--out", plan)
+    assert code == 0, err
+    assert all(len(c) == 16 for c in PruningPlan.load(plan).mlp_channels.values())  # 25% of 64
+
+
+def test_target_plans_are_identical_given_a_timing_table(tiny_dir, tmp_path, capsys):
+    measured = tmp_path / "measured.json"
+    code, out, err = run_cli(capsys, "plan", "layers", "--model", tiny_dir, "--target-speedup", "1.01", "--criterion",
+                             "block_influence", "--no-repair", *CAL, "--save-timing", measured, "--out", tmp_path / "l.json")
+    assert code == 0, err
+    # A tiny model's time is mostly outside its blocks: give the blocks fixed, dominant times.
+    table = json.loads(measured.read_text())
+    table.update(other_ms=2.0, layers=[{"block_ms": 10.0, "mlp_ms": 6.0}] * 3)
+    fixed = tmp_path / "timing.json"
+    fixed.write_text(json.dumps(table))
+    plans = [tmp_path / "a.json", tmp_path / "b.json"]
+    for plan in plans:
+        code, out, err = run_cli(capsys, "plan", "target", "--model", tiny_dir, "--target-speedup", "1.3",
+                                 "--criterion", "sleb", *CAL, "--timing", fixed, "--out", plan)
+        assert code == 0, err
+    assert json.loads(plans[0].read_text()) == json.loads(plans[1].read_text())
+    assert "chosen:" in out and PruningPlan.load(plans[1]).provenance[0]["chosen"]["predicted"] >= 1.3
+
+
+def test_bad_targets_fail_before_the_model_loads(tmp_path, capsys):
+    missing = tmp_path / "no-such-model"  # never loaded: the flags are refused first
+    for argv, message in [
+        (("target", "--target-speedup", "1.0", "--criterion", "sleb"), "above 1"),
+        (("target", "--target-speedup", "1.2", "--target-params", "10M", "--criterion", "sleb"), "one target"),
+        (("target", "--target-speedup", "1.2", "--criterion", "sleb", "--width-ratios", "0,1"), "outside [0, 1)"),
+        (("target", "--target-speedup", "1.2"), "--criterion sleb"),
+        (("width", "--ratio", "1.5"), "outside [0, 1)"),
+        (("layers", "--criterion", "banzhaf", "--k", "1"), "--budget"),
+        (("heads", "--ratio", "0.2", "--values", "v.json", "--fraction", "0.1"), "--ratio does not apply"),
+    ]:
+        code, out, err = run_cli(capsys, "plan", *argv, "--model", missing, "--out", tmp_path / "p.json")
+        assert code == 2 and message in err, (argv, err)
+
+
+def test_an_unreachable_speedup_names_the_most_reachable(tiny_dir, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "plan", "target", "--model", tiny_dir, "--target-speedup", "50", "--criterion",
+                             "sleb", *CAL, "--out", tmp_path / "p.json")
+    assert code == 2 and "cannot reach 50.00x without removing every layer; the most is" in err
+
+
+def test_run_with_a_target_speedup_drops_layers_and_reports_them(tiny_dir, tmp_path, capsys):
+    table = tmp_path / "timing.json"
+    code, out, err = run_cli(capsys, "plan", "layers", "--model", tiny_dir, "--target-speedup", "1.01", "--criterion",
+                             "block_influence", "--no-repair", *CAL, "--save-timing", table, "--out", tmp_path / "l.json")
+    assert code == 0, err
+    fixed = json.loads(table.read_text())
+    fixed.update(other_ms=2.0, layers=[{"block_ms": 10.0, "mlp_ms": 6.0}] * 3)
+    table.write_text(json.dumps(fixed))
+    code, out, err = run_cli(capsys, "run", "--model", tiny_dir, "--target-speedup", "1.3", "--timing", table,
+                             "--cal-n", "4", "--seq-len", "32", "--eval-n", "2", "--out", tmp_path / "run")
+    assert code == 0, err
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    plan = PruningPlan.load(tmp_path / "run" / "plan.json")
+    assert report["target_speedup"] == 1.3 and report["layers_removed"] == plan.layers
+    assert plan.provenance[0]["chosen"]["predicted"] >= 1.3
+    code, out, err = run_cli(capsys, "run", "--model", tmp_path / "missing", "--target-speedup", "0.9",
+                             "--out", tmp_path / "run2")
+    assert code == 2 and "above 1" in err
