@@ -13,7 +13,8 @@ Error, exact: on a prompt of `--words` word players, the exact values (all 2^n c
 each budget our estimators and captum's ShapleyValueSampling / KernelShap on that same table of
 coalition values, so error per evaluation compares the estimators alone; plus exact values in
 bfloat16 against float32. Error, reference: on a prompt of `--ref-words` word players (too many for
-exact), a `--ref-multiplier` x budget kernel_shap reference, then ours and captum's at each budget on
+exact), a kernel_shap reference at `--ref-multiplier` x the smallest budget (its own standard
+error recorded), then ours and captum's at each budget on
 the same game (captum's coalitions recorded, evaluated by our game, replayed). Relative L2 error and
 Spearman against exact / reference, mean over seeds. Writes benchmarks/results/input_values.json.
 """
@@ -179,9 +180,9 @@ def reference_rows(loaded, prompt: str, target: str, budgets, seeds: int, multip
     """Errors against a multiplier x budget reference on a game too big for exact, all on one game."""
     game = input_game(loaded, prompt, target, players="words", removal="replace", filler="space", max_rows=32)
     t0 = time.perf_counter()
-    reference = get_estimator("kernel_shap")(game, budget=multiplier * max(budgets), seed=12345)
+    reference = get_estimator("kernel_shap")(game, budget=multiplier * min(budgets), seed=12345)
     info = {"players": game.n_players, "prompt_tokens": len(game.prepared.ids), "reference_estimator": "kernel_shap",
-            "reference_budget": multiplier * max(budgets), "reference_evaluations": game.n_evaluations,
+            "reference_budget": multiplier * min(budgets), "reference_evaluations": game.n_evaluations,
             "reference_seconds": time.perf_counter() - t0, "reference_values": reference.means.tolist(),
             "reference_stderr_rel_norm": float(np.linalg.norm(reference.stderrs) / np.linalg.norm(reference.means)),
             "names": list(game.players)}
@@ -207,16 +208,16 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--speed-tokens", type=int, nargs="+", default=[20, 100, 200])
-    parser.add_argument("--ours-coalitions", type=int, default=16, help="ours, per round and dtype")
-    parser.add_argument("--captum-calls", type=int, default=4, help="captum forwards, per round, method and dtype")
+    parser.add_argument("--ours-coalitions", type=int, default=8, help="ours, per round and dtype")
+    parser.add_argument("--captum-calls", type=int, default=3, help="captum forwards, per round, method and dtype")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--max-rows", type=int, default=16)
+    parser.add_argument("--max-rows", type=int, default=8)
     parser.add_argument("--words", type=int, default=7, help="word players of the exact prompt (exact: 2^words)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[16, 32, 64, 96])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--ref-words", type=int, default=16, help="word players of the reference prompt")
     parser.add_argument("--ref-budgets", type=int, nargs="+", default=[16, 32])
-    parser.add_argument("--ref-multiplier", type=int, default=100)
+    parser.add_argument("--ref-multiplier", type=int, default=100, help="reference budget: this x the smallest budget")
     parser.add_argument("--ref-seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS))
