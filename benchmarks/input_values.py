@@ -5,7 +5,7 @@ captum's LLMAttribution with ShapleyValueSampling and KernelShap, on the same pr
 players (tokens), removal (one filler token per removed token) and baseline, for prompts of 20, 100
 and 200 tokens, in float32 and bfloat16, all four interleaved in rounds in one run. Ratios are
 reported at equal dtype (ours fp32 / captum fp32, ours bf16 / captum bf16) and as each tool's
-typical setting (ours bf16 / captum fp32); the bf16 game's coalition values are compared with
+typical setting (ours bf16 / captum fp32), per wall second and per CPU second of this process; the bf16 game's coalition values are compared with
 fp32's. Load average before and after each row is recorded: the machine is shared, rates are noisy.
 Also drop mode's padding (tokens fed, rows sorted by length vs given order) and the chat-template
 prefix computed once (KV cache) against recomputed.
@@ -250,6 +250,12 @@ def main(argv: list[str] | None = None) -> None:
               f" (bf16), KernelShap x{r['equal_dtype_float32_vs_kernel_shap']:.2f} / x{r['equal_dtype_bfloat16_vs_kernel_shap']:.2f};"
               f" ours bf16 vs captum fp32 x{r['ours_bfloat16_vs_shapley_value_sampling_float32']:.2f} (SVS) "
               f"x{r['ours_bfloat16_vs_kernel_shap_float32']:.2f} (KernelShap); load {row['load_average_after']}", flush=True)
+        c = row["ratios_cpu_time"]
+        print(f"      per CPU second: equal dtype x{c['equal_dtype_float32_vs_shapley_value_sampling']:.2f} / "
+              f"x{c['equal_dtype_bfloat16_vs_shapley_value_sampling']:.2f} (SVS fp32 / bf16), x"
+              f"{c['equal_dtype_float32_vs_kernel_shap']:.2f} / x{c['equal_dtype_bfloat16_vs_kernel_shap']:.2f} "
+              f"(KernelShap); ours bf16 vs captum fp32 x{c['ours_bfloat16_vs_shapley_value_sampling_float32']:.2f}"
+              f" / x{c['ours_bfloat16_vs_kernel_shap_float32']:.2f}", flush=True)
         write_results(args.out, report, args)  # partial results as they come
     report["drop_padding"] = drop_padding(loaded, prompt_of(loaded.tokenizer, 100, skip=200), " the",
                                           n_coalitions=256, max_rows=args.max_rows)

@@ -5,6 +5,9 @@ random coalitions, then captum's LLMAttribution with ShapleyValueSampling and wi
 each stopped after `captum_calls` model forwards (captum evaluates one coalition per forward:
 LLMAttribution takes one input at a time, so perturbations_per_eval must stay 1). Times and
 counts add up over the rounds, so a change of machine load hits every tool and dtype alike.
+Both wall time and this process's CPU time are taken: on a machine shared with other jobs the wall
+time mostly measures the scheduler, while CPU seconds per coalition measure the work (threads that
+spin waiting for work count too, which costs captum's many small forwards more).
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ class _Enough(Exception):
     """Raised from a forward hook to stop captum once it has run the forwards we time."""
 
 
-def captum_rate(loaded, prompt: str, target_ids: torch.Tensor, filler: int, method: str, calls: int) -> tuple[int, float]:
-    """(forwards, seconds) of captum's `method` on the prompt's tokens until `calls` forwards have run."""
+def captum_rate(loaded, prompt: str, target_ids: torch.Tensor, filler: int, method: str,
+                calls: int) -> tuple[int, float, float]:
+    """(forwards, wall seconds, CPU seconds) of captum's `method` on the prompt's tokens until `calls`
+    forwards have run."""
     from captum.attr import KernelShap, LLMAttribution, ShapleyValueSampling, TextTokenInput
 
     attr_class = {"shapley_value_sampling": ShapleyValueSampling, "kernel_shap": KernelShap}[method]
@@ -40,7 +45,7 @@ def captum_rate(loaded, prompt: str, target_ids: torch.Tensor, filler: int, meth
     # captum calls model.forward (hooks on the model itself are skipped), so count at the body.
     handle = loaded.model.get_submodule(loaded.adapter.body).register_forward_hook(hook)
     inp = TextTokenInput(prompt, loaded.tokenizer, baselines=filler)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         LLMAttribution(attr_class(loaded.model), loaded.tokenizer).attribute(
             inp, target=target_ids, forward_in_tokens=False, **kwargs)
@@ -48,14 +53,14 @@ def captum_rate(loaded, prompt: str, target_ids: torch.Tensor, filler: int, meth
         pass
     finally:
         handle.remove()
-    return count["n"], time.perf_counter() - t0
+    return count["n"], time.perf_counter() - t0, time.process_time() - c0
 
 
-def ours_rate(game, coalitions: np.ndarray) -> tuple[int, float, np.ndarray]:
-    """(coalitions evaluated, seconds, values) of our game on coalitions it has not seen."""
-    before, t0 = game.n_evaluations, time.perf_counter()
+def ours_rate(game, coalitions: np.ndarray) -> tuple[int, float, float, np.ndarray]:
+    """(coalitions evaluated, wall seconds, CPU seconds, values) of our game on coalitions it has not seen."""
+    before, t0, c0 = game.n_evaluations, time.perf_counter(), time.process_time()
     values = game(coalitions)
-    return game.n_evaluations - before, time.perf_counter() - t0, values
+    return game.n_evaluations - before, time.perf_counter() - t0, time.process_time() - c0, values
 
 
 def speed_row(models: dict, prompt: str, target: str, *, n_ours: int, captum_calls: int, rounds: int,
@@ -70,40 +75,44 @@ def speed_row(models: dict, prompt: str, target: str, *, n_ours: int, captum_cal
         for method in CAPTUM_METHODS:
             captum_rate(loaded, prompt, games[dtype].prepared.target, filler, method, 2)  # warm-up, untimed
     first = games[DTYPES[0]]
-    totals = {key: [0, 0.0] for key in [f"ours_{d}" for d in models] +
+    totals = {key: [0, 0.0, 0.0] for key in [f"ours_{d}" for d in models] +
               [f"captum_{m}_{d}" for d in models for m in CAPTUM_METHODS]}
     values = {d: [] for d in models}
     rng = np.random.default_rng(seed)
     for _ in range(rounds):
         coalitions = rng.random((n_ours, first.n_players)) < 0.5
         for dtype, loaded in models.items():
-            done, seconds, vals = ours_rate(games[dtype], coalitions)
-            totals[f"ours_{dtype}"][0] += done
-            totals[f"ours_{dtype}"][1] += seconds
+            *measured, vals = ours_rate(games[dtype], coalitions)
+            _add(totals[f"ours_{dtype}"], measured)
             values[dtype].append(vals)
             for method in CAPTUM_METHODS:
-                done, seconds = captum_rate(loaded, prompt, first.prepared.target, filler, method, captum_calls)
-                totals[f"captum_{method}_{dtype}"][0] += done
-                totals[f"captum_{method}_{dtype}"][1] += seconds
+                _add(totals[f"captum_{method}_{dtype}"],
+                     captum_rate(loaded, prompt, first.prepared.target, filler, method, captum_calls))
     row = {"prompt_tokens": len(first.prepared.ids), "players": first.n_players,
            "target_tokens": len(first.prepared.target), "rounds": rounds}
-    for key, (count, seconds) in totals.items():
-        row[f"{key}_coalitions"], row[f"{key}_per_s"] = count, count / seconds
+    for key, (count, seconds, cpu) in totals.items():
+        row[f"{key}_coalitions"], row[f"{key}_per_s"], row[f"{key}_per_cpu_s"] = count, count / seconds, count / cpu
     row["ratios"] = ratios(row, list(models))
+    row["ratios_cpu_time"] = ratios(row, list(models), "_per_cpu_s")
     if len(models) == 2:
         row["bf16_vs_fp32_coalition_values"] = value_difference(*(np.concatenate(values[d]) for d in DTYPES))
     return row
 
 
-def ratios(row: dict, dtypes: list[str]) -> dict:
-    """Ours / captum coalitions per second: at equal dtype, and ours bf16 against captum fp32."""
+def _add(total: list, measured) -> None:
+    for k, x in enumerate(measured):
+        total[k] += x
+
+
+def ratios(row: dict, dtypes: list[str], rate: str = "_per_s") -> dict:
+    """Ours / captum coalitions per (wall or CPU) second: at equal dtype, and ours bf16 against captum fp32."""
     out = {}
     for method in CAPTUM_METHODS:
         for dtype in dtypes:
-            out[f"equal_dtype_{dtype}_vs_{method}"] = row[f"ours_{dtype}_per_s"] / row[f"captum_{method}_{dtype}_per_s"]
+            out[f"equal_dtype_{dtype}_vs_{method}"] = row[f"ours_{dtype}{rate}"] / row[f"captum_{method}_{dtype}{rate}"]
         if "bfloat16" in dtypes and "float32" in dtypes:
-            out[f"ours_bfloat16_vs_{method}_float32"] = (row["ours_bfloat16_per_s"]
-                                                          / row[f"captum_{method}_float32_per_s"])
+            out[f"ours_bfloat16_vs_{method}_float32"] = (row[f"ours_bfloat16{rate}"]
+                                                          / row[f"captum_{method}_float32{rate}"])
     return out
 
 
