@@ -51,3 +51,11 @@ def test_scar_flags_are_checked(tiny_dir, tmp_path, capsys):
     code, _, err = run_cli(capsys, "values", "scar", "--model", tiny_dir, "--prompt", "p", "--response", "r",
                            "--players", "tokens", "--reward", "scar_test_rewards:fruit_count", "--out", tmp_path / "s.json")
     assert code == 2 and "--players: flags of `surgery values tokens`" in err
+
+
+def test_values_tokens_in_bfloat16_records_the_dtype(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "bf16.json"
+    code, _, stderr = run_cli(capsys, "values", "tokens", "--model", tiny_dir, "--prompt", "Mary gave John a",
+                              "--target", " banana", "--dtype", "bfloat16", "--out", out)
+    assert code == 0, stderr
+    assert json.loads(out.read_text())["fingerprint"]["dtype"] == "bfloat16"
