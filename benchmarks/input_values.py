@@ -215,13 +215,51 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--words", type=int, default=7, help="word players of the exact prompt (exact: 2^words)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[16, 32, 64, 96])
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--ref-words", type=int, default=16, help="word players of the reference prompt")
-    parser.add_argument("--ref-budgets", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--ref-words", type=int, default=14, help="word players of the reference prompt")
+    parser.add_argument("--ref-budgets", type=int, nargs="+", default=[16, 32],
+                        help="at least players + 2 (chain_krr's minimum)")
     parser.add_argument("--ref-multiplier", type=int, default=100, help="reference budget: this x the smallest budget")
     parser.add_argument("--ref-seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the speed, drop_padding and accuracy sections already in --out; run the rest")
     parser.add_argument("--out", default=str(RESULTS))
     return parser
+
+
+RESUMED_SETTINGS = ("model", "speed_tokens", "ours_coalitions", "captum_calls", "rounds", "max_rows", "words",
+                    "budgets", "seeds", "threads")
+
+
+def resumable_sections(args) -> dict:
+    """With --resume, the speed, drop_padding and accuracy sections of an earlier run of the same
+    settings in --out (kept with that run's record as "resumed_from"); else {}."""
+    out = Path(args.out)
+    if not args.resume or not out.exists():
+        return {}
+    import json
+
+    old = json.loads(out.read_text())
+    keys = ("speed", "drop_padding", "accuracy", "load_average_start")
+    settings = old.get("run", {}).get("settings", {})
+    same = all(settings.get(k) == getattr(args, k) for k in RESUMED_SETTINGS)
+    if not same or any(old.get(k) is None for k in keys) or len(old["speed"]) != len(args.speed_tokens):
+        return {}
+    return {**{k: old[k] for k in keys}, "resumed_from": old.get("run", {})}
+
+
+def first_sections(report: dict, args, loaded) -> None:
+    """Drop-mode padding, and errors against exact values on the small prompt (fp32 and bf16)."""
+    report["drop_padding"] = drop_padding(loaded, prompt_of(loaded.tokenizer, 100, skip=200), " the",
+                                          n_coalitions=256, max_rows=args.max_rows)
+    print(f"drop mode: {report['drop_padding']['fed_tokens_saved']:.1%} fewer tokens fed with rows sorted by length")
+    accuracy_prompt = " ".join(prompt_of(loaded.tokenizer, 60).split(" ")[:args.words])
+    info, rows = accuracy_rows(loaded, accuracy_prompt, " the", args.budgets, args.seeds,
+                               ["chain_krr", "permutation", "kernel_shap"])
+    report["accuracy"] = {"prompt": accuracy_prompt, **info, "rows": rows,
+                          "bfloat16": bf16_exact_row(args.model, accuracy_prompt, " the", np.array(info["exact_values"]))}
+    print(f"exact values in bf16 vs fp32: rel.err {report['accuracy']['bfloat16']['rel_error_vs_float32']:.4f}, "
+          f"spearman {report['accuracy']['bfloat16']['spearman_vs_float32']:.3f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -234,9 +272,13 @@ def main(argv: list[str] | None = None) -> None:
     loaded = models["float32"]
     report = {"benchmark": "input_values", "model": args.model, "threads": args.threads,
               "load_average_start": load_average(), "speed": [], "accuracy": None}
+    done = resumable_sections(args)
+    if done:
+        report.update(done)
+        print(f"resumed: speed, drop_padding and accuracy from {args.out} (run {done['resumed_from'].get('git_commit')})")
     t_start = time.perf_counter()
     words = " ".join(stdlib_docs_text().split()).split(" ")
-    for n_tokens in args.speed_tokens:
+    for n_tokens in ([] if done else args.speed_tokens):
         prompt, load_before = prompt_of(loaded.tokenizer, n_tokens, skip=200), load_average()
         row = speed_row(models, prompt, " the", n_ours=args.ours_coalitions, captum_calls=args.captum_calls,
                         rounds=args.rounds, max_rows=args.max_rows)
@@ -257,17 +299,9 @@ def main(argv: list[str] | None = None) -> None:
               f"(KernelShap); ours bf16 vs captum fp32 x{c['ours_bfloat16_vs_shapley_value_sampling_float32']:.2f}"
               f" / x{c['ours_bfloat16_vs_kernel_shap_float32']:.2f}", flush=True)
         write_results(args.out, report, args)  # partial results as they come
-    report["drop_padding"] = drop_padding(loaded, prompt_of(loaded.tokenizer, 100, skip=200), " the",
-                                          n_coalitions=256, max_rows=args.max_rows)
-    print(f"drop mode: {report['drop_padding']['fed_tokens_saved']:.1%} fewer tokens fed with rows sorted by length")
-    accuracy_prompt = " ".join(prompt_of(loaded.tokenizer, 60).split(" ")[:args.words])
-    info, rows = accuracy_rows(loaded, accuracy_prompt, " the", args.budgets, args.seeds,
-                               ["chain_krr", "permutation", "kernel_shap"])
-    report["accuracy"] = {"prompt": accuracy_prompt, **info, "rows": rows,
-                          "bfloat16": bf16_exact_row(args.model, accuracy_prompt, " the", np.array(info["exact_values"]))}
-    print(f"exact values in bf16 vs fp32: rel.err {report['accuracy']['bfloat16']['rel_error_vs_float32']:.4f}, "
-          f"spearman {report['accuracy']['bfloat16']['spearman_vs_float32']:.3f}", flush=True)
-    write_results(args.out, report, args)
+    if not done:
+        first_sections(report, args, loaded)
+        write_results(args.out, report, args)
     ref_prompt = " ".join(words[600:600 + args.ref_words])
     info, rows = reference_rows(loaded, ref_prompt, " the", args.ref_budgets, args.ref_seeds, args.ref_multiplier,
                                 ["chain_krr", "permutation", "kernel_shap"])
