@@ -54,8 +54,9 @@ def input_game(model, prompt: str, target: str | Sequence[int] | None = None, pl
         removals; None = when that saves at least MIN_SHARED_PREFIX tokens per coalition.
     dtype: 'float32' | 'bfloat16' (or a torch dtype) to load `model` in when it is a name or path; a
         loaded model keeps its own. The fingerprint (and so the Values file) records the dtype played in.
-        bfloat16 is a different game: about 3x the coalitions/s of float32 on CPUs with bf16 units
-        (benchmarks/results/input_values.json, "speed"), with values close to float32's, not equal.
+        bfloat16 is a different game: 1.5-2.4x the coalitions/s of float32 on this project's CPU (bf16
+        units; benchmarks/results/input_values.json, "speed"); coalition values within ~0.1 nats, but
+        small value differences move: exact values of a 7-word prompt differ by 37% (Spearman 0.86).
     The game also offers `per_token(coalitions)` -> [m, K] log-probs and `prepared` (text, spans, tokens).
     """
     loaded = _load_in(model, dtype)

@@ -93,7 +93,7 @@ def extend_values_parser(p) -> None:
                         "every level written (tree-values JSON); exact unless --budget")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="tokens: weights' dtype (default float32; bfloat16 is faster on CPUs with bf16 units and "
-                        "gives close, not equal, values; the values file records it)")
+                        "gives another game, whose values can differ noticeably; the values file records it)")
 
     def run(args) -> int:
         args.players, args.removal = args.players or "words", args.removal or "replace"
