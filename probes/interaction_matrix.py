@@ -25,6 +25,12 @@ from probes.values import Values
 MATRIX_SCHEMA = "model-surgery.interaction-matrix"
 
 
+def pair_name(a: str, b: str) -> str:
+    """The name of the pair (a, b) in pair Values: "(a, b)", as the matrix is indexed, m["a", "b"].
+    (Not "a*b": token players can be "*" themselves.) The pairs also travel in details["pairs"]."""
+    return f"({a}, {b})"
+
+
 @dataclass
 class InteractionMatrix:
     """Pairwise values over named players.
@@ -152,7 +158,7 @@ class InteractionMatrix:
 
     @classmethod
     def from_pair_values(cls, values: Values, players: list[str] | None = None) -> InteractionMatrix:
-        """The `interaction` estimator's pair Values (names "a*b", pairs in details) as a matrix;
+        """The `interaction` estimator's pair Values (names "(a, b)", pairs in details) as a matrix;
         pairs it did not compute are NaN."""
         pairs = values.details.get("pairs")
         if not pairs:

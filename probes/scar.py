@@ -143,6 +143,14 @@ class ScarRewards:
     reward_calls: int
     game: Game | None = None
 
+    def to_json_dict(self) -> dict:
+        """Plain JSON: the rewards, the segments and where they end, the cost, and the Owen values."""
+        return {"schema": "model-surgery.scar-rewards", "version": 1, "rewards": self.rewards.tolist(),
+                "token_ids": list(self.token_ids), "text": self.text, "spans": [list(s) for s in self.spans],
+                "segments": self.segments, "segment_last_token": self.segment_last_token,
+                "full_reward": self.full_reward, "empty_reward": self.empty_reward, "alpha": self.alpha,
+                "seconds": self.seconds, "reward_calls": self.reward_calls, "values": self.values.to_json_dict()}
+
     def with_alpha(self, alpha: float) -> torch.Tensor:
         """The per-token rewards for another alpha, from the same values (no reward call)."""
         return _place(self.values.players.means, self.empty_reward, self.full_reward, self.segment_last_token,

@@ -4,8 +4,9 @@ I_ij = sum_{S without i, j} |S|! (n - |S| - 2)! / (n - 1)! * [v(S+i+j) - v(S+i) 
 Positive: i and j need each other (the pair is worth more than its parts); negative: they are
 redundant. Under those weights |S| is uniform on 0..n-2 and S uniform given its size, so each
 sample is one such S, paired with its complement within N minus {i, j} (antithetic), costing up to
-8 evaluations. Results come back as a `Values` whose names are "a*b" (pairs in details["pairs"]);
-`InteractionMatrix.from_pair_values` turns them into a named matrix, and
+8 evaluations. Results come back as a `Values` with one entry per pair, named "(a, b)" like the
+matrix key m["a", "b"] (`probes.interaction_matrix.pair_name`; the pairs themselves are in
+details["pairs"]); `InteractionMatrix.from_pair_values` turns them into a named matrix, and
 probes.estimators.metagame computes the whole matrix and the directed meta-attributions.
 """
 
@@ -20,6 +21,7 @@ from probes.errors import ProbeError
 from probes.estimators._common import Ledger, make_values, mean_and_stderr, require_budget, should_stop, start_stop
 from probes.estimators.exact import MAX_EXACT_PLAYERS, all_coalitions, evaluate_all
 from probes.game import Game
+from probes.interaction_matrix import pair_name
 from probes.stopping import StoppingCriterion
 from probes.values import Values
 
@@ -40,7 +42,7 @@ def resolve_pairs(game: Game, players: Sequence[str] | None, pairs: Sequence[tup
 
 
 def _pair_names(game: Game, pairs: list[tuple[int, int]]) -> list[str]:
-    return [f"{game.players[i]}*{game.players[j]}" for i, j in pairs]
+    return [pair_name(game.players[i], game.players[j]) for i, j in pairs]
 
 
 def sample_pair_deltas(ledger: Ledger, rng: np.random.Generator, resolved: list[tuple[int, int]], n: int,

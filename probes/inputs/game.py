@@ -8,6 +8,7 @@ game is a probes.Game, so it streams to the coalition store and every estimator 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -39,7 +40,7 @@ def input_game(model, prompt: str, target: str | Sequence[int] | None = None, pl
                removal: str = "replace", metric: str | int | Callable = "total", filler="pad",
                embedding_mode: str = "zero", reference: str | None = None, chat: bool = False,
                include_special: bool = False, max_new_tokens: int = DEFAULT_NEW_TOKENS, max_rows: int = 64,
-               store=None, reuse_prefix: bool | None = None) -> Game:
+               store=None, reuse_prefix: bool | None = None, dtype: str | torch.dtype | None = None) -> Game:
     """A Game whose players are the prompt's `players` and whose value is the target's log-probability.
 
     players: 'tokens' | 'words' | 'sentences' | a compiled regex | [(start, end), ...] char offsets.
@@ -51,9 +52,14 @@ def input_game(model, prompt: str, target: str | Sequence[int] | None = None, pl
     max_rows: coalitions per batched forward (memory bound). store: a directory for the resumable store.
     reuse_prefix: run the tokens before the first player once (KV cache) in the position-keeping
         removals; None = when that saves at least MIN_SHARED_PREFIX tokens per coalition.
+    dtype: 'float32' | 'bfloat16' (or a torch dtype) to load `model` in when it is a name or path; a
+        loaded model keeps its own. The fingerprint (and so the Values file) records the dtype played in.
+        bfloat16 is a different game: 1.5-2.4x the coalitions/s of float32 on this project's CPU (bf16
+        units; benchmarks/results/input_values.json, "speed"); coalition values within ~0.1 nats, but
+        small value differences move: exact values of a 7-word prompt differ by 37% (Spearman 0.86).
     The game also offers `per_token(coalitions)` -> [m, K] log-probs and `prepared` (text, spans, tokens).
     """
-    loaded = load(model)
+    loaded = _load_in(model, dtype)
     prep = prepare_prompt(loaded, prompt, target, players, chat=chat, include_special=include_special,
                           max_new_tokens=max_new_tokens)
     logits_fn = metric if callable(metric) else None
@@ -65,8 +71,7 @@ def input_game(model, prompt: str, target: str | Sequence[int] | None = None, pl
 
     def per_token(coalitions: np.ndarray) -> np.ndarray:
         coalitions = np.asarray(coalitions, dtype=bool).reshape(-1, len(prep.spans))
-        parts = [removal_mode.logprobs(coalitions[i:i + max_rows]) for i in range(0, len(coalitions), max_rows)]
-        return torch.cat(parts).numpy()
+        return removal_mode.logprobs(coalitions, max_rows).numpy()
 
     def value_function(coalitions: np.ndarray) -> np.ndarray:
         return reduce(per_token(coalitions))
@@ -76,11 +81,28 @@ def input_game(model, prompt: str, target: str | Sequence[int] | None = None, pl
         "prompt_digest": hashlib.sha256(prep.text.encode()).hexdigest()[:16], "chat": chat,
         "target_ids": prep.target.tolist(), "players_unit": players if isinstance(players, str) else "spans",
         "metric": metric_name(metric) if callable(metric) else str(metric), **removal_mode.describe(),
+        "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
     }
     objective = {"name": "input", "metric": fingerprint["metric"], "target": prep.target_text}
     return InputGame(prep.names, value_function, fingerprint, batch_size=max(max_rows, 1) * 16, store=store,
                      objective=objective, prepared=prep, removal=removal_mode,
                      per_token=per_token if logits_fn is None else _no_per_token)
+
+
+def _load_in(model, dtype):
+    if dtype is None:
+        return load(model)
+    wanted = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(wanted, torch.dtype) or not wanted.is_floating_point:
+        raise ProbeError(f"dtype {dtype!r} is not a floating-point torch dtype; use 'float32' or 'bfloat16'")
+    if isinstance(model, (str, Path)):
+        return load(model, dtype=wanted)
+    loaded = load(model)
+    have = next(loaded.model.parameters()).dtype
+    if have != wanted:
+        raise ProbeError(f"the model is already loaded in {have}, not {wanted}; load it with "
+                         f"surgery.load(..., dtype=torch.{str(wanted).removeprefix('torch.')}) or drop dtype=")
+    return loaded
 
 
 def _reducer(metric, n_target: int):

@@ -62,12 +62,22 @@ class Removal:
         owned = present[:, owners.clamp_min(0)]
         return owned | (owners < 0).unsqueeze(0)
 
-    def logprobs(self, coalitions: np.ndarray) -> torch.Tensor:
+    def logprobs(self, coalitions: np.ndarray, max_rows: int | None = None) -> torch.Tensor:
+        """[m, K] target log-probs of the coalitions, at most `max_rows` rows per forward."""
+        coalitions = np.asarray(coalitions, dtype=bool)
         if self.mode == "drop":
-            return self._drop(coalitions)
+            return self._drop(coalitions, max_rows or len(coalitions))
+        step = max_rows or len(coalitions)
+        return torch.cat([self._kept_positions(coalitions[i:i + step]) for i in range(0, len(coalitions), step)])
+
+    def input_sequence(self) -> torch.Tensor:
+        """Prompt and target without the target's last token: no scored prediction reads it."""
+        return torch.cat([self.prep.ids, self.prep.target[:-1]])
+
+    def _kept_positions(self, coalitions: np.ndarray) -> torch.Tensor:
         keep = self.keep_tokens(coalitions)
         m, T, K = keep.shape[0], len(self.prep.ids), len(self.prep.target)
-        sequence = torch.cat([self.prep.ids, self.prep.target])
+        sequence = self.input_sequence()
         positions = (T - 1 + torch.arange(K)).expand(m, K).clone()
         targets = self.prep.target.expand(m, K)
         common = dict(score_positions=positions, targets=targets, logits_fn=self.logits_fn, prefix=self.prefix)
@@ -77,7 +87,7 @@ class Removal:
             return target_logprobs(self.loaded, input_ids=ids, **common)
         if self.mode == "embedding":
             embeds = input_embeddings(self.loaded, sequence)
-            full_keep = torch.cat([keep, torch.ones(m, K, dtype=torch.bool)], dim=1)
+            full_keep = torch.cat([keep, torch.ones(m, K - 1, dtype=torch.bool)], dim=1)
             rows = replaced_embeddings(embeds, full_keep, self.embedding_mode, self.reference_embeds)
             return target_logprobs(self.loaded, inputs_embeds=rows, **common)
         return self._attention(sequence, keep, common)
@@ -97,7 +107,8 @@ class Removal:
         position_ids = torch.arange(ids.shape[1]).expand_as(ids)
         return target_logprobs(self.loaded, input_ids=ids, attention_mask=mask, position_ids=position_ids, **common)
 
-    def _drop(self, coalitions: np.ndarray) -> torch.Tensor:
+    def drop_rows(self, coalitions: np.ndarray) -> list[list[int]]:
+        """Token ids of each coalition's prompt with the absent spans' characters deleted, re-tokenised."""
         tok, prep = tokenizer_of(self.loaded), self.prep
         rows = []
         for present in coalitions:
@@ -109,16 +120,36 @@ class Removal:
             kept.append(prep.text[cursor:])
             ids = tok("".join(kept), add_special_tokens=prep.add_special_tokens)["input_ids"]
             rows.append(ids if ids else [self._start_id()])
-        K, width = len(prep.target), max(len(r) for r in rows) + len(prep.target)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        return rows
+
+    def _drop(self, coalitions: np.ndarray, max_rows: int) -> torch.Tensor:
+        # Rows differ in length: forwarding them sorted by length pads each batch to similar lengths.
+        rows = self.drop_rows(coalitions)
+        order = sorted(range(len(rows)), key=lambda r: len(rows[r]))
+        out = torch.empty(len(rows), len(self.prep.target), dtype=torch.float64)
+        for i in range(0, len(order), max_rows):
+            chunk = order[i:i + max_rows]
+            out[chunk] = self._drop_forward([rows[r] for r in chunk])
+        return out
+
+    def _drop_forward(self, rows: list[list[int]]) -> torch.Tensor:
+        prep, K = self.prep, len(self.prep.target)
+        tail = prep.target[:-1]
+        ids = torch.zeros(len(rows), max(len(r) for r in rows) + K - 1, dtype=torch.long)
         mask = torch.zeros_like(ids)
         positions = torch.empty(len(rows), K, dtype=torch.long)
         for r, row in enumerate(rows):
-            ids[r, :len(row) + K] = torch.cat([torch.tensor(row, dtype=torch.long), prep.target])
-            mask[r, :len(row) + K] = 1
+            ids[r, :len(row) + K - 1] = torch.cat([torch.tensor(row, dtype=torch.long), tail])
+            mask[r, :len(row) + K - 1] = 1
             positions[r] = len(row) - 1 + torch.arange(K)
+        # The text before the first span is never deleted; when re-tokenising kept its tokens in every row
+        # (a boundary token may merge differently), the shared prefix runs once.
+        prefix = self.prefix
+        if prefix is not None and not (bool((ids[:, :prefix.length] == prep.ids[:prefix.length]).all())
+                                       and int(positions.min()) >= prefix.length):
+            prefix = None
         return target_logprobs(self.loaded, input_ids=ids, attention_mask=mask, score_positions=positions,
-                               targets=prep.target.expand(len(rows), K), logits_fn=self.logits_fn)
+                               targets=prep.target.expand(len(rows), K), logits_fn=self.logits_fn, prefix=prefix)
 
     def _start_id(self) -> int:
         if self.prep.start_id is None:
@@ -138,8 +169,8 @@ def make_removal(loaded, prep: PreparedPrompt, mode: str = "replace", *, filler=
                  reference: str | None = None, logits_fn=None, reuse_prefix: bool | None = None) -> Removal:
     """Bind a removal mode to a prepared prompt, refusing what the model or tokenizer cannot do.
 
-    reuse_prefix: compute the tokens every coalition shares once (KV cache) in the position-keeping
-    modes; None = when they are at least MIN_SHARED_PREFIX tokens."""
+    reuse_prefix: compute the tokens every coalition shares once (KV cache); None = when they are at
+    least MIN_SHARED_PREFIX tokens. In drop mode a batch uses it when all its rows kept those tokens."""
     check_causal(loaded)
     if mode not in REMOVALS:
         raise ProbeError(f"unknown removal {mode!r}; use one of {', '.join(REMOVALS)}")
@@ -156,7 +187,7 @@ def make_removal(loaded, prep: PreparedPrompt, mode: str = "replace", *, filler=
     if mode == "attention":
         _check_position_ids(loaded)
     shared = shared_prefix_length(prep)
-    if mode != "drop" and shared > 0 and (reuse_prefix or (reuse_prefix is None and shared >= MIN_SHARED_PREFIX)):
+    if shared > 0 and (reuse_prefix or (reuse_prefix is None and shared >= MIN_SHARED_PREFIX)):
         removal.prefix = SharedPrefix(loaded, shared, input_ids=prep.ids)
     return removal
 
@@ -187,8 +218,8 @@ def _reference_embeddings(loaded, prep: PreparedPrompt, reference: str | None) -
     if len(ids) < T:
         raise ProbeError(f"the reference text is {len(ids)} tokens, shorter than the prompt ({T}); give a "
                          "reference at least as long")
-    sequence = torch.cat([torch.tensor(ids[:T], dtype=torch.long), prep.target])
-    return input_embeddings(loaded, sequence).reshape(T + K, -1)
+    sequence = torch.cat([torch.tensor(ids[:T], dtype=torch.long), prep.target[:-1]])
+    return input_embeddings(loaded, sequence).reshape(T + K - 1, -1)
 
 
 def _check_position_ids(loaded) -> None:

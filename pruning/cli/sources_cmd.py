@@ -43,7 +43,7 @@ def add_sources_kind(parser) -> None:
     add_values_kind(parser, "sources", run, SOURCE_FLAGS)
 
 
-def _reward(spec: str | None):
+def reward_from_spec(spec: str | None):
     """None, "preferred", "file", or a callable (reward-model directory, module:function)."""
     from pathlib import Path
 
@@ -84,7 +84,7 @@ def build_evaluation(args, records, tokenizer):
     from probes.sources import GenerationEvaluation
     from probes.sources.data import candidate_evaluation, encode, token_evaluation
 
-    reward = _reward(args.reward)
+    reward = reward_from_spec(args.reward)
     if args.evaluation == "targets":
         return token_evaluation(records, tokenizer)
     if args.evaluation == "generate":

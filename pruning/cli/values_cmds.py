@@ -153,6 +153,8 @@ def register(sub) -> None:
     add_sources_kind(p)  # `surgery values sources`: LoRA adapters (data sources) as players
     from pruning.cli.tokens_cmd import extend_values_parser  # `surgery values tokens` (input players)
     extend_values_parser(p)
+    from pruning.cli.scar_cmd import add_scar_kind  # `surgery values scar` (after tokens: shares --prompt)
+    add_scar_kind(p)
 
     p = sub.add_parser("cluster", help="cluster heads by their values across tasks",
                        description="Cluster heads by their value vectors across tasks (one head-values file per "

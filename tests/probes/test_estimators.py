@@ -192,7 +192,8 @@ def test_interaction_index_converges_to_exact():
     known = soum_game(9, seed=8)
     exact = exact_interaction_values(known.game, players=["p0", "p1", "p2", "p3"])
     sampled = interaction_values(known.game, 12000, seed=0, players=["p0", "p1", "p2", "p3"])
-    assert sampled.names == exact.names == ["p0*p1", "p0*p2", "p0*p3", "p1*p2", "p1*p3", "p2*p3"]
+    assert sampled.names == exact.names == ["(p0, p1)", "(p0, p2)", "(p0, p3)", "(p1, p2)", "(p1, p3)", "(p2, p3)"]
+    assert sampled.details["pairs"][0] == ["p0", "p1"]
     assert np.all(np.abs(sampled.means - exact.means) <= 5 * sampled.stderrs + 1e-9)
 
 
