@@ -67,6 +67,20 @@ def dtype_tag(loaded) -> str:
     return str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
 
 
+def lowest_keeping_a_head(scores: dict[str, float], k: int, loaded) -> list[str]:
+    """The k lowest-scored heads, skipping any that would empty its layer (a zero-width attention
+    cannot be exported; ours keeps min_per_layer=1 the same way)."""
+    comps = loaded.components
+    left = {layer: comps.n_heads[layer] for layer in range(comps.n_layers)}
+    chosen = []
+    for name in lowest(scores, len(scores)):
+        layer = comps.parse(name).layer
+        if len(chosen) < k and left[layer] > 1:
+            left[layer] -= 1
+            chosen.append(name)
+    return chosen
+
+
 def michel_iterative(screen, k: int, step: int) -> list[str]:
     removed: list[str] = []
     while len(removed) < k:
@@ -152,7 +166,8 @@ def fraction_row(args, loaded, fraction: float, screens: dict, held_out, calibra
     ranked += [("shapley", screens["shapley"]), ("loo", screens["loo"]),
                ("attribution_patching", screens["attribution_patching"]), ("michel", screens["michel"]), ("flap", screens["flap"]), ("magnitude", screens["magnitude"])]
     ranked += [(f"random_{s}", importance.random_scores(loaded.components.heads, s)) for s in range(args.random_seeds)]
-    for name, heads in [(name, lowest(scores, k)) for name, scores in ranked] + [("michel_iterative", iterative)]:
+    for name, heads in ([(name, lowest_keeping_a_head(scores, k, loaded)) for name, scores in ranked]
+                        + [("michel_iterative", iterative)]):
         plans[f"{name}+comp"] = plan_removing(loaded, heads, "mean_compensated", name, comp)
         if name in ZERO_ROWS or name.startswith("random_"):
             plans[f"{name}+zero"] = plan_removing(loaded, heads, "zero", name)
