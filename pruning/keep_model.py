@@ -5,9 +5,13 @@ results file): at 10-30% of heads, how a head is removed matters more than how i
 (mean-compensated removal stays much nearer the dense perplexity than zero removal), and values
 aimed at the operating point beat values averaged over every coalition size. So the default is:
 
-1. game: LM loss on calibration text, heads ablated to their mean over that text (the same means
-   the export folds into the output-projection bias, so the game values the model that ships);
-2. screen: E|d loss / d gate| at the current model (Michel et al.), one backward per sequence;
+1. game: LM loss on calibration text, plus (in `surgery run`, weight 0.5 each) every built-in task's
+   smooth metric on prompts the evaluation never scores, heads ablated to their mean over the
+   calibration text (the same means the export folds into the output-projection bias, so the game
+   values the model that ships). Text alone keeps perplexity best but lets single tasks fall 0.2-0.4
+   at 10% of heads; the task terms hold every task within 0.05 for ~8% more perplexity
+   (benchmarks/results/head_pruning.json);
+2. screen: E|d term / d gate| per term at the current model (Michel et al.), one backward per sequence;
 3. value: weighted Banzhaf values of the 2k lowest-screened survivors at p = 1/2 (the other heads
    held present), so every evaluation informs every candidate, at the point where k of them go;
 4. remove the k lowest, re-screen and re-value on the pruned model, in steps of at most 10%;
@@ -46,8 +50,9 @@ def keep_model_head_plan(loaded: LoadedModel, calibration: TokenBatch, *, fracti
     evaluations in all, split evenly over ceil(fraction / max_step_fraction) steps. tasks:
     (TaskBatch, metric, weight) terms mixed into the game and the screen (probes.objective); use a
     smooth metric and prompts the evaluation never sees (calibration_task_terms). game_dtype: run the
-    game and the screen on a copy of the model in this dtype (torch.bfloat16: ~3x faster on CPUs with
-    AMX, benchmarks/results/dtype_speed.json); the plan records it, the export stays in the model's.
+    game and the screen on a copy of the model in this dtype (torch.bfloat16 ran 3x faster than float32
+    on an AVX-512 BF16 CPU, benchmarks/results/dtype_speed.json); the plan records it, the export stays
+    in the model's dtype.
     """
     if not 0.0 < fraction < 1.0:
         raise PruningError(f"fraction of heads {fraction} must lie strictly between 0 and 1")
@@ -87,8 +92,8 @@ def calibration_task_terms(loaded: LoadedModel, names, *, n: int, weight: float,
     """(TaskBatch, smooth metric, weight) terms of the built-in tasks `names` for the game.
 
     n prompts per task, drawn with `seed` and never one of `held_out[task]` (the TaskBatch the
-    evaluation scores; compared by token ids), so the before/after table reads prompts no game used. The metric is the
-    smooth form of the task's natural one (accuracy -> log-prob, pair accuracy -> logit difference):
+    evaluation scores; compared by token ids), so the before/after table reads prompts no game used.
+    The metric is the smooth form of the task's natural one (accuracy -> log-prob, pair accuracy -> logit difference):
     a step metric would make most coalitions tie.
     """
     from probes.metrics import smooth_metric

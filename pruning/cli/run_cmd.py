@@ -1,7 +1,8 @@
 """`surgery run`: the main job end to end on one model.
 
 Prune a fraction of the heads so that the model keeps working (pruning/keep_model.py): a game whose
-value is the LM loss on calibration text with heads mean-ablated, heads screened by gate gradients,
+value is the LM loss on calibration text plus the built-in tasks' smooth metrics on prompts the table
+never scores (--task-weight), with heads mean-ablated, heads screened by gate gradients,
 weighted Banzhaf values of the candidates at the operating point, removal in steps of at most 10%
 with re-valuation, and an export that folds the removed heads' mean output into the output bias.
 Then reload with plain transformers and print a before/after table (held-out perplexity on text
