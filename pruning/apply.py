@@ -17,6 +17,7 @@ from pruning.sparsity import input_norms, sparsify
 from surgery.batch import TokenBatch, concat_batches
 from surgery.components import parse_head_name
 from surgery.cut import mask_heads, remove_heads, remove_layers
+from surgery.head_repair import repair_heads
 from surgery.layer_repair import repair_layers
 from surgery.mlp_width import remove_mlp_channels
 from surgery.loading import LoadedModel
@@ -63,9 +64,14 @@ def apply_plan(loaded: LoadedModel, plan: PruningPlan, *, calibration: Iterable[
         reference = None
         if plan.removal_mode == "mean_compensated":
             reference = _calibration_for(calibration, "removes heads with mean compensation")
-        work = cut(work, heads, copy=False, compensate_with=reference)
         report["heads"] = {"removed" if plan.head_removal == "physical" else "masked": heads,
                            "removal_mode": plan.removal_mode}
+        if plan.head_repair:
+            work = repair_heads(work, heads, reference, ridge=float(plan.head_repair.get("ridge", 0.1)),
+                                physical=plan.head_removal == "physical")
+            report["heads"]["repair"] = work.model.config.surgery_head_repair[-1]
+        else:
+            work = cut(work, heads, copy=False, compensate_with=reference)
     channels = {l: c for l, c in plan.mlp_channels.items() if l not in dropped}
     if channels:
         reference = None
@@ -91,6 +97,15 @@ def _calibration_for(calibration, what: str) -> TokenBatch:
         raise PruningError(f"this plan {what}, which needs calibration tokens (calibration=TokenBatch or text; "
                            f"`surgery prune --text FILE` or the built-in text)")
     return concat_batches(calibration)
+
+
+def with_head_repair(plan: PruningPlan, ridge: float = 0.1) -> PruningPlan:
+    """The same plan with its kept heads refitted after the removal (surgery/head_repair.py); needs
+    mean-compensated removal and calibration tokens at export (at least 1 + head_dim x kept heads of a layer)."""
+    import dataclasses
+    if ridge < 0:
+        raise PruningError(f"ridge={ridge} must be >= 0")
+    return dataclasses.replace(plan, head_repair={"method": "least_squares_refit", "ridge": float(ridge)})
 
 
 def with_layer_repair(plan: PruningPlan, ridge: float = 0.1) -> PruningPlan:

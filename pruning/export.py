@@ -52,7 +52,8 @@ def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: boo
         batch, calibration_record = calibration_batch(loaded, calibration)
         batches = batch
         expected = (plan.calibration or {}).get("digest")
-        if compensated and expected and expected != calibration_record["digest"]:
+        # A refit (head_repair) fits the bias anew, so only plain compensation must match the game's means.
+        if compensated and not plan.head_repair and expected and expected != calibration_record["digest"]:
             warnings.warn(f"the plan's values used calibration batch {expected} for their mean ablation, the export "
                           f"compensates with {calibration_record['digest']}: the biases differ from the game's means",
                           stacklevel=2)
@@ -69,7 +70,8 @@ def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: boo
     manifest = {
         "format": EXPORT_FORMAT, "version": 1,
         "source_model": plan.model, "plan": plan.to_json_dict(), "applied": report,
-        "removal": {"mode": plan.removal_mode, "calibration": calibration_record if compensated else None},
+        "removal": {"mode": plan.removal_mode, "calibration": calibration_record if compensated else None,
+                    **({"head_repair": report["heads"]["repair"]} if "repair" in report.get("heads", {}) else {})},
         "mlp_width": ({"mode": plan.mlp_removal, "calibration": calibration_record if width_compensated else None}
                       if plan.mlp_channels else None),
         "layer_repair": ({**report["layers"]["repair"], "calibration": calibration_record} if repaired else None),
@@ -89,7 +91,11 @@ def _export_notes(plan: PruningPlan, compensated: bool, width_compensated: bool,
     notes = []
     if plan.heads and plan.head_removal == "masked":
         notes.append("heads are MASKED (zeroed output-projection columns): same file size, loads anywhere")
-    if compensated:
+    if compensated and plan.head_repair:
+        notes.append("removed heads are MEAN-COMPENSATED and the kept heads REFITTED: the kept heads' output-projection "
+                     "columns and the bias are the least-squares fit to the dense model's attention outputs on the "
+                     "calibration tokens (plain weights; logits no longer equal mean ablation)")
+    elif compensated:
         notes.append("removed heads are MEAN-COMPENSATED: their mean output over the calibration tokens is in the "
                      "attention output bias (logits equal mean ablation of those heads)")
     elif plan.heads:

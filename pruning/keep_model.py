@@ -34,7 +34,7 @@ from surgery.batch import TokenBatch
 from surgery.loading import LoadedModel, fast_dtype, with_dtype
 
 DEFAULTS = {"measure": "loss", "screen": 2.0, "max_step_fraction": 0.1, "task_weight": 0.5, "task_n": 4,
-            "game_dtype": "auto"}
+            "game_dtype": "auto", "repair_n": 64}
 GAME_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 

@@ -55,6 +55,10 @@ class PruningPlan:
     # How dropped layers are replaced: None (nothing) or {"method": "replaceme_linear", "ridge": ...};
     # the fitted maps are weights of the export, its manifest records the calibration tokens.
     layer_repair: dict | None = None
+    # How the heads that stay take over from removed ones: None (mean compensation only) or
+    # {"method": "least_squares_refit", "ridge": ...}: their output-projection columns and the bias
+    # refitted on calibration tokens to the dense model's attention outputs (surgery/head_repair.py).
+    head_repair: dict | None = None
 
     def __post_init__(self):
         self.layers = sorted(int(l) for l in self.layers)
@@ -106,7 +110,7 @@ class PruningPlan:
                            self.calibration if self.heads else other.calibration,
                            {**self.mlp_channels, **other.mlp_channels},
                            other.mlp_removal if other.mlp_channels else self.mlp_removal,
-                           other.layer_repair or self.layer_repair)
+                           other.layer_repair or self.layer_repair, other.head_repair or self.head_repair)
 
     def check_model(self, loaded: LoadedModel) -> None:
         from probes.model_game import is_legacy_digest
@@ -131,6 +135,8 @@ class PruningPlan:
                          f"{len(self.mlp_channels)} layers ({self.mlp_removal} removal)")
         if self.layer_repair:
             parts.append(f"repair dropped layers ({self.layer_repair.get('method')})")
+        if self.head_repair and self.heads:
+            parts.append(f"refit kept heads ({self.head_repair.get('method')})")
         if self.sparsity:
             mean = sum(self.sparsity.values()) / len(self.sparsity)
             parts.append(f"{self.sparsity_method} sparsity, mean {mean:.2f} over {len(self.sparsity)} layers")
@@ -190,6 +196,13 @@ def _check_width_and_repair(plan: "PruningPlan") -> None:
                                f"{plan.layer_repair!r}")
         if not plan.layers:
             raise PruningError("the plan asks for layer repair but drops no layers")
+    if plan.head_repair is not None:
+        if not isinstance(plan.head_repair, dict) or plan.head_repair.get("method") != "least_squares_refit":
+            raise PruningError(f"head_repair must be None or {{'method': 'least_squares_refit', 'ridge': ..}}, got "
+                               f"{plan.head_repair!r}")
+        if plan.heads and plan.removal_mode != "mean_compensated":
+            raise PruningError("head repair refits on top of mean compensation; make the plan with "
+                               "removal_mode='mean_compensated' or without head_repair")
     n_layers = int(plan.model.get("n_layers", 0))
     bad = [l for l in plan.mlp_channels if not 0 <= l < n_layers]
     if bad:

@@ -52,7 +52,7 @@ from surgery.loading import LoadedModel, load, parameter_count
 
 # head_counts and parameter_count live in config_counts / loading; callers import them from here too.
 __all__ = ["remove_heads", "mask_heads", "remove_layers", "head_counts", "parameter_count", "PARTIAL_GROUPS",
-           "EMPTY_LAYERS"]
+           "EMPTY_LAYERS", "heads_by_layer"]
 
 PARTIAL_GROUPS = ("share", "duplicate", "error")
 EMPTY_LAYERS = ("error", "keep_zeroed_head")
@@ -74,7 +74,7 @@ def remove_heads(loaded_or_model, heads, *, copy: bool = True, partial_groups: s
         raise SurgeryError(f"empty_layers={empty_layers!r}: use one of {EMPTY_LAYERS}")
     loaded = load(loaded_or_model)
     comps = loaded.components
-    drop = _heads_by_layer(comps, heads)
+    drop = heads_by_layer(comps, heads)
     if sum(len(h) for h in drop.values()) == sum(comps.n_heads):
         raise SurgeryError(f"removing all {sum(comps.n_heads)} heads of the model leaves no attention at all; "
                            f"keep at least one head, or remove layers with remove_layers()")
@@ -114,7 +114,7 @@ def mask_heads(loaded_or_model, heads, *, copy: bool = True, compensate_with: To
     """
     loaded = load(loaded_or_model)
     comps, adapter = loaded.components, loaded.adapter
-    drop = _heads_by_layer(comps, heads)
+    drop = heads_by_layer(comps, heads)
     means = head_means(loaded, drop, compensate_with) if compensate_with is not None else None
     model = copy_module.deepcopy(loaded.model) if copy else loaded.model
     if means is not None:
@@ -180,7 +180,8 @@ def remove_layers(loaded_or_model, layers: Iterable[int | str], *, copy: bool = 
 
 # ---------------------------------------------------------------------------------------------
 
-def _heads_by_layer(comps: ComponentIndex, heads) -> dict[int, list[int]]:
+def heads_by_layer(comps: ComponentIndex, heads) -> dict[int, list[int]]:
+    """{layer: sorted head indices} from names ["L1.H3", ...] or {layer: [head, ...]}, checked against comps."""
     drop: dict[int, set[int]] = {}
     if isinstance(heads, dict):
         for layer, hs in heads.items():

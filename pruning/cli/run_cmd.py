@@ -4,7 +4,9 @@ Prune a fraction of the heads so that the model keeps working (pruning/keep_mode
 value is the LM loss on calibration text plus the built-in tasks' smooth metrics on prompts the table
 never scores (--task-weight), with heads mean-ablated, heads screened by gate gradients,
 weighted Banzhaf values of the candidates at the operating point, removal in steps of at most 10%
-with re-valuation, and an export that folds the removed heads' mean output into the output bias.
+with re-valuation, and an export that folds the removed heads' mean output into the output bias and
+refits the kept heads' output-projection columns to the dense attention outputs (--repair-n more
+calibration sequences; surgery/head_repair.py).
 Then reload with plain transformers and print a before/after table (held-out perplexity on text
 disjoint from the calibration, task scores, parameters, bytes, forward time).
 `--method shapley` keeps the earlier job: Shapley head values on a task and zero removal.
@@ -41,12 +43,20 @@ def cmd_run(args) -> int:
     from probes.tasks import get_task
     # One seeded draw of the built-in text: the first eval_n sequences are what `evaluate` scores
     # (same seed, same prefix), the next cal_n calibrate the game and the compensation: disjoint.
-    text = get_task("text", n=args.eval_n + args.cal_n, seq_len=args.seq_len).batch(loaded, seed=args.eval_seed)
-    if text.size < args.eval_n + args.cal_n:
-        raise CLIError(f"the built-in text gives only {text.size} sequences of {args.seq_len} tokens; lower "
-                       f"--eval-n/--cal-n")
+    # The next repair_n (keep-model) give the compensation means and the refit of the kept heads more tokens.
+    repair_n = args.repair_n if args.method == "keep-model" and args.target_speedup is None \
+        and args.target_params is None else 0
+    wanted = args.eval_n + args.cal_n + repair_n
+    text = get_task("text", n=wanted, seq_len=args.seq_len).batch(loaded, seed=args.eval_seed)
+    if text.size < wanted:
+        raise CLIError(f"the built-in text gives only {text.size} sequences of {args.seq_len} tokens, the run asks for "
+                       f"{wanted} (--eval-n + --cal-n + --repair-n); lower them or --seq-len")
     calibration = text.rows(args.eval_n, args.eval_n + args.cal_n).tokens
     plan = plan_heads_for_run(args, loaded, calibration, out)
+    if repair_n and plan.heads:
+        from pruning.apply import with_head_repair
+        plan = with_head_repair(plan)
+        calibration = text.rows(args.eval_n, wanted).tokens  # the game's rows and the repair rows
     plan.save(out / "plan.json")
     needs_calibration = plan.removal_mode == "mean_compensated" or bool(plan.mlp_channels or plan.layer_repair)
     with stages(f"exporting ({plan.summary()}, {plan.removal_mode} removal, {args.dtype})") as stage:
@@ -71,8 +81,9 @@ def cmd_run(args) -> int:
               "fraction": args.fraction, "target_speedup": args.target_speedup, "target_params": args.target_params,
               "layers_removed": plan.layers, "mlp_channels_removed": sum(map(len, plan.mlp_channels.values())),
               "removal": plan.removal_mode, "dtype": manifest.get("dtype"),
-              "calibration": {"sequences": args.cal_n, "seq_len": args.seq_len,
+              "calibration": {"sequences": args.cal_n, "seq_len": args.seq_len, "repair_sequences": repair_n,
                               "disjoint_from_evaluation": True},
+              "head_repair": manifest.get("removal", {}).get("head_repair"),
               "heads_removed": plan.heads, "before": before, "after": after,
               "loads_with": manifest["loads_with"], "wall_seconds": round(time.perf_counter() - started, 1)}
     write_json(out / "report.json", {"format": RUN_REPORT_FORMAT, **finite_or_none(report)})
@@ -84,6 +95,8 @@ def cmd_run(args) -> int:
 
 def check_run_arguments(args) -> None:
     """Every argument checked, before the model is loaded or a coalition evaluated."""
+    if args.repair_n < 0:
+        raise CLIError(f"--repair-n {args.repair_n} must be >= 0 (0: no refit of the kept heads)")
     if args.target_speedup is not None or args.target_params is not None:
         from pruning.target_plan import DEFAULT_WIDTH_RATIOS, check_targets
 
@@ -200,6 +213,9 @@ def register(sub) -> None:
     p.add_argument("--task", default="induction", help="shapley: task the head values are computed on")
     p.add_argument("--n", type=int, default=4, help="shapley: examples in the task batch of the game")
     p.add_argument("--cal-n", type=int, default=4, help="keep-model: calibration sequences (game and compensation)")
+    p.add_argument("--repair-n", type=int, default=KEEP_MODEL["repair_n"],
+                   help="keep-model: further calibration sequences for the compensation means and the least-squares "
+                        "refit of the kept heads (0: no refit, means from --cal-n)")
     p.add_argument("--task-weight", type=float, default=KEEP_MODEL["task_weight"],
                    help="keep-model: weight of each built-in task's term in the game, on prompts the table never "
                         "scores (0: calibration text only)")

@@ -12,9 +12,9 @@ from pruning.plan import PruningPlan
 ARGS = ["--budget", "24", "--cal-n", "2", "--eval-n", "2", "--seq-len", "16", "--fraction", "0.2"]
 
 
-def test_default_run_removes_heads_with_compensation_and_the_export_equals_mean_ablation(tiny_dir, tmp_path, capsys):
+def test_unrefitted_run_removes_heads_with_compensation_and_the_export_equals_mean_ablation(tiny_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, stderr = run_cli(capsys, "run", "--model", tiny_dir, "--out", out, *ARGS)
+    code, stdout, stderr = run_cli(capsys, "run", "--model", tiny_dir, "--out", out, *ARGS, "--repair-n", "0")
     assert code == 0, stderr
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "keep-model" and report["removal"] == "mean_compensated"
@@ -41,11 +41,35 @@ def test_default_run_removes_heads_with_compensation_and_the_export_equals_mean_
     assert torch.allclose(picked, reference, atol=1e-5)
 
     # A rerun resumes from the store: nothing is evaluated again.
-    code, stdout, stderr = run_cli(capsys, "run", "--model", tiny_dir, "--out", out, "--force", *ARGS)
+    code, stdout, stderr = run_cli(capsys, "run", "--model", tiny_dir, "--out", out, "--force", *ARGS, "--repair-n", "0")
     assert code == 0, stderr
     again = PruningPlan.load(out / "plan.json")
     assert again.heads == plan.heads
     assert all(s["new_evaluations"] == 0 for s in again.provenance[0]["steps"])
+
+
+def test_default_run_refits_the_kept_heads_and_the_export_is_that_model(tiny_dir, tmp_path, capsys):
+    from surgery.head_repair import repair_heads
+    from probes.tasks import get_task
+
+    out = tmp_path / "run"
+    code, stdout, stderr = run_cli(capsys, "run", "--model", tiny_dir, "--out", out, *ARGS, "--repair-n", "6")
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["calibration"]["repair_sequences"] == 6 and report["head_repair"]["method"] == "least_squares_refit"
+    plan = PruningPlan.load(out / "plan.json")
+    assert plan.head_repair == {"method": "least_squares_refit", "ridge": 0.1}
+    loaded = surgery.load(tiny_dir)
+    text = get_task("text", n=10, seq_len=16).batch(loaded, seed=1000)
+    # The game's 2 calibration rows and the 6 repair rows after the 2 evaluation rows.
+    expected = repair_heads(loaded, plan.heads, text.rows(2, 10).tokens)
+    assert report["head_repair"]["calibration_tokens"] == int(text.rows(2, 10).tokens.attention_mask.sum())
+    probe = text.rows(0, 2).tokens
+    exported = surgery.load(out / "model")
+    with torch.no_grad():
+        got = exported.model(input_ids=probe.input_ids, attention_mask=probe.attention_mask).logits
+        want = expected.model(input_ids=probe.input_ids, attention_mask=probe.attention_mask).logits
+    assert torch.allclose(got, want, atol=1e-5)
 
 
 def test_shapley_method_keeps_the_earlier_job(tiny_dir, tmp_path, capsys):
