@@ -9,7 +9,9 @@ on prompts drawn with a seed no game used. Criteria:
 - keep_model (ours, the `surgery run` default): screened operating-point weighted Banzhaf values,
   iterative, mean-compensated (pruning/keep_model.py), --budget evaluations per fraction, on the
   run's objective (LM loss on calibration text plus the built-in tasks' smooth metrics on prompts
-  the evaluation never uses, weight --task-weight) in --game-dtype;
+  the evaluation never uses, weight --task-weight) in --game-dtype, then the kept heads refitted
+  (surgery/head_repair.py) on --n-repair more calibration sequences, as `surgery run` does;
+  keep_model+comp is the same plan with mean compensation only;
 - keep_model_text: the same on calibration text alone, float32 (the previous default);
 - wb_oneshot: weighted Banzhaf values at p = 1 - fraction over all heads, one shot, unscreened;
 - shapley: Shapley values of the same game with the default estimator, one shot;
@@ -20,6 +22,7 @@ on prompts drawn with a seed no game used. Criteria:
 - michel_iterative: the same re-computed on the pruned model after every 10% step, compensated;
 - flap: FLAP's fluctuation (channel variance x squared output-column norm), compensated and zero;
 - magnitude (weight norms) and random (3 seeds), compensated and zero.
+REFIT_ROWS also get the refit ("+refit"), so the table separates what the ranking and the removal give.
 A plan is "best or tied" when its paired held-out loss difference to the row's best is below 2
 standard errors over the held-out sequences. Each plan also reports its largest task drop from
 the dense model (`max_task_drop`). Writes benchmarks/results/head_pruning.json with the
@@ -46,9 +49,11 @@ from probes.estimators.weighted_banzhaf import weighted_banzhaf  # noqa: E402
 from probes.objective import keep_model_objective, objective_game  # noqa: E402
 from probes.priors import gate_gradient_prior  # noqa: E402
 from pruning import importance  # noqa: E402
+from pruning.apply import with_head_repair  # noqa: E402
 from pruning.keep_model import DEFAULTS, calibration_task_terms, game_dtype_for, keep_model_head_plan  # noqa: E402
 from pruning.plan import PruningPlan, model_identity  # noqa: E402
 from pruning.screening import candidates as lowest, gate_gradient_screen  # noqa: E402
+from surgery.batch import concat_batches  # noqa: E402
 from surgery.engine import AblationEngine, leave_one_out_masks  # noqa: E402
 from surgery.loading import with_dtype  # noqa: E402
 
@@ -58,9 +63,10 @@ from benchmarks.bench_common import (evaluate_model, export_and_measure, judge_r
 RESULTS = ROOT / "benchmarks" / "results" / "head_pruning.json"
 
 
-def plan_removing(loaded, heads, removal_mode, method, calibration=None):
-    return PruningPlan(model_identity(loaded), heads=list(heads), removal_mode=removal_mode,
+def plan_removing(loaded, heads, removal_mode, method, calibration=None, refit=False):
+    plan = PruningPlan(model_identity(loaded), heads=list(heads), removal_mode=removal_mode,
                        calibration=calibration, provenance=[{"policy": method}])
+    return with_head_repair(plan) if refit else plan
 
 
 def dtype_tag(loaded) -> str:
@@ -95,6 +101,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--n-cal", type=int, default=4, help="calibration sequences (games, gradients, compensation)")
     parser.add_argument("--n-eval", type=int, default=24, help="held-out sequences for perplexity")
+    parser.add_argument("--n-repair", type=int, default=DEFAULTS["repair_n"],
+                        help="further calibration sequences (after the held-out ones) for the refit rows")
     parser.add_argument("--task-n", type=int, default=24, help="prompts per built-in task")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5])
     parser.add_argument("--budget", type=int, default=300, help="evaluations of each sampling criterion per fraction")
@@ -138,7 +146,7 @@ def game_criteria(args, loaded, calibration, terms, seconds) -> tuple[object, di
 
 
 def fraction_row(args, loaded, fraction: float, screens: dict, held_out, calibration, tasks, terms, game, dense,
-                 seconds, work) -> dict:
+                 seconds, work, repair) -> dict:
     """One row: the keep_model plan and the baselines removing the same number of heads, each exported,
     reloaded and measured."""
     n_heads = len(loaded.components.heads)
@@ -169,11 +177,17 @@ def fraction_row(args, loaded, fraction: float, screens: dict, held_out, calibra
     for name, heads in ([(name, lowest_keeping_a_head(scores, k, loaded)) for name, scores in ranked]
                         + [("michel_iterative", iterative)]):
         plans[f"{name}+comp"] = plan_removing(loaded, heads, "mean_compensated", name, comp)
+        if name in REFIT_ROWS:
+            plans[f"{name}+refit"] = plan_removing(loaded, heads, "mean_compensated", name, comp, refit=True)
         if name in ZERO_ROWS or name.startswith("random_"):
             plans[f"{name}+zero"] = plan_removing(loaded, heads, "zero", name)
+    plans["keep_model+comp"] = plans["keep_model"]
+    plans["keep_model"] = with_head_repair(plans["keep_model"])
+    plans["keep_model_text+refit"] = with_head_repair(plans["keep_model_text"])
     results, per_seq = {}, {}
     for method, plan in plans.items():
-        results[method], per_seq[method] = export_and_measure(loaded, plan, held_out, calibration, work, tasks)
+        results[method], per_seq[method] = export_and_measure(loaded, plan, held_out, calibration, work, tasks,
+                                                              repair_calibration=repair)
         results[method]["removed"] = plan.heads
         results[method]["removal"] = plan.removal_mode
         results[method]["max_task_drop"] = max(dense["task_scores"][t] - results[method]["task_scores"][t]
@@ -194,6 +208,8 @@ def fraction_row(args, loaded, fraction: float, screens: dict, held_out, calibra
 
 # Criteria also shown with zero removal (the removal a zero-ablation criterion assumes).
 ZERO_ROWS = ("michel", "attribution_patching", "flap", "magnitude")
+# Criteria also shown with the refit of the kept heads (the strongest baselines at 10%).
+REFIT_ROWS = ("wb_oneshot", "michel", "flap", "loo")
 
 
 def print_table(rows, dense, summary) -> None:
@@ -231,6 +247,10 @@ def main() -> None:
     loaded = surgery.load(args.model)
     calibration, held_out, text_source = text_split(loaded, args.text, args.n_cal, args.n_eval, args.seq_len,
                                                     args.seed)
+    # The refit's tokens: the game's calibration rows and the n_repair rows after the held-out ones
+    # (the draw is prefix-stable, so calibration and held-out rows do not depend on --n-repair).
+    longer = text_split(loaded, args.text, args.n_cal + args.n_eval + args.n_repair, 0, args.seq_len, args.seed)[0]
+    repair = concat_batches([calibration.tokens, longer.rows(args.n_cal + args.n_eval, longer.size).tokens])
     tasks = task_batches_for(loaded, args.task_n, args.seed)
     dense, _ = evaluate_model(loaded, held_out, tasks)
     print(f"dense: perplexity {dense['perplexity']:.2f}, task mean {dense['task_mean']:.3f}", flush=True)
@@ -249,7 +269,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="head-pruning-") as work:
         for fraction in args.fractions:  # the file is rewritten after every row: a killed run keeps its rows
             rows.append(fraction_row(args, loaded, fraction, screens, held_out, calibration, tasks, terms, game,
-                                     dense, seconds, work))
+                                     dense, seconds, work, repair))
             summary = summarise(rows, dense, started, complete=len(rows) == len(args.fractions))
             write_results(args.out, {"summary": summary, "dense": dense, "seconds": seconds, "rows": rows,
                                      "settings": {**vars(args), "text_source": text_source}}, args)
