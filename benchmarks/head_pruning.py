@@ -48,6 +48,7 @@ from probes.estimators import estimate  # noqa: E402
 from probes.estimators.weighted_banzhaf import weighted_banzhaf  # noqa: E402
 from probes.objective import keep_model_objective, objective_game  # noqa: E402
 from probes.priors import gate_gradient_prior  # noqa: E402
+from probes.tasks import get_task  # noqa: E402
 from pruning import importance  # noqa: E402
 from pruning.apply import with_head_repair  # noqa: E402
 from pruning.keep_model import DEFAULTS, calibration_task_terms, game_dtype_for, keep_model_head_plan  # noqa: E402
@@ -249,7 +250,8 @@ def main() -> None:
                                                     args.seed)
     # The refit's tokens: the game's calibration rows and the n_repair rows after the held-out ones
     # (the draw is prefix-stable, so calibration and held-out rows do not depend on --n-repair).
-    longer = text_split(loaded, args.text, args.n_cal + args.n_eval + args.n_repair, 0, args.seq_len, args.seed)[0]
+    longer = get_task("text", path=args.text, n=args.n_cal + args.n_eval + args.n_repair,
+                      seq_len=args.seq_len).batch(loaded, seed=args.seed)
     repair = concat_batches([calibration.tokens, longer.rows(args.n_cal + args.n_eval, longer.size).tokens])
     tasks = task_batches_for(loaded, args.task_n, args.seed)
     dense, _ = evaluate_model(loaded, held_out, tasks)
