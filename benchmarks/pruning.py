@@ -1,10 +1,12 @@
 """Shapley-driven pruning vs the usual criteria on the embedded SmolLM2-135M.
 
-    python benchmarks/pruning.py [--text FILE] [--head-budget 600] [--seed 0]
+    python benchmarks/pruning.py [--text FILE] [--head-fractions 0.1 0.2 0.3] [--seed 0]
 
 Rows (each compares criteria at one setting; every plan is exported, reloaded with transformers
 and evaluated there):
-- heads removed 10/20/30%: Shapley head values vs magnitude, gradient (Michel et al.), leave-one-out, random;
+- heads removed (only with --head-fractions: the head rows that judge `surgery run` are in
+  benchmarks/head_pruning.py, with the operating-point values, compensation and refit): Shapley
+  head values (zero ablation) vs magnitude, gradient (Michel et al.), leave-one-out, random;
 - Wanda sparsity 50/70% inside layers: per-layer ratios from sliding-window layer values vs uniform vs OWL;
 - layers removed 10/20/30%: Shapley (sliding-window) layer values vs Block Influence (ShortGPT) vs last layers.
 
@@ -14,7 +16,8 @@ a seed no game used. "Within noise of best": the paired difference in held-out l
 the best plan of its row is below 2 standard errors (over held-out sequences).
 
 Writes benchmarks/results/pruning.json (top-level `summary`: rows, shapley_best_rows,
-export_max_logit_diff) and prints a table. Estimator evaluations stream to --store-dir and resume.
+export_max_logit_diff) after every row and prints a table. Estimator evaluations stream to
+--store-dir and resume.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--head-budget", type=int, default=600, help="coalition evaluations for head values")
     parser.add_argument("--head-estimator", default=DEFAULT_ESTIMATOR)
     parser.add_argument("--window", type=int, default=4, help="sliding window of the layer values")
-    parser.add_argument("--head-fractions", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    parser.add_argument("--head-fractions", type=float, nargs="*", default=[],
+                        help="head rows of the earlier Shapley job (default none: see benchmarks/head_pruning.py)")
     parser.add_argument("--layer-fractions", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7])
     parser.add_argument("--seed", type=int, default=0)
@@ -159,30 +163,33 @@ def main() -> None:
                           store=store / f"{name}-{args.seed}-{calibration_id}", max_rows=128, progress=progress)
 
     timings = {}
-    heads = head_criteria(args, loaded, calibration, game, timings)
+    heads = head_criteria(args, loaded, calibration, game, timings) if args.head_fractions else {}
     layers, corner = layer_criteria(args, loaded, calibration, game, timings)
     owl = outlier_ratios(loaded, input_norms(loaded, [calibration.tokens]))
     print(f"criteria computed: {json.dumps({k: round(v, 1) for k, v in timings.items()})}; "
           f"cornerstone layers {corner['cornerstones']}", flush=True)
+    rows = []
+    all_rows = list(row_plans(args, loaded, heads, layers, corner, owl))
     with tempfile.TemporaryDirectory(prefix="pruning-bench-") as work:
-        rows = [measure_row(loaded, kind, setting, plans, held_out, calibration, work, task_batches)
-                for kind, setting, plans in row_plans(args, loaded, heads, layers, corner, owl)]
-    summary = {
-        "rows": len(rows),
-        "shapley_best_rows": sum(r["shapley_best_or_tied"] for r in rows),
-        "export_max_logit_diff": max(res["export_max_logit_diff"] for r in rows for res in r["results"].values()),
-    }
-    report = {
-        "summary": summary,
-        "unpruned": base_metrics,
-        "settings": {**vars(args), "text_source": text_source, "head_estimator_evaluations":
-                     heads["shapley"].n_evaluations, "layer_value_evaluations": layers["shapley"].n_evaluations},
-        "criteria_seconds": {k: round(v, 1) for k, v in timings.items()},
-        "cornerstones": corner,
-        "rows": rows,
-        "wall_seconds": round(time.perf_counter() - started, 1),
-    }
-    write_results(args.out, report, args)
+        for kind, setting, plans in all_rows:  # the file is rewritten after every row: a killed run keeps its rows
+            rows.append(measure_row(loaded, kind, setting, plans, held_out, calibration, work, task_batches))
+            report = {
+                "summary": {
+                    "rows": len(rows), "complete": len(rows) == len(all_rows),
+                    "shapley_best_rows": sum(r["shapley_best_or_tied"] for r in rows),
+                    "export_max_logit_diff": max(res["export_max_logit_diff"] for r in rows
+                                                 for res in r["results"].values()),
+                    "head_rows": "benchmarks/results/head_pruning.json" if not args.head_fractions else "here"},
+                "unpruned": base_metrics,
+                "settings": {**vars(args), "text_source": text_source,
+                             "head_estimator_evaluations": heads["shapley"].n_evaluations if heads else 0,
+                             "layer_value_evaluations": layers["shapley"].n_evaluations},
+                "criteria_seconds": {k: round(v, 1) for k, v in timings.items()},
+                "cornerstones": corner,
+                "rows": rows,
+                "wall_seconds": round(time.perf_counter() - started, 1),
+            }
+            write_results(args.out, report, args)
     print_table(report)
 
 
