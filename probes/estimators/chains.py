@@ -25,6 +25,11 @@ is exactly the antithetic permutation estimate.
    linear refit of v - g with the penalty chosen again (as leverage_shap_krr); used only when GCV
    prefers it.
 At budget 2n (the chain alone, no prior) the result is the antithetic permutation estimate.
+4. Version 3: without a prior, from chainless_budget(n) = max(3, sqrt(n)) * n evaluations on, no
+   chain at all: the run is leverage_shap_krr's (same design, evaluations and fit; recorded as
+   chain_krr version 3). The chain spends n - 1 units on one order; once the pairs determine the
+   fit, those units err more than random pairs would (estimators.json at 5n-10n under version 2).
+   sqrt(n) * n: larger games need more pairs per player before the pairs alone beat the chain.
 
 Standard errors: a bootstrap over pairs of the linear step (the kernel step is not refitted per
 replicate, so they overstate the error, as leverage_shap_krr's do); for the chain alone, half the
@@ -47,7 +52,8 @@ from probes.game import Game, pack_coalitions
 from probes.stopping import StoppingCriterion
 from probes.values import Values
 
-VERSION = 2  # settings["version"] of what chain_krr returns; chain_krr@1 replays version 1 (see chain_krr)
+VERSION = 3  # settings["version"] of what chain_krr returns; chain_krr@1 / @2 replay the earlier ones (see chain_krr)
+VERSIONS = (1, 2, 3)
 DETERMINED_UNITS_PER_PLAYER = 3  # version 2: from 3n pairs (6n evaluations) on, no ridge toward the chain
 RIDGE_PENALTIES = np.concatenate([[0.0], np.logspace(-4, 3, 15)])  # relative to mean diagonal of the normal matrix
 
@@ -94,6 +100,15 @@ class ChainSequence:
     def fit_mask(self, design: PairedDesign) -> np.ndarray:
         chain_fits = ~np.isin(self.strata, design.saturated_strata) if self.version < 2 else np.ones(len(self.chain), bool)
         return np.concatenate([chain_fits, np.ones(len(design.first) - len(self.chain), dtype=bool)])
+
+
+def chainless_budget(n: int) -> int:
+    """Version 3: from this budget on (and without a prior) chain_krr runs leverage_shap_krr's design."""
+    return int(np.ceil(max(3.0, np.sqrt(n)) * n))
+
+
+def uses_chain(n: int, budget: int, version: int, prior) -> bool:
+    return version < 3 or prior is not None or budget < chainless_budget(n)
 
 
 def _odd_problem(design, units, first_values, second_values, size_degree):
@@ -160,20 +175,25 @@ def chain_krr(game: Game, budget: int, seed: int | None = None, stop: StoppingCr
     equal split, used only once the data determine the fit (one chain alone = permutation sampling).
 
     version: None = the current one (VERSION), refusing a store that holds a run of another version
-    (check_store_version); 1 or 2 (registered as "chain_krr@1", "chain_krr@2") runs that version as
-    it was, so a store or values file made by it replays to the same values."""
+    (check_store_version); 1, 2 or 3 (registered as "chain_krr@1", "chain_krr@2", "chain_krr@3") runs
+    that version as it was, so a store or values file made by it replays to the same values."""
     n = game.n_players
     name = "chain_krr"
     explicit = version is not None
     version = VERSION if version is None else version
-    if version not in (1, 2):
-        raise ProbeError(f"chain_krr: unknown version {version!r}; 1 (before small games were fixed) or 2 (current)")
+    if version not in VERSIONS:
+        raise ProbeError(f"chain_krr: unknown version {version!r}; 1 (before small games were fixed), 2 (chain at "
+                         f"every budget) or 3 (current)")
     # As Leverage SHAP: below 2n only part of the chain fits, and the fit leans on the prior.
     budget = require_budget(budget, n + 2, name, "v(empty), v(full) and n/2 complementary pairs to determine n values")
     if not gamma > 0 or int(max_centers) < 1:
         raise ProbeError(f"chain_krr: gamma must be > 0 and max_centers >= 1, got {gamma}, {max_centers}")
+    record_as = version
     if game.store is not None and not explicit:
-        check_store_version(game.store, n, budget, seed)
+        record_as = check_store_version(game.store, n, budget, seed, prior)
+    if not uses_chain(n, budget, version, prior):
+        return _without_chain(game, budget, seed, stop, version, gamma=gamma, max_centers=max_centers,
+                              size_degree=size_degree, n_bootstrap=n_bootstrap, n_rounds=n_rounds)
     rng = np.random.default_rng(seed)
     stop = start_stop(stop)
     sequence = ChainSequence(n, (budget - 2) // 2, rng, version)
@@ -193,11 +213,25 @@ def chain_krr(game: Game, budget: int, seed: int | None = None, stop: StoppingCr
     phi, stderrs, details = _final_estimate(run, units, len(evaluated), prior_values, prior is not None, gamma,
                                             max_centers, size_degree, size_margin, n_bootstrap, rng, fixed_penalty)
     if game.store is not None:
-        game.store.record_estimator_version(name, version)
+        game.store.record_estimator_version(name, record_as)
     settings = {"gamma": gamma, "max_centers": max_centers, "size_degree": size_degree, "size_margin": size_margin,
                 "n_bootstrap": n_bootstrap, "budget": budget, "prior": None if prior is None else prior_values.tolist(),
                 "version": version}
     return make_values(game, run.ledger, name, phi, stderrs, settings=settings, seed=seed, details=details)
+
+
+def _without_chain(game, budget, seed, stop, version, **settings) -> Values:
+    """leverage_shap_krr's run, named and recorded as chain_krr of this version (a store it filled
+    replays by either name)."""
+    from probes.estimators.kernel_ridge import leverage_shap_krr
+
+    values = leverage_shap_krr(game, budget, seed, stop, **settings)
+    if game.store is not None:
+        game.store.record_estimator_version("chain_krr", version)
+    values.estimator = "chain_krr"
+    values.settings = {**values.settings, "version": version, "design": "leverage_shap_krr",
+                       "chainless_budget": chainless_budget(game.n_players)}
+    return values
 
 
 def _final_estimate(run, units, n_evaluated, prior, prior_given, gamma, max_centers, size_degree, size_margin,
@@ -288,21 +322,28 @@ def _bootstrap(design, units, problem, n_bootstrap, rng):
 
 
 
-def check_store_version(store, n: int, budget: int, seed) -> None:
+def check_store_version(store, n: int, budget: int, seed, prior=None) -> int:
     """Refuse to re-value, with the current version, a store that holds a run of another version of
     chain_krr: the one its estimators.json names, or, for a store made before versions were recorded,
     version 1 when that version's design for this budget and seed is in the store and the current
-    one's is not (a run that stopped early is not recognised)."""
+    one's is not (a run that stopped early is not recognised). A version-2 store is accepted where
+    version 3 runs the same design and fit (with the chain: below chainless_budget or with a prior),
+    and stays recorded as version 2 (so a later run beyond it is still refused). Returns the version
+    to record for this run."""
     recorded = store.estimator_versions().get("chain_krr")
     if recorded is None and len(store) and seed is not None:
-        held = {v: _design_in_store(store, n, budget, seed, v) for v in (1, VERSION)}
-        recorded = 1 if held[1] and not held[VERSION] else None
+        # Versions 2 and 3 share the chain design (version 3 leaves it only at large budgets).
+        held = {v: _design_in_store(store, n, budget, seed, v) for v in (1, 2)}
+        recorded = 1 if held[1] and not held[2] else None
+    if recorded == 2 and uses_chain(n, budget, VERSION, prior):
+        return 2
     if recorded is not None and recorded != VERSION:
         raise ProbeError(
             f"store {store.path} holds a run of chain_krr version {recorded}; this chain_krr is version {VERSION}, "
             f"which evaluates other coalitions and fits differently, so it would not replay that run. Replay it "
             f"with estimator 'chain_krr@{recorded}' (CLI: --estimator chain_krr@{recorded}), value it with the "
             f"current version by naming it ('chain_krr@{VERSION}'), or use a new store")
+    return VERSION
 
 
 def _design_in_store(store, n: int, budget: int, seed, version: int) -> bool:

@@ -9,7 +9,7 @@ import pytest
 
 from probes.errors import ProbeError
 from probes.estimators import get_estimator
-from probes.estimators.chains import VERSION, ChainSequence
+from probes.estimators.chains import VERSION, ChainSequence, chainless_budget
 from probes.estimators.reliability import UnstableRankingWarning
 from probes.game import Game
 from probes.synthetic_games import saturating_game, soum_game
@@ -59,10 +59,10 @@ def test_near_every_coalition_no_worse_than_leverage_shap_krr_beyond_the_seed_sp
 
 def test_values_record_the_version_and_an_unknown_version_is_refused():
     known = soum_game(10, seed=1)
-    assert chain_krr(known.game, 60, seed=0).settings["version"] == VERSION == 2
+    assert chain_krr(known.game, 60, seed=0).settings["version"] == VERSION == 3
     assert get_estimator("chain_krr@1")(known.game, 60, seed=0).settings["version"] == 1
-    with pytest.raises(ProbeError, match="unknown version 3; 1 .* or 2"):
-        chain_krr(known.game, 60, seed=0, version=3)
+    with pytest.raises(ProbeError, match="unknown version 4; 1 .*, 2 .* or 3"):
+        chain_krr(known.game, 60, seed=0, version=4)
 
 
 def counted_game(known, store):
@@ -85,14 +85,14 @@ def test_a_store_holding_a_version_1_run_is_refused_naming_the_fix_and_replayed_
         (tmp_path / "store" / "estimators.json").unlink()
     game.store.close()
     again, calls = counted_game(known, tmp_path / "store")
-    with pytest.raises(ProbeError, match="holds a run of chain_krr version 1.*'chain_krr@1'.*'chain_krr@2'"):
+    with pytest.raises(ProbeError, match="holds a run of chain_krr version 1.*'chain_krr@1'.*'chain_krr@3'"):
         chain_krr(again, 200, seed=3)
     replay = get_estimator("chain_krr@1")(again, 200, seed=3)
     np.testing.assert_array_equal(replay.means, old.means)
     assert calls == []  # every coalition came from the store
-    fresh = get_estimator("chain_krr@2")(again, 200, seed=3)  # naming the current version values it anew
-    assert fresh.settings["version"] == 2
-    assert json.loads((tmp_path / "store" / "estimators.json").read_text()) == {"chain_krr": 2}
+    fresh = get_estimator("chain_krr@3")(again, 200, seed=3)  # naming the current version values it anew
+    assert fresh.settings["version"] == 3
+    assert json.loads((tmp_path / "store" / "estimators.json").read_text()) == {"chain_krr": 3}
 
 
 def test_a_store_of_the_current_version_replays_without_new_evaluations(tmp_path):
@@ -105,3 +105,34 @@ def test_a_store_of_the_current_version_replays_without_new_evaluations(tmp_path
     assert calls == []
     # Another seed's run on the same store is not mistaken for a version-1 run.
     chain_krr(again, 120, seed=8)
+
+
+@pytest.mark.parametrize("n", [16, 64])
+def test_from_the_chainless_budget_on_version_3_is_leverage_shap_krr_and_below_it_version_2(n):
+    known = soum_game(n, seed=2)
+    at = chainless_budget(n)
+    assert at == int(np.ceil(max(3, np.sqrt(n)) * n))
+    above = chain_krr(known.game, at, seed=5)
+    krr = get_estimator("leverage_shap_krr")(known.game, at, seed=5)
+    np.testing.assert_array_equal(above.means, krr.means)
+    assert above.estimator == "chain_krr" and above.settings["design"] == "leverage_shap_krr"
+    below = chain_krr(known.game, at - 2, seed=5)
+    np.testing.assert_array_equal(below.means, get_estimator("chain_krr@2")(known.game, at - 2, seed=5).means)
+    # A prior keeps the chain (its shrinkage lives in the chain's fit) at any budget.
+    with_prior = chain_krr(known.game, at, seed=5, prior=np.full(n, known.shapley.mean()))
+    assert "design" not in with_prior.settings
+
+
+def test_a_version_2_store_replays_where_version_3_keeps_the_chain_and_is_refused_where_it_does_not(tmp_path):
+    known = soum_game(16, seed=4)
+    game, _ = counted_game(known, tmp_path / "store")
+    small = get_estimator("chain_krr@2")(game, 40, seed=3)
+    big = get_estimator("chain_krr@2")(game, 80, seed=3)
+    game.store.close()
+    again, calls = counted_game(known, tmp_path / "store")
+    np.testing.assert_array_equal(chain_krr(again, 40, seed=3).means, small.means)  # 40 < 64: same run
+    assert calls == []
+    with pytest.raises(ProbeError, match="version 2.*'chain_krr@2'"):
+        chain_krr(again, 80, seed=3)
+    np.testing.assert_array_equal(get_estimator("chain_krr@2")(again, 80, seed=3).means, big.means)
+    assert calls == []
