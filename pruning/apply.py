@@ -19,6 +19,7 @@ from surgery.components import parse_head_name
 from surgery.cut import mask_heads, remove_heads, remove_layers
 from surgery.head_repair import repair_heads
 from surgery.layer_repair import repair_layers
+from surgery.mlp_repair import repair_mlp_channels
 from surgery.mlp_width import remove_mlp_channels
 from surgery.loading import LoadedModel
 
@@ -77,9 +78,13 @@ def apply_plan(loaded: LoadedModel, plan: PruningPlan, *, calibration: Iterable[
         reference = None
         if plan.mlp_removal == "mean_compensated":
             reference = _calibration_for(calibration, "removes MLP channels with mean compensation")
-        work = remove_mlp_channels(work, channels, copy=False, compensate_with=reference)
         report["mlp_channels"] = {"removed": sum(map(len, channels.values())), "layers": len(channels),
                                   "removal_mode": plan.mlp_removal}
+        if plan.mlp_repair:
+            work = repair_mlp_channels(work, channels, reference, ridge=float(plan.mlp_repair.get("ridge", 0.1)))
+            report["mlp_channels"]["repair"] = work.model.config.surgery_mlp_repair[-1]
+        else:
+            work = remove_mlp_channels(work, channels, copy=False, compensate_with=reference)
     if plan.layers and plan.layer_repair:
         reference = _calibration_for(calibration, "repairs dropped layers (a least-squares map per span)")
         work = repair_layers(work, plan.layers, reference, ridge=float(plan.layer_repair.get("ridge", 0.1)),
@@ -106,6 +111,15 @@ def with_head_repair(plan: PruningPlan, ridge: float = 0.1) -> PruningPlan:
     if ridge < 0:
         raise PruningError(f"ridge={ridge} must be >= 0")
     return dataclasses.replace(plan, head_repair={"method": "least_squares_refit", "ridge": float(ridge)})
+
+
+def with_mlp_repair(plan: PruningPlan, ridge: float = 0.1) -> PruningPlan:
+    """The same plan with its kept MLP channels refitted after the removal (surgery/mlp_repair.py); needs
+    mean-compensated MLP removal and calibration tokens at export (at least 1 + kept channels of a layer)."""
+    import dataclasses
+    if ridge < 0:
+        raise PruningError(f"ridge={ridge} must be >= 0")
+    return dataclasses.replace(plan, mlp_repair={"method": "least_squares_refit", "ridge": float(ridge)})
 
 
 def with_layer_repair(plan: PruningPlan, ridge: float = 0.1) -> PruningPlan:

@@ -72,7 +72,9 @@ def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: boo
         "source_model": plan.model, "plan": plan.to_json_dict(), "applied": report,
         "removal": {"mode": plan.removal_mode, "calibration": calibration_record if compensated else None,
                     **({"head_repair": report["heads"]["repair"]} if "repair" in report.get("heads", {}) else {})},
-        "mlp_width": ({"mode": plan.mlp_removal, "calibration": calibration_record if width_compensated else None}
+        "mlp_width": ({"mode": plan.mlp_removal, "calibration": calibration_record if width_compensated else None,
+                       **({"repair": report["mlp_channels"]["repair"]} if "repair" in report.get("mlp_channels", {})
+                          else {})}
                       if plan.mlp_channels else None),
         "layer_repair": ({**report["layers"]["repair"], "calibration": calibration_record} if repaired else None),
         "before": before, "after": after, "file_shrinks": shrinks, "notes": notes,
@@ -100,7 +102,11 @@ def _export_notes(plan: PruningPlan, compensated: bool, width_compensated: bool,
                      "attention output bias (logits equal mean ablation of those heads)")
     elif plan.heads:
         notes.append("removed heads are ZERO-removed: nothing replaces their output (logits equal zero ablation)")
-    if width_compensated:
+    if width_compensated and plan.mlp_repair:
+        notes.append("removed MLP channels are MEAN-COMPENSATED and the kept channels REFITTED: their down-projection "
+                     "columns and the bias are the least-squares fit to the unpruned layer's MLP outputs on the "
+                     "calibration tokens (plain weights)")
+    elif width_compensated:
         notes.append("removed MLP channels are MEAN-COMPENSATED: their mean over the calibration tokens times their "
                      "down-projection column is in the down-projection bias")
     elif plan.mlp_channels:

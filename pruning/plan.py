@@ -59,6 +59,10 @@ class PruningPlan:
     # {"method": "least_squares_refit", "ridge": ...}: their output-projection columns and the bias
     # refitted on calibration tokens to the dense model's attention outputs (surgery/head_repair.py).
     head_repair: dict | None = None
+    # How the MLP channels that stay take over from removed ones: None (mean compensation only) or
+    # {"method": "least_squares_refit", "ridge": ...}: their down-projection columns and the bias
+    # refitted on calibration tokens to the unpruned layer's MLP outputs (surgery/mlp_repair.py).
+    mlp_repair: dict | None = None
 
     def __post_init__(self):
         self.layers = sorted(int(l) for l in self.layers)
@@ -110,7 +114,8 @@ class PruningPlan:
                            self.calibration if self.heads else other.calibration,
                            {**self.mlp_channels, **other.mlp_channels},
                            other.mlp_removal if other.mlp_channels else self.mlp_removal,
-                           other.layer_repair or self.layer_repair, other.head_repair or self.head_repair)
+                           other.layer_repair or self.layer_repair, other.head_repair or self.head_repair,
+                           other.mlp_repair or self.mlp_repair)
 
     def check_model(self, loaded: LoadedModel) -> None:
         from probes.model_game import is_legacy_digest
@@ -137,6 +142,8 @@ class PruningPlan:
             parts.append(f"repair dropped layers ({self.layer_repair.get('method')})")
         if self.head_repair and self.heads:
             parts.append(f"refit kept heads ({self.head_repair.get('method')})")
+        if self.mlp_repair and self.mlp_channels:
+            parts.append(f"refit kept MLP channels ({self.mlp_repair.get('method')})")
         if self.sparsity:
             mean = sum(self.sparsity.values()) / len(self.sparsity)
             parts.append(f"{self.sparsity_method} sparsity, mean {mean:.2f} over {len(self.sparsity)} layers")
@@ -203,6 +210,13 @@ def _check_width_and_repair(plan: "PruningPlan") -> None:
         if plan.heads and plan.removal_mode != "mean_compensated":
             raise PruningError("head repair refits on top of mean compensation; make the plan with "
                                "removal_mode='mean_compensated' or without head_repair")
+    if plan.mlp_repair is not None:
+        if not isinstance(plan.mlp_repair, dict) or plan.mlp_repair.get("method") != "least_squares_refit":
+            raise PruningError(f"mlp_repair must be None or {{'method': 'least_squares_refit', 'ridge': ..}}, got "
+                               f"{plan.mlp_repair!r}")
+        if plan.mlp_channels and plan.mlp_removal != "mean_compensated":
+            raise PruningError("MLP repair refits on top of mean compensation; make the plan with "
+                               "mlp_removal='mean_compensated' or without mlp_repair")
     n_layers = int(plan.model.get("n_layers", 0))
     bad = [l for l in plan.mlp_channels if not 0 <= l < n_layers]
     if bad:

@@ -116,13 +116,17 @@ def target_plan(loaded, calibration: TokenBatch, *, target_speedup=None, target_
                 timing: dict | None = None, criterion: str = "sleb", width_ratios=DEFAULT_WIDTH_RATIOS,
                 width_score: str = "fluctuation", head_values=None, head_fractions=(0.0,), repair: bool = True,
                 ridge: float = 0.1, cornerstones=(), selection: TokenBatch | None = None, progress=None,
-                **layer_settings) -> PruningPlan:
+                mlp_repair: bool = False, held_out_rows: int = 0, **layer_settings) -> PruningPlan:
     """The least-loss combination of dropped layers (+ repair), MLP width and heads reaching the target.
 
     timing: a timing table (pruning.timing.timing_table, or its JSON); measured now when None and a
     speed-up is the target. selection: the text the layer criterion plays its game on (default: the
-    calibration text; a shorter batch makes SLEB / Banzhaf cheaper). layer_settings: measure, budget, seed,
-    store_dir (pruning.layer_selection)."""
+    calibration text; a shorter batch makes SLEB / Banzhaf cheaper). mlp_repair: refit the kept MLP
+    channels of every candidate (surgery/mlp_repair.py). held_out_rows: the last rows of `calibration`
+    only score the candidates and the rest fit them (scores, compensation, repairs): a fit scored on its
+    own tokens favours the candidate that refits most. layer_settings: measure, budget, seed, store_dir
+    (pruning.layer_selection)."""
+    calibration, scoring = _split_rows(calibration, held_out_rows)
     speed, count, ratios, fractions = check_targets(target_speedup, target_params, width_ratios, head_fractions,
                                                     head_values)
     n = loaded.components.n_layers
@@ -154,7 +158,7 @@ def target_plan(loaded, calibration: TokenBatch, *, target_speedup=None, target_
     for ratio in ratios:
         for fraction in fractions:
             candidate = _candidate(loaded, calibration, table, goal, speed is not None, order, ratio, fraction,
-                                   scores, width_score, head_values, repair, ridge)
+                                   scores, width_score, head_values, repair, ridge, mlp_repair, scoring)
             if candidate is not None:
                 candidates.append(candidate)
                 if progress:
@@ -165,6 +169,7 @@ def target_plan(loaded, calibration: TokenBatch, *, target_speedup=None, target_
     best = min(candidates, key=lambda c: (c["calibration_loss"], c["layers_dropped"], c["width_ratio"]))
     record = {"policy": "target_plan", "target_speedup": speed, "target_params": count, "criterion": criterion,
               "repair": repair, "ridge": ridge, "width_score": width_score, "timing_table": table if speed else None,
+              "mlp_repair": mlp_repair, "held_out_rows": int(held_out_rows),
               "layer_choice": layer_record,
               "candidates": [{k: v for k, v in c.items() if k != "plan"} for c in candidates],
               "chosen": {k: v for k, v in best.items() if k != "plan"}}
@@ -173,11 +178,27 @@ def target_plan(loaded, calibration: TokenBatch, *, target_speedup=None, target_
     return plan
 
 
+def _split_rows(calibration: TokenBatch, held_out_rows: int) -> tuple[TokenBatch, TokenBatch | None]:
+    """(fitting rows, scoring rows or None): the last `held_out_rows` rows score the candidates."""
+    held_out_rows = int(held_out_rows)
+    if held_out_rows == 0:
+        return calibration, None
+    if not 0 < held_out_rows < calibration.size:
+        raise PruningError(f"held_out_rows={held_out_rows} must lie in 0..{calibration.size - 1} (the calibration "
+                           f"batch has {calibration.size} rows and fitting needs at least one)")
+
+    def rows(a, b):
+        return TokenBatch(*(None if t is None else t[a:b] for t in (calibration.input_ids, calibration.attention_mask,
+                                                                     calibration.score_positions, calibration.targets)))
+    cut = calibration.size - held_out_rows
+    return rows(0, cut), rows(cut, calibration.size)
+
+
 @torch.inference_mode()
 def _candidate(loaded, calibration, table, goal, speed, order, ratio, fraction, scores, width_score, head_values,
-               repair, ridge) -> dict | None:
+               repair, ridge, mlp_repair=False, scoring=None) -> dict | None:
     """The fewest layers of `order` that reach the goal at this width and head fraction, applied and
-    measured on the calibration text; None when even all of `order` do not reach it."""
+    measured on `scoring` (default: the calibration text); None when even all of `order` do not reach it."""
     from pruning.apply import apply_plan
     from pruning.evaluate import next_token_loss
 
@@ -198,6 +219,8 @@ def _candidate(loaded, calibration, table, goal, speed, order, ratio, fraction, 
         plan = PruningPlan(model_identity(loaded), heads=heads, layers=layers,
                            mlp_channels={l: c for l, c in channels.items() if l not in set(layers)},
                            layer_repair={"method": "replaceme_linear", "ridge": float(ridge)} if repair and layers
+                           else None,
+                           mlp_repair={"method": "least_squares_refit", "ridge": float(ridge)} if mlp_repair and channels
                            else None)
         model = apply_plan(loaded, plan, calibration=calibration, check_model=False).model
         params = sum(p.numel() for p in model.model.parameters())
@@ -208,7 +231,7 @@ def _candidate(loaded, calibration, table, goal, speed, order, ratio, fraction, 
         if k == len(order):
             return None
         k += 1
-    loss = next_token_loss(model, [calibration])["loss"]
+    loss = next_token_loss(model, [calibration if scoring is None else scoring])["loss"]
     cost = predicted_ms(table, dropped=layers, mlp_kept=mlp_kept, heads_kept=heads_kept)
     return {"plan": plan, "layers_dropped": layers, "width_ratio": ratio, "head_fraction": fraction,
             "heads_removed": len(heads), "calibration_loss": loss, "parameters": params,

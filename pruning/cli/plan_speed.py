@@ -26,7 +26,7 @@ def add_speed_flags(p) -> None:
     p.add_argument("--repair", action=__import__("argparse").BooleanOptionalAction, default=None,
                    help="layers/target: repair dropped layers with ReplaceMe least-squares maps "
                         "(default: off for layers, on for target)")
-    p.add_argument("--ridge", type=float, default=0.1, help="layers/target: ridge of the repair maps")
+    p.add_argument("--ridge", type=float, default=0.1, help="layers/width/target: ridge of the repair maps and refits")
     p.add_argument("--measure", default="kl", choices=["kl", "loss"],
                    help="layers/target: objective of the layer criteria: KL to the dense model or LM loss")
     p.add_argument("--budget", type=int, default=None,
@@ -44,16 +44,22 @@ def add_speed_flags(p) -> None:
                    help="layers/target: timing table JSON (plan deterministic given it and --seed); "
                         "default: measured now on this machine")
     p.add_argument("--save-timing", default=None, metavar="FILE", help="layers/target: write the timing table used")
+    p.add_argument("--mlp-refit", action="store_true",
+                   help="width/target: refit the kept MLP channels' down-projection columns and bias to the unpruned "
+                        "MLP outputs on the calibration text (least squares; needs 1 + kept channels tokens)")
+    p.add_argument("--held-out-rows", type=int, default=0,
+                   help="target: the last N calibration sequences only score the candidates (the rest fit them)")
     p.add_argument("--width-ratios", default="0,0.1,0.2,0.3,0.4",
                    help="target: MLP width ratios to combine with layer drops, comma-separated, each in [0, 1)")
 
 
 SPEED_KIND_FLAGS = {
-    "criterion": ("layers", "target"), "repair": ("layers", "target"), "ridge": ("layers", "target"),
+    "criterion": ("layers", "target"), "repair": ("layers", "target"), "ridge": ("layers", "width", "target"),
     "measure": ("layers", "target"), "budget": ("layers", "target"), "seed": ("layers", "width", "target"),
     "cal_n": ("layers", "width", "target"), "cal_seq_len": ("layers", "width", "target"), "ratio": ("width",),
     "score": ("width", "target"), "target_speedup": ("layers", "target"), "target_params": ("target",),
     "timing": ("layers", "target"), "save_timing": ("layers", "target"), "width_ratios": ("target",),
+    "mlp_refit": ("width", "target"), "held_out_rows": ("target",),
 }
 
 
@@ -64,6 +70,9 @@ def check_speed_args(args) -> tuple[float, ...]:
 
     if args.cal_n < 1 or args.cal_seq_len < 2:
         raise CLIError(f"--cal-n {args.cal_n} must be >= 1 and --cal-seq-len {args.cal_seq_len} >= 2")
+    if args.held_out_rows and not 0 < args.held_out_rows < args.cal_n:
+        raise CLIError(f"--held-out-rows {args.held_out_rows} must lie in 0..{args.cal_n - 1} (--cal-n {args.cal_n}: "
+                       f"at least one sequence must remain to fit the plan)")
     if args.criterion in ("banzhaf", "banzhaf_iterative") and (args.budget is None or args.budget < 1):
         raise CLIError(f"--criterion {args.criterion} needs --budget N (evaluations per valuation), e.g. 70 for 30 layers")
     if args.kind == "width":
@@ -98,7 +107,12 @@ def speed_plan(args, loaded, ratios):
 
     cal = calibration_for(args, loaded)
     if args.kind == "width":
-        return width_plan(loaded, args.ratio, calibration=cal, method=args.score)
+        plan = width_plan(loaded, args.ratio, calibration=cal, method=args.score)
+        if args.mlp_refit:
+            from pruning.apply import with_mlp_repair
+
+            plan = with_mlp_repair(plan, ridge=args.ridge)
+        return plan
     layer_settings = dict(measure=args.measure, budget=args.budget, seed=args.seed)
     protect = _protected(args, loaded)
     if args.kind == "target" or args.target_speedup is not None:
@@ -118,7 +132,8 @@ def speed_plan(args, loaded, ratios):
         plan = target_plan(loaded, cal, target_speedup=args.target_speedup, target_params=args.target_params,
                            timing=timing, criterion=args.criterion, width_ratios=ratios, width_score=args.score,
                            repair=args.repair is not False, ridge=args.ridge, cornerstones=protect,
-                           progress=_print_candidate, **layer_settings)
+                           progress=_print_candidate, mlp_repair=args.mlp_refit,
+                           held_out_rows=args.held_out_rows, **layer_settings)
         chosen = plan.provenance[0]["chosen"]
         print(f"chosen: {len(chosen['layers_dropped'])} layers dropped, MLP width ratio {chosen['width_ratio']}, "
               f"calibration loss {chosen['calibration_loss']:.4f}, predicted {chosen['predicted']:.3f}")

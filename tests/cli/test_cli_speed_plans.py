@@ -30,6 +30,36 @@ def test_width_plan_from_the_cli(tiny_dir, tmp_path, capsys):
     assert all(len(c) == 16 for c in PruningPlan.load(plan).mlp_channels.values())  # 25% of 64
 
 
+def test_width_plan_with_the_mlp_refit_exports(tiny_dir, tmp_path, capsys):
+    plan = tmp_path / "width.json"
+    code, out, err = run_cli(capsys, "plan", "width", "--model", tiny_dir, "--ratio", "0.25", "--mlp-refit",
+                             "--ridge", "0.3", *CAL, "--out", plan)
+    assert code == 0, err
+    assert PruningPlan.load(plan).mlp_repair == {"method": "least_squares_refit", "ridge": 0.3}
+    code, out, err = run_cli(capsys, "prune", "--model", tiny_dir, "--plan", plan, "--out", tmp_path / "export")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
+    assert set(manifest["mlp_width"]["repair"]["layers"]) == {"0", "1", "2"}
+
+
+def test_target_plan_with_the_mlp_refit_scores_candidates_on_held_out_rows(tiny_dir, tmp_path, capsys):
+    table = {"other_ms": 2.0, "layers": [{"block_ms": 10.0, "mlp_ms": 6.0}] * 3}
+    measured = tmp_path / "measured.json"
+    code, out, err = run_cli(capsys, "plan", "layers", "--model", tiny_dir, "--target-speedup", "1.01", "--criterion",
+                             "block_influence", "--no-repair", *CAL, "--save-timing", measured, "--out", tmp_path / "l.json")
+    assert code == 0, err
+    fixed = tmp_path / "timing.json"
+    fixed.write_text(json.dumps({**json.loads(measured.read_text()), **table}))
+    code, out, err = run_cli(capsys, "plan", "target", "--model", tiny_dir, "--target-speedup", "1.2", "--criterion",
+                             "sleb", "--width-ratios", "0.25,0.4", "--mlp-refit", "--held-out-rows", "1", *CAL,
+                             "--timing", fixed, "--out", tmp_path / "t.json")
+    assert code == 0, err
+    plan = PruningPlan.load(tmp_path / "t.json")
+    record = plan.provenance[0]
+    assert record["mlp_repair"] is True and record["held_out_rows"] == 1
+    assert plan.mlp_channels and plan.mlp_repair["method"] == "least_squares_refit"
+
+
 def test_target_plans_are_identical_given_a_timing_table(tiny_dir, tmp_path, capsys):
     measured = tmp_path / "measured.json"
     code, out, err = run_cli(capsys, "plan", "layers", "--model", tiny_dir, "--target-speedup", "1.01", "--criterion",
@@ -58,6 +88,9 @@ def test_bad_targets_fail_before_the_model_loads(tmp_path, capsys):
         (("target", "--target-speedup", "1.2"), "--criterion sleb"),
         (("width", "--ratio", "1.5"), "outside [0, 1)"),
         (("layers", "--criterion", "banzhaf", "--k", "1"), "--budget"),
+        (("target", "--target-speedup", "1.2", "--criterion", "sleb", "--cal-n", "4", "--held-out-rows", "4"),
+         "--held-out-rows 4 must lie in 0..3"),
+        (("heads", "--mlp-refit", "--values", "v.json", "--fraction", "0.1"), "--mlp-refit does not apply"),
         (("heads", "--ratio", "0.2", "--values", "v.json", "--fraction", "0.1"), "--ratio does not apply"),
     ]:
         code, out, err = run_cli(capsys, "plan", *argv, "--model", missing, "--out", tmp_path / "p.json")
