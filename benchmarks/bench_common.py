@@ -197,15 +197,16 @@ def evaluate_model(loaded, held_out, task_batches):
 
 def export_and_measure(loaded, plan, held_out, calibration, work_dir, task_batches, repair_calibration=None):
     """Export the plan, reload the directory with transformers, check its logits, evaluate it there.
-    repair_calibration: the TokenBatch of a plan with head_repair (compensation means and refit)."""
+    repair_calibration: the TokenBatch of a plan with head_repair or mlp_repair (compensation means and refit)."""
     out = Path(work_dir) / "export"
-    tokens = repair_calibration if plan.head_repair else calibration.tokens
+    refits = bool(plan.head_repair or plan.mlp_repair)
+    tokens = repair_calibration if refits and repair_calibration is not None else calibration.tokens
     t0 = time.perf_counter()
     manifest = export_pruned(loaded, plan, out, force=True, calibration=[tokens])
     export_s = time.perf_counter() - t0
     probe = held_out.rows(0, 2).tokens
     reloaded_logits, model = exported_logits(out, probe, trust_remote_code=bool(manifest.get("remote_code")))
-    if plan.sparsity or plan.head_repair:  # no hook equivalent: the reference is the same plan applied in memory
+    if plan.sparsity or refits or plan.mlp_channels:  # no hook equivalent: the plan applied in memory
         reference = plain_logits(apply_plan(loaded, plan, calibration=[tokens]).model.model, probe)
     else:
         compensated = plan.removal_mode == "mean_compensated"
