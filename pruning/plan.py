@@ -203,24 +203,26 @@ def _check_width_and_repair(plan: "PruningPlan") -> None:
                                f"{plan.layer_repair!r}")
         if not plan.layers:
             raise PruningError("the plan asks for layer repair but drops no layers")
-    if plan.head_repair is not None:
-        if not isinstance(plan.head_repair, dict) or plan.head_repair.get("method") != "least_squares_refit":
-            raise PruningError(f"head_repair must be None or {{'method': 'least_squares_refit', 'ridge': ..}}, got "
-                               f"{plan.head_repair!r}")
-        if plan.heads and plan.removal_mode != "mean_compensated":
-            raise PruningError("head repair refits on top of mean compensation; make the plan with "
-                               "removal_mode='mean_compensated' or without head_repair")
-    if plan.mlp_repair is not None:
-        if not isinstance(plan.mlp_repair, dict) or plan.mlp_repair.get("method") != "least_squares_refit":
-            raise PruningError(f"mlp_repair must be None or {{'method': 'least_squares_refit', 'ridge': ..}}, got "
-                               f"{plan.mlp_repair!r}")
-        if plan.mlp_channels and plan.mlp_removal != "mean_compensated":
-            raise PruningError("MLP repair refits on top of mean compensation; make the plan with "
-                               "mlp_removal='mean_compensated' or without mlp_repair")
+    _check_refit_setting(plan.head_repair, "head_repair", "head repair", "removal_mode",
+                         not plan.heads or plan.removal_mode == "mean_compensated")
+    _check_refit_setting(plan.mlp_repair, "mlp_repair", "MLP repair", "mlp_removal",
+                         not plan.mlp_channels or plan.mlp_removal == "mean_compensated")
     n_layers = int(plan.model.get("n_layers", 0))
     bad = [l for l in plan.mlp_channels if not 0 <= l < n_layers]
     if bad:
         raise PruningError(f"mlp_channels for layers {bad} out of range 0..{n_layers - 1} for the plan's model")
+
+
+def _check_refit_setting(setting, field_name: str, what: str, removal_field: str, compensated: bool) -> None:
+    """A refit setting is None or {"method": "least_squares_refit", "ridge": ..} on compensated removal."""
+    if setting is None:
+        return
+    if not isinstance(setting, dict) or setting.get("method") != "least_squares_refit":
+        raise PruningError(f"{field_name} must be None or {{'method': 'least_squares_refit', 'ridge': ..}}, got "
+                           f"{setting!r}")
+    if not compensated:
+        raise PruningError(f"{what} refits on top of mean compensation; make the plan with "
+                           f"{removal_field}='mean_compensated' or without {field_name}")
 
 
 def values_ablation(values) -> str | None:

@@ -10,11 +10,10 @@ the bias change, the config is the compensated one.
 
 from __future__ import annotations
 
-import copy as copy_module
-
 from surgery.batch import TokenBatch, concat_batches
 from surgery.cut import heads_by_layer, mask_heads, remove_heads
-from surgery.linear_refit import check_refit, head_sites, refit_kept_inputs
+from surgery.linear_refit import (append_config_record, check_refit, head_sites, refit_kept_inputs,
+                                  restore_config_entry)
 from surgery.loading import LoadedModel, load
 
 METHOD = "least_squares_refit"
@@ -39,16 +38,11 @@ def repair_heads(loaded_or_model, heads, calibration: TokenBatch | list[TokenBat
     record = {"method": METHOD, "ridge": float(ridge), "calibration_tokens": int(batch.attention_mask.sum()),
               "layers": {str(layer): {k: v for k, v in entry.items()} for (layer, _), entry in sorted(fit.items())}}
     if physical:
-        # The masked record would misdescribe a cut model: restore what it was before mask_heads.
-        before = getattr(loaded.model.config, "surgery_masked_heads", None)
-        config.surgery_masked_heads = copy_module.deepcopy(before)
-        if before is None:
-            del config.surgery_masked_heads
+        restore_config_entry(config, "surgery_masked_heads", loaded.model.config)
         result = remove_heads(masked, drop, copy=False, partial_groups=partial_groups, empty_layers=empty_layers)
     else:
         result = masked
-    config = result.model.config
-    config.surgery_head_repair = list(getattr(config, "surgery_head_repair", None) or []) + [record]
+    append_config_record(result.model.config, "surgery_head_repair", record)
     count = sum(map(len, drop.values()))
     return LoadedModel(result.model, result.tokenizer, result.adapter, result.components,
                        f"{loaded.source} [{count} heads {'removed' if physical else 'masked'}, refitted ({METHOD})]")

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
+import copy
+
 import torch
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
@@ -169,4 +171,18 @@ def head_sites(work: LoadedModel, heads_by_layer: dict[int, list[int]]) -> Sites
     return sites
 
 
-__all__ = ["refit_kept_inputs", "check_refit", "head_sites", "Sites"]
+def restore_config_entry(config, name: str, original) -> None:
+    """Set config.<name> back to what `original` (a config) holds, or remove it: a masked model's record
+    would misdescribe the cut model made from it."""
+    before = getattr(original, name, None)
+    setattr(config, name, copy.deepcopy(before))
+    if before is None:
+        delattr(config, name)
+
+
+def append_config_record(config, name: str, record: dict) -> None:
+    """Append `record` to the list config.<name> (made if missing): one entry per refit, in order."""
+    setattr(config, name, list(getattr(config, name, None) or []) + [record])
+
+
+__all__ = ["refit_kept_inputs", "check_refit", "head_sites", "Sites", "restore_config_entry", "append_config_record"]

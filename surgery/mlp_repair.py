@@ -11,13 +11,11 @@ config when every layer keeps the same width, else per-layer sizes), with the sa
 
 from __future__ import annotations
 
-import copy as copy_module
-
 import torch
 
 from surgery.batch import TokenBatch, concat_batches
 from surgery.errors import SurgeryError
-from surgery.linear_refit import Sites, check_refit, refit_kept_inputs
+from surgery.linear_refit import Sites, append_config_record, check_refit, refit_kept_inputs, restore_config_entry
 from surgery.loading import LoadedModel, load
 from surgery.mlp_width import check_channels, mask_mlp_channels, mlp_widths, remove_mlp_channels
 
@@ -52,18 +50,12 @@ def repair_mlp_channels(loaded_or_model, channels: dict[int, list[int]], calibra
     record = {"method": METHOD, "ridge": float(ridge), "calibration_tokens": int(batch.attention_mask.sum()),
               "layers": {str(layer): dict(entry) for (layer, _), entry in sorted(fit.items())}}
     if physical:
-        # The masked record would misdescribe a cut model: restore what it was before the mask.
-        config = masked.model.config
-        before = getattr(loaded.model.config, "surgery_masked_mlp_channels", None)
-        config.surgery_masked_mlp_channels = copy_module.deepcopy(before)
-        if before is None:
-            del config.surgery_masked_mlp_channels
+        restore_config_entry(masked.model.config, "surgery_masked_mlp_channels", loaded.model.config)
         # The removed columns are zero and their means already in the bias: cut without compensating again.
         result = remove_mlp_channels(masked, drop, copy=False)
     else:
         result = masked
-    config = result.model.config
-    config.surgery_mlp_repair = list(getattr(config, "surgery_mlp_repair", None) or []) + [record]
+    append_config_record(result.model.config, "surgery_mlp_repair", record)
     count = sum(map(len, drop.values()))
     return LoadedModel(result.model, result.tokenizer, result.adapter, result.components,
                        f"{loaded.source} [{count} MLP channels {'removed' if physical else 'masked'}, refitted ({METHOD})]")
