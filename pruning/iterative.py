@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -30,9 +31,11 @@ from pruning.plan import PruningPlan, model_identity
 from surgery.loading import LoadedModel
 
 
-def survivor_game(full: Game, removed: list[str], store=None, players: list[str] | None = None) -> Game:
+def survivor_game(full: Game, removed: list[str], store=None, players: list[str] | None = None,
+                  on_evaluated: Callable[[int], None] | None = None) -> Game:
     """The game over `players` (default: every player of `full` not in `removed`); removed players
-    are always absent, players of `full` that are neither removed nor playing are always present."""
+    are always absent, players of `full` that are neither removed nor playing are always present.
+    on_evaluated(n): after each batch of n coalitions evaluated (not read from the store)."""
     gone = set(removed)
     playing = [name for name in full.players if name not in gone] if players is None else list(players)
     if gone & set(playing):
@@ -51,7 +54,13 @@ def survivor_game(full: Game, removed: list[str], store=None, players: list[str]
     fingerprint["all_players"] = list(full.players)
     if players is not None:  # a screened step: who else is held present is part of the game
         fingerprint["present"] = sorted(set(full.players) - gone - set(playing))
-    return Game(playing, lambda c: full.value_function(expand(c)), fingerprint, store=store,
+    def value(coalitions: np.ndarray) -> np.ndarray:
+        values = full.value_function(expand(coalitions))
+        if on_evaluated is not None:
+            on_evaluated(len(coalitions))
+        return values
+
+    return Game(playing, value, fingerprint, store=store,
                 gate_value=_survivor_gate_value(full.gate_value, columns, base), objective=full.objective)
 
 
@@ -133,7 +142,8 @@ def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_d
                         k: int | None = None, step_fraction: float = 0.05, p: float | None = None,
                         prior: str = "none", seed: int = 0, min_per_layer: int = 1, removal: str = "physical",
                         estimator_settings: dict | None = None, progress=None,
-                        screen: float | None = None, screen_scores=None) -> PruningPlan:
+                        screen: float | None = None, screen_scores=None,
+                        on_evaluated: Callable[[int], None] | None = None) -> PruningPlan:
     """Remove `fraction` (or k) of the heads in steps of `step_fraction` of all heads, re-valuing the
     survivors with weighted Banzhaf values before every step; `budget` evaluations split evenly.
 
@@ -142,6 +152,7 @@ def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_d
     screen, screen_scores: value only the `screen` x step-size survivors that `screen_scores(removed)`
     (e.g. pruning.screening.gate_gradient_screen) scores lowest; the other survivors stay present, and
     p defaults to 1 - step size / candidates (1/2 for screen=2): the budget goes where the decision is.
+    progress(step record) after each step; on_evaluated(n) after every batch of new evaluations.
     The plan's removal mode follows the game's ablation (mean -> mean_compensated).
     """
     heads = loaded.components.heads
@@ -167,7 +178,7 @@ def iterative_head_plan(game: Game, loaded: LoadedModel, *, budget: int, store_d
             scores = screen_scores(list(removed))
             playing = candidates(scores, min(len(scores), math.ceil(screen * size)))
             playing = [name for name in game.players if name in set(playing)]  # model order
-        sub = survivor_game(game, removed, store=step_dir / "store", players=playing)
+        sub = survivor_game(game, removed, store=step_dir / "store", players=playing, on_evaluated=on_evaluated)
         step_p = p if p is not None else 1.0 - size / sub.n_players
         prior_vector = None
         if prior == "gradient":

@@ -42,14 +42,15 @@ def keep_model_head_plan(loaded: LoadedModel, calibration: TokenBatch, *, fracti
                          store_dir, measure: str = DEFAULTS["measure"], screen: float = DEFAULTS["screen"],
                          max_step_fraction: float = DEFAULTS["max_step_fraction"], max_rows: int = 128,
                          min_per_layer: int = 1, tasks=(), game_dtype: torch.dtype | None = None,
-                         progress=None) -> PruningPlan:
+                         progress=None, on_evaluated=None) -> PruningPlan:
     """A plan removing `fraction` of the heads (mean-compensated) by the method above.
 
     calibration: text sequences with next-token targets (e.g. the text task's batch .tokens); the
     game's mean reference and the export's compensation both come from it. budget: coalition
     evaluations in all, split evenly over ceil(fraction / max_step_fraction) steps. tasks:
     (TaskBatch, metric, weight) terms mixed into the game and the screen (probes.objective); use a
-    smooth metric and prompts the evaluation never sees (calibration_task_terms). game_dtype: run the
+    smooth metric and prompts the evaluation never sees (calibration_task_terms). progress(step record) after each
+    step; on_evaluated(n) after every batch of n new coalition evaluations (a live progress bar). game_dtype: run the
     game and the screen on a copy of the model in this dtype (torch.bfloat16 ran 3x faster than float32
     on an AVX-512 BF16 CPU, benchmarks/results/dtype_speed.json); the plan records it, the export stays
     in the model's dtype.
@@ -70,7 +71,7 @@ def keep_model_head_plan(loaded: LoadedModel, calibration: TokenBatch, *, fracti
     plan = iterative_head_plan(game, loaded, budget=budget, store_dir=Path(store_dir), k=k,
                                step_fraction=step_fraction, seed=seed, min_per_layer=min_per_layer,
                                screen=screen, screen_scores=gate_gradient_screen(game.engine, calibration, tasks=tasks),
-                               progress=progress)
+                               progress=progress, on_evaluated=on_evaluated)
     plan.provenance[0]["settings"]["game_dtype"] = str(next(player.model.parameters()).dtype).removeprefix("torch.")
     return plan
 

@@ -140,7 +140,7 @@ def plan_heads_for_run(args, loaded, calibration, out: Path):
             plan = keep_model_head_plan(loaded, calibration, fraction=args.fraction, budget=args.budget,
                                         seed=args.seed, store_dir=out / "store", max_rows=args.max_rows,
                                         tasks=terms, game_dtype=dtype,
-                                        progress=lambda s: update(s["new_evaluations"]))
+                                        on_evaluated=update)
         steps = plan.provenance[0]["steps"]
         print(f"  {sum(s['n_evaluations'] for s in steps)} evaluations in {len(steps)} step(s); removed "
               + ", ".join(plan.heads[:8]) + (" ..." if len(plan.heads) > 8 else ""))

@@ -122,3 +122,16 @@ def test_one_shot_head_plan_shows_the_objective_and_p_of_its_values(tiny_gpt2):
     shown = plan.provenance[0]["values"]
     assert shown["objective"]["terms"][0]["source"] == "calib"
     assert shown["p"] == pytest.approx(0.75)
+
+
+def test_on_evaluated_counts_every_new_evaluation_and_nothing_replayed(tiny_gpt2, tmp_path):
+    settings = dict(budget=60, k=4, step_fraction=0.17, seed=1)
+    game, calls = head_game(tiny_gpt2)
+    seen = []
+    plan = iterative_head_plan(game, tiny_gpt2, store_dir=tmp_path / "s", on_evaluated=seen.append, **settings)
+    steps = plan.provenance[0]["steps"]
+    assert sum(seen) == sum(calls) == sum(s["new_evaluations"] for s in steps) > 0
+    replay, _ = head_game(tiny_gpt2)
+    again = []
+    iterative_head_plan(replay, tiny_gpt2, store_dir=tmp_path / "s", on_evaluated=again.append, **settings)
+    assert again == []  # every coalition came from the store
