@@ -26,9 +26,8 @@ hence the token minimum below.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-
 import copy
+from contextlib import ExitStack
 
 import torch
 import torch.nn as nn

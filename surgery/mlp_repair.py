@@ -27,8 +27,12 @@ def mlp_sites(loaded: LoadedModel, channels: dict[int, list[int]]) -> Sites:
     if not loaded.adapter.mlp_down:
         raise SurgeryError(f"the {loaded.adapter.family} adapter does not say where its MLP projections are (mlp_down)")
     widths = mlp_widths(loaded)
-    return {(layer, loaded.adapter.mlp_down): torch.tensor([c for c in range(widths[layer]) if c not in set(removed)])
-            for layer, removed in sorted(channels.items())}
+    sites: Sites = {}
+    for layer, removed in sorted(channels.items()):
+        kept = torch.ones(widths[layer], dtype=torch.bool)
+        kept[list(removed)] = False
+        sites[(layer, loaded.adapter.mlp_down)] = kept.nonzero().flatten()
+    return sites
 
 
 def repair_mlp_channels(loaded_or_model, channels: dict[int, list[int]], calibration: TokenBatch | list[TokenBatch],
