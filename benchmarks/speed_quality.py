@@ -5,10 +5,12 @@ per-token generation), held-out perplexity (built-in text and a --text file) and
     python benchmarks/speed_quality.py [--targets 1.1 1.25 1.5] [--text FILE]
 
 Methods, each reaching the target by the timing table's prediction (pruning/timing.py):
-- ours: pruning.target_plan (weighted Banzhaf layer values at the target's operating point on the
-  keep-the-model game, ReplaceMe repair, MLP width from --width-ratios, the least-calibration-loss
-  combination). Heads are not in the search here (no head values are computed: their predicted saving
-  is small and valuing 576 heads costs more than this whole run).
+- ours: pruning.target_plan: layer drop orders from --criteria (default: weighted Banzhaf layer values at
+  the target's operating point on the keep-the-model game, and Block Influence), ReplaceMe repair, MLP
+  width from --width-ratios plus the narrowest width-only cut, kept MLP channels refitted by least squares
+  (--no-mlp-refit: mean compensation only); of all these candidates the one with the least loss on the
+  last --held-out-rows calibration rows, which no fit sees. Heads are not in the search here (no head values
+  are computed: their predicted saving is small and valuing 576 heads costs more than this whole run).
 - block_influence: the fewest Block Influence (ShortGPT) layers that reach the target, no repair.
 - sleb: the fewest layers of SLEB's greedy order (each step evaluated on the game's text), no repair.
 - replaceme_block_influence: the Block Influence layers, repaired.
@@ -17,8 +19,8 @@ Methods, each reaching the target by the timing table's prediction (pruning/timi
   this CPU (there is no sparse kernel), measured anyway; and the dense model.
 
 Text: the built-in documentation text in disjoint chunks of --seq-len tokens: rows 0..n_cal-1 calibrate
-(repair maps, channel scores and means, candidate losses; the layer games use the first --n-select of
-them), the next --n-eval rows are held out. --text FILE gives a second held-out set (a different source,
+(repair maps, channel scores and means; ours fits on all but the last --held-out-rows of them and scores
+its candidates on those; the layer games use the first --n-select rows), the next --n-eval rows are held out. --text FILE gives a second held-out set (a different source,
 so disjoint from the calibration). Task scores: --n-task prompts of each built-in task.
 
 Latency (pruning.latency.measure_latency): --prompts prompts of --prompt-tokens random tokens, each timed
@@ -53,7 +55,7 @@ from pruning.latency import measure_latency, median_of  # noqa: E402
 from pruning.layer_selection import layer_objective_game, layer_order, sleb_layer_order  # noqa: E402
 from pruning.plan import PruningPlan, model_identity  # noqa: E402
 from pruning.policies import sparsity_plan  # noqa: E402
-from pruning.target_plan import fewest_layers, target_plan  # noqa: E402
+from pruning.target_plan import fewest_layers, target_plan, width_only_ratio  # noqa: E402
 from pruning.timing import dense_ms, predicted_ms, timing_table  # noqa: E402
 from pruning.width import channel_scores, width_plan  # noqa: E402
 
@@ -65,7 +67,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--targets", type=float, nargs="+", default=[1.1, 1.25, 1.5])
     parser.add_argument("--text", default=None, help="a second held-out text file (user text)")
-    parser.add_argument("--n-cal", type=int, default=6)
+    parser.add_argument("--n-cal", type=int, default=24)
+    parser.add_argument("--held-out-rows", type=int, default=8,
+                        help="ours: calibration rows that only score the candidates (fits use the others)")
+    parser.add_argument("--criteria", nargs="+", default=["banzhaf", "block_influence"],
+                        help="ours: layer criteria whose drop orders the planner searches")
+    parser.add_argument("--no-mlp-refit", dest="mlp_refit", action="store_false",
+                        help="ours: mean compensation only for the MLP width (no least-squares refit)")
     parser.add_argument("--n-select", type=int, default=1, help="calibration rows the layer games play on")
     parser.add_argument("--n-eval", type=int, default=6)
     parser.add_argument("--n-task", type=int, default=8)
@@ -113,12 +121,9 @@ def baseline_plans(args, loaded, table, target, orders, fluctuation) -> list:
             continue
         plans.append((name, PruningPlan(ident, layers=order[:k], layer_repair={
             "method": "replaceme_linear", "ridge": args.ridge} if repair else None)))
-    n = loaded.components.n_layers
-    for step in range(1, 20):  # the smallest width ratio in steps of 0.05 that reaches the target
-        ratio = round(0.05 * step, 2)
-        if dense_ms(table) / predicted_ms(table, mlp_kept={l: 1 - ratio for l in range(n)}) >= target:
-            plans.append(("flap_width", width_plan(loaded, ratio, scores=fluctuation, method="fluctuation")))
-            break
+    ratio = width_only_ratio(table, target, True, loaded.components.n_layers)  # the narrowest cut reaching it
+    if ratio is not None:
+        plans.append(("flap_width", width_plan(loaded, ratio, scores=fluctuation, method="fluctuation")))
     return plans
 
 
@@ -132,6 +137,7 @@ def export_check(loaded, plan, cal, probe) -> float:
 
 
 def measure(args, loaded, name, plan, target, cal, held_out, user_text, tasks, dense, dense_speed, table) -> dict:
+    """One plan applied (fitted on `cal`, the rows it was planned with), its quality and its speed."""
     t0 = time.time()
     pruned = apply_plan(loaded, plan, calibration=cal).model if plan is not None else loaded
     row = {"name": name, "target_speedup": target, "layers_removed": plan.layers if plan else [],
@@ -207,6 +213,7 @@ def main() -> None:
     sleb_game = layer_objective_game(loaded, select)
     result["layer_orders"] = {"block_influence": orders["block_influence"]}
     fluctuation = channel_scores(loaded, cal, "fluctuation")
+    fit_rows = token_rows(cal, 0, args.n_cal - args.held_out_rows)  # what ours fits its repairs on
     probe = token_rows(held_out.tokens, 0, 2)
     for target in args.targets:
         start = time.time()
@@ -218,16 +225,18 @@ def main() -> None:
         dense_speed = latency(args, loaded)
         result["variants"].append({"name": "dense", "target_speedup": None, "for_target": target, **dense_speed})
         start = time.time()
-        ours = target_plan(loaded, cal, target_speedup=target, timing=table, criterion="banzhaf", budget=args.budget,
-                           seed=args.seed, width_ratios=args.width_ratios, repair=True, ridge=args.ridge,
-                           cornerstones=protect, selection=select)
+        ours = target_plan(loaded, cal, target_speedup=target, timing=table, criterion=args.criteria,
+                           budget=args.budget, seed=args.seed, width_ratios=args.width_ratios, repair=True,
+                           ridge=args.ridge, cornerstones=protect, selection=select, mlp_repair=args.mlp_refit,
+                           held_out_rows=args.held_out_rows)
         plan_seconds = round(time.time() - start, 1)
         for name, plan in [("ours", ours)] + baseline_plans(args, loaded, table, target, orders, fluctuation):
-            row = measure(args, loaded, name, plan, target, cal, held_out, user_text, tasks, dense, dense_speed, table)
+            rows = fit_rows if name == "ours" else cal
+            row = measure(args, loaded, name, plan, target, rows, held_out, user_text, tasks, dense, dense_speed, table)
             if name == "ours":
                 row.update(plan_seconds=plan_seconds, chosen=ours.provenance[0]["chosen"],
                            candidates=ours.provenance[0]["candidates"],
-                           export_max_logit_diff=export_check(loaded, plan, cal, probe))
+                           export_max_logit_diff=export_check(loaded, plan, rows, probe))
             result["variants"].append(row)
             result["summary"] = summarize(result)  # partial results carry their summary too
             write_results(args.out, result, args)

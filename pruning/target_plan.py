@@ -2,14 +2,17 @@
 
     plan = target_plan(loaded, calibration, target_speedup=1.25, timing=table)
 
-Search: the layers are put in drop order once by a layer criterion (pruning/layer_selection.py: SLEB,
-weighted Banzhaf values, Block Influence); then for every combination of an MLP width ratio (the
-lowest-scored channels of every MLP, mean-compensated) and a head fraction (the lowest-valued heads,
-when head values are given), the fewest layers of that order are dropped (repaired by ReplaceMe when
-`repair`) that reach the target by the timing table's prediction (pruning/timing.py) or by the
-parameter count. Each such candidate is applied and its next-token loss measured on the calibration
-text; the candidate with the least loss is the plan, and every candidate is recorded in its provenance.
-Given the seed and the timing table the plan is deterministic (no clock is read when a table is given).
+Search: the layers are put in drop order once by each layer criterion asked for (pruning/layer_selection.py:
+SLEB, weighted Banzhaf values, Block Influence; one or several); then for every order and every
+combination of an MLP width ratio (the lowest-scored channels of every MLP, mean-compensated or refitted)
+and a head fraction (the lowest-valued heads, when head values are given), the fewest layers of that
+order are dropped (repaired by ReplaceMe when `repair`) that reach the target by the timing table's
+prediction (pruning/timing.py) or by the parameter count. Besides the given width ratios, the narrowest
+cut that reaches the target with no layer dropped (steps of WIDTH_STEP) is always a candidate: at small
+targets width alone often loses least, and a coarse grid would skip it. Each candidate is applied and its
+next-token loss measured on the calibration text (or on held-out calibration rows); the candidate with the
+least loss is the plan, and every candidate is recorded in its provenance. Given the seed and the timing
+table the plan is deterministic (no clock is read when a table is given).
 
 Refused before any work: both or neither target, a speed-up <= 1, a width ratio outside [0, 1), a head
 fraction without head values, and a target no combination reaches ("cannot reach 5.0x without removing
@@ -30,6 +33,7 @@ from pruning.width import channel_scores, check_width_ratio, width_plan
 from surgery.batch import TokenBatch
 
 DEFAULT_WIDTH_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4)
+WIDTH_STEP = 0.05  # resolution of the width-only candidate's ratio
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}
 
 
@@ -95,6 +99,16 @@ def fewest_layers(order, table, goal, speed, mlp_kept=None, heads_kept=None) -> 
     return None
 
 
+def width_only_ratio(table, goal, speed, n_layers, step: float = WIDTH_STEP) -> float | None:
+    """The smallest MLP width ratio (a multiple of `step` below 1) at which narrower MLPs alone, no layer
+    dropped, reach the goal by the table's prediction; None when no ratio does."""
+    for k in range(1, int(round(1 / step))):
+        ratio = round(k * step, 6)
+        if _reaches(table, goal, speed, mlp_kept={l: 1.0 - ratio for l in range(n_layers)}):
+            return ratio
+    return None
+
+
 def _check_reachable(table, goal, speed, droppable, n, max_w, max_h) -> list[int]:
     """Drop order by cost (dearest first, one layer kept when nothing is protected); refuses a target
     that even dropping all of them at the widest cuts cannot reach."""
@@ -113,12 +127,14 @@ def _check_reachable(table, goal, speed, droppable, n, max_w, max_h) -> list[int
 
 
 def target_plan(loaded, calibration: TokenBatch, *, target_speedup=None, target_params=None,
-                timing: dict | None = None, criterion: str = "sleb", width_ratios=DEFAULT_WIDTH_RATIOS,
+                timing: dict | None = None, criterion="sleb", width_ratios=DEFAULT_WIDTH_RATIOS,
                 width_score: str = "fluctuation", head_values=None, head_fractions=(0.0,), repair: bool = True,
                 ridge: float = 0.1, cornerstones=(), selection: TokenBatch | None = None, progress=None,
                 mlp_repair: bool = False, held_out_rows: int = 0, **layer_settings) -> PruningPlan:
     """The least-loss combination of dropped layers (+ repair), MLP width and heads reaching the target.
 
+    criterion: a layer criterion or a list of them (each gives a drop order; candidates from every order
+    compete on the same loss, and each records the criterion it came from).
     timing: a timing table (pruning.timing.timing_table, or its JSON); measured now when None and a
     speed-up is the target. selection: the text the layer criterion plays its game on (default: the
     calibration text; a shorter batch makes SLEB / Banzhaf cheaper). mlp_repair: refit the kept MLP
@@ -146,31 +162,51 @@ def target_plan(loaded, calibration: TokenBatch, *, target_speedup=None, target_
     # (an upper bound for every order), or all droppable ones when only narrower MLPs reach it.
     k_max = fewest_layers(cheapest_first, table, goal, speed is not None, None, None)
     k_max = len(cheapest_first) if k_max is None else k_max
-    order, layer_record = [], None
-    if k_max:
-        from pruning.layer_selection import layer_order
+    criteria = [criterion] if isinstance(criterion, str) else list(criterion)
+    if not criteria:
+        raise PruningError("target_plan needs at least one layer criterion, e.g. criterion='sleb'")
+    orders, layer_records = {}, []
+    for name in criteria:
+        order, record = [], None
+        if k_max:
+            from pruning.layer_selection import layer_order
 
-        order, layer_record = layer_order(loaded, criterion, k_max, calibration if selection is None else selection,
-                                          cornerstones=sorted(protected),
-                                          progress=progress, **layer_settings)
+            order, record = layer_order(loaded, name, k_max, calibration if selection is None else selection,
+                                        cornerstones=sorted(protected), progress=progress, **layer_settings)
+        layer_records.append(record)
+        if order not in orders.values():  # two criteria agreeing would only repeat the same candidates
+            orders[name] = order
+    width_only = width_only_ratio(table, goal, speed is not None, n)
+    if width_only is not None and width_only not in ratios:
+        ratios = sorted(ratios + [width_only])
     scores = channel_scores(loaded, calibration, width_score) if any(ratios) else None
-    candidates = []
-    for ratio in ratios:
-        for fraction in fractions:
-            candidate = _candidate(loaded, calibration, table, goal, speed is not None, order, ratio, fraction,
-                                   scores, width_score, head_values, repair, ridge, mlp_repair, scoring)
-            if candidate is not None:
-                candidates.append(candidate)
-                if progress:
-                    progress({k: v for k, v in candidate.items() if k != "plan"})
+    candidates, tried = [], set()
+    for name, order in orders.items():
+        for ratio in ratios:
+            for fraction in fractions:
+                # Orders agree on their first k layers where k is small (often 0 at the widest cuts):
+                # the same plan is applied and measured once.
+                k = fewest_layers(order, table, goal, speed is not None, {l: 1.0 - ratio for l in range(n)},
+                                  {l: 1.0 - fraction for l in range(n)})
+                key = (None if k is None else tuple(sorted(order[:k])), ratio, fraction)
+                if key in tried:
+                    continue
+                tried.add(key)
+                candidate = _candidate(loaded, calibration, table, goal, speed is not None, order, ratio, fraction,
+                                       scores, width_score, head_values, repair, ridge, mlp_repair, scoring)
+                if candidate is not None:
+                    candidates.append({**candidate, "criterion": name})
+                    if progress:
+                        progress({k: v for k, v in candidates[-1].items() if k != "plan"})
     if not candidates:
-        raise PruningError(f"no combination reaches the target with the layers {criterion!r} orders; allow wider "
-                           f"MLP cuts (width ratios) or more head removal")
+        raise PruningError(f"no combination reaches the target with the layers {', '.join(criteria)} order; allow "
+                           f"wider MLP cuts (width ratios) or more head removal")
     best = min(candidates, key=lambda c: (c["calibration_loss"], c["layers_dropped"], c["width_ratio"]))
-    record = {"policy": "target_plan", "target_speedup": speed, "target_params": count, "criterion": criterion,
+    record = {"policy": "target_plan", "target_speedup": speed, "target_params": count,
+              "criterion": criterion if isinstance(criterion, str) else criteria, "width_only_ratio": width_only,
               "repair": repair, "ridge": ridge, "width_score": width_score, "timing_table": table if speed else None,
               "mlp_repair": mlp_repair, "held_out_rows": int(held_out_rows),
-              "layer_choice": layer_record,
+              "layer_choice": layer_records[0] if isinstance(criterion, str) else layer_records,
               "candidates": [{k: v for k, v in c.items() if k != "plan"} for c in candidates],
               "chosen": {k: v for k, v in best.items() if k != "plan"}}
     plan = best["plan"]

@@ -61,7 +61,10 @@ def test_target_speedup_plans_are_deterministic_given_seed_and_table(six_layers,
     first, second = (target_plan(six_layers, cal, **settings) for _ in range(2))
     assert first.to_json_dict() == second.to_json_dict()
     record = first.provenance[0]
-    assert len(record["candidates"]) == 3
+    # 0, 0.25, 0.5 and the narrowest width-only cut: 64 / (64 - 36 r) >= 1.3 first at r = 0.45
+    assert record["width_only_ratio"] == pytest.approx(0.45)
+    assert sorted(c["width_ratio"] for c in record["candidates"]) == pytest.approx([0.0, 0.25, 0.45, 0.5])
+    assert [c["layers_dropped"] for c in record["candidates"] if c["width_ratio"] >= 0.45] == [[], []]
     assert all(c["predicted"] >= 1.3 for c in record["candidates"])
     losses = [c["calibration_loss"] for c in record["candidates"]]
     assert record["chosen"]["calibration_loss"] == min(losses)
@@ -75,6 +78,20 @@ def test_width_alone_can_reach_a_small_target(six_layers, cal):
     plan = target_plan(six_layers, cal, target_speedup=1.05, timing=table_for(six_layers), criterion="sleb",
                        width_ratios=(0.2,), repair=False)
     assert plan.layers == [] and plan.mlp_channels  # 20% of every MLP: 64 / (64 - 7.2) = 1.13x
+
+
+def test_several_layer_criteria_compete_and_shared_plans_run_once(six_layers, cal):
+    table = table_for(six_layers)
+    settings = dict(target_speedup=1.3, timing=table, budget=20, seed=3, width_ratios=(0.0, 0.25))
+    both = target_plan(six_layers, cal, criterion=["banzhaf", "block_influence"], **settings).provenance[0]
+    alone = {name: target_plan(six_layers, cal, criterion=name, **settings).provenance[0]
+             for name in ("banzhaf", "block_influence")}
+    losses = sorted(c["calibration_loss"] for r in alone.values() for c in r["candidates"])
+    keys = {(tuple(sorted(c["layers_dropped"])), c["width_ratio"]) for r in alone.values() for c in r["candidates"]}
+    assert len(both["candidates"]) == len(keys)  # the width-only plan (and any shared one) measured once
+    assert both["chosen"]["calibration_loss"] == pytest.approx(losses[0])
+    assert {c["criterion"] for c in both["candidates"]} <= {"banzhaf", "block_influence"}
+    assert [r["criterion"] for r in both["layer_choice"]] == ["banzhaf", "block_influence"]
 
 
 def test_target_params_is_met(six_layers, cal):
