@@ -7,8 +7,10 @@ and 200 tokens, in float32 and bfloat16, all four interleaved in rounds in one r
 reported at equal dtype (ours fp32 / captum fp32, ours bf16 / captum bf16) and as each tool's
 typical setting (ours bf16 / captum fp32), per wall second and per CPU second of this process; the bf16 game's coalition values are compared with
 fp32's. Load average before and after each row is recorded: the machine is shared, rates are noisy.
+Per prompt also the bare forward (`ceiling`: the model's blocks on 8 and 32 rows with the projection
+at the last position, no game), the most batching could give ours, and its ratio to captum's rate.
 Also drop mode's padding (tokens fed, rows sorted by length vs given order) and the chat-template
-prefix computed once (KV cache) against recomputed.
+prefix computed once (KV cache) against recomputed (alternating rounds after a warm-up, median).
 Error, exact: on a prompt of `--words` word players, the exact values (all 2^n coalitions), then at
 each budget our estimators and captum's ShapleyValueSampling / KernelShap on that same table of
 coalition values, so error per evaluation compares the estimators alone; plus exact values in
@@ -40,7 +42,7 @@ from probes.game import Game  # noqa: E402
 from probes.inputs import input_game  # noqa: E402
 from probes.tasks.builtin_text import stdlib_docs_text  # noqa: E402
 from benchmarks.bench_common import write_results  # noqa: E402
-from benchmarks.input_values_speed import drop_padding, speed_row  # noqa: E402
+from benchmarks.input_values_speed import ceiling_rows, drop_padding, speed_row  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "input_values.json"
 
@@ -56,20 +58,27 @@ def prompt_of(tokenizer, n_tokens: int, skip: int = 0) -> str:
     return text
 
 
-def prefix_row(loaded, prompt: str, target: str, n_coalitions: int) -> dict:
-    """Coalitions/s with and without computing the shared chat-template prefix once (KV cache)."""
-    row, results = {}, {}
-    coalitions = None
+def prefix_row(loaded, prompt: str, target: str, n_coalitions: int, repeats: int = 3) -> dict:
+    """Coalitions/s with and without computing the shared chat-template prefix once (KV cache): the
+    median of `repeats` alternating rounds, after a warm-up."""
+    row, results, games, times = {}, {}, {}, {False: [], True: []}
     for reuse in (False, True):
-        game = input_game(loaded, prompt, target, players="words", removal="replace", filler="space", chat=True,
-                          reuse_prefix=reuse, max_rows=32)
-        if coalitions is None:
-            coalitions = np.random.default_rng(1).random((n_coalitions, game.n_players)) < 0.5
-        t0 = time.perf_counter()
-        results[reuse] = game(coalitions)
-        row[f"{'reuse' if reuse else 'no_reuse'}_per_s"] = n_coalitions / (time.perf_counter() - t0)
-        row.update(prompt_tokens=len(game.prepared.ids), players=game.n_players,
-                   shared_prefix_tokens=game.removal.prefix.length if reuse else row.get("shared_prefix_tokens"))
+        games[reuse] = input_game(loaded, prompt, target, players="words", removal="replace", filler="space",
+                                  chat=True, reuse_prefix=reuse, max_rows=32)
+    n = games[False].n_players
+    games[False](np.ones((1, n), dtype=bool)), games[True](np.ones((1, n), dtype=bool))  # warm-up, untimed
+    rng = np.random.default_rng(1)
+    for _ in range(repeats):  # fresh coalitions each round (the game remembers what it evaluated)
+        coalitions = rng.random((n_coalitions, n)) < 0.5
+        for reuse in (False, True):  # alternating, so a change of load hits both
+            t0 = time.perf_counter()
+            results.setdefault(reuse, []).append(games[reuse](coalitions))
+            times[reuse].append(time.perf_counter() - t0)
+    for reuse in (False, True):
+        row[f"{'reuse' if reuse else 'no_reuse'}_per_s"] = n_coalitions / sorted(times[reuse])[repeats // 2]
+    row.update(prompt_tokens=len(games[True].prepared.ids), players=n, repeats=repeats,
+               shared_prefix_tokens=games[True].removal.prefix.length)
+    results = {k: np.concatenate(v) for k, v in results.items()}
     row["speedup"] = row["reuse_per_s"] / row["no_reuse_per_s"]
     row["max_abs_value_difference"] = float(np.max(np.abs(results[True] - results[False])))
     return row
@@ -207,6 +216,17 @@ def reference_rows(loaded, prompt: str, target: str, budgets, seeds: int, multip
     return info, rows
 
 
+def ceiling_line(row: dict) -> str:
+    """The bare-forward rates of a speed row, in words."""
+    parts = []
+    for dtype, cells in row["ceiling"].items():
+        rates = ", ".join(f"{c['rows']} rows {c['tokens_per_s']:.0f} tok/s" for c in cells)
+        parts.append(f"{dtype} {rates} (x{row['ceiling_vs_captum'][dtype]:.2f} captum's best)")
+    fed = row["prompt_tokens"] + row["target_tokens"] - 1
+    return (f"bare forward, no game: {'; '.join(parts)}; ours {row['ours_float32_per_s'] * fed:.0f} tok/s fp32, "
+            f"{row['ours_bfloat16_per_s'] * fed:.0f} bf16")
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -290,6 +310,12 @@ def main(argv: list[str] | None = None) -> None:
         row = speed_row(models, prompt, " the", n_ours=args.ours_coalitions, captum_calls=args.captum_calls,
                         rounds=args.rounds, max_rows=args.max_rows)
         row["load_average_before"], row["load_average_after"] = load_before, load_average()
+        # What the same forwards reach with no game around them, and how far that is above captum.
+        row["ceiling"] = ceiling_rows(models, row["prompt_tokens"] + row["target_tokens"] - 1)
+        row["ceiling_vs_captum"] = {
+            dtype: max(c["coalitions_per_s"] for c in row["ceiling"][dtype])
+            / max(row[f"captum_{m}_{dtype}_per_s"] for m in ("shapley_value_sampling", "kernel_shap"))
+            for dtype in models}
         report["speed"].append(row)
         r = row["ratios"]
         print(f"{row['prompt_tokens']:4d} tokens: ours fp32 {row['ours_float32_per_s']:.2f}/s bf16 "
@@ -305,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{c['equal_dtype_float32_vs_kernel_shap']:.2f} / x{c['equal_dtype_bfloat16_vs_kernel_shap']:.2f} "
               f"(KernelShap); ours bf16 vs captum fp32 x{c['ours_bfloat16_vs_shapley_value_sampling_float32']:.2f}"
               f" / x{c['ours_bfloat16_vs_kernel_shap_float32']:.2f}", flush=True)
+        print(f"      {ceiling_line(row)}", flush=True)
         write_results(args.out, report, args)  # partial results as they come
     if not done:
         first_sections(report, args, loaded)

@@ -140,3 +140,30 @@ def drop_padding(loaded, prompt: str, target: str, *, n_coalitions: int, max_row
     return {"prompt_tokens": len(game.prepared.ids), "players": game.n_players, "coalitions": n_coalitions,
             "max_rows": max_rows, "real_tokens": int(lengths.sum()), "fed_tokens_in_given_order": unsorted,
             "fed_tokens_sorted_by_length": by_length, "fed_tokens_saved": 1 - by_length / unsorted}
+
+
+@torch.inference_mode()
+def forward_ceiling(loaded, n_tokens: int, rows: int, repeats: int = 3, seed: int = 0) -> dict:
+    """The bare body forward on `rows` rows of `n_tokens` random tokens with the vocabulary projection at
+    the last position only (what our game runs per forward, without estimator, game or store work):
+    coalitions/s and tokens/s, median of `repeats` after a warm-up. It bounds what batching more rows
+    can give ours; captum's batch-1 forwards do the same blocks plus the projection at every position."""
+    body = loaded.model.get_submodule(loaded.adapter.body)
+    unembed = loaded.model.get_submodule(loaded.adapter.unembed)
+    ids = torch.randint(0, int(loaded.model.config.vocab_size), (rows, n_tokens),
+                        generator=torch.Generator().manual_seed(seed)).to(loaded.device)
+    times = []
+    for run in range(repeats + 1):  # run 0 warms up
+        t0 = time.perf_counter()
+        hidden = body(input_ids=ids, use_cache=False).last_hidden_state
+        unembed(hidden[:, -1:]).float().log_softmax(-1)
+        if run:
+            times.append(time.perf_counter() - t0)
+    seconds = sorted(times)[len(times) // 2]
+    return {"rows": rows, "tokens": n_tokens, "coalitions_per_s": rows / seconds,
+            "tokens_per_s": rows * n_tokens / seconds}
+
+
+def ceiling_rows(models: dict, n_tokens: int, row_counts=(8, 32)) -> dict:
+    """forward_ceiling for each dtype and row count."""
+    return {dtype: [forward_ceiling(loaded, n_tokens, rows) for rows in row_counts] for dtype, loaded in models.items()}

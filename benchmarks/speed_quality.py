@@ -24,10 +24,11 @@ its candidates on those; the layer games use the first --n-select rows), the nex
 so disjoint from the calibration). Task scores: --n-task prompts of each built-in task.
 
 Latency (pruning.latency.measure_latency): --prompts prompts of --prompt-tokens random tokens, each timed
---repeats times after a warm-up (prefill, then --new-tokens greedy steps with the KV cache), median of
-the per-prompt medians. The dense model is timed at the start of every target's group and each speed-up
-is the ratio to that; the machine is shared (the load average is recorded before and after each
-measurement), so speed-ups carry noise that parameters and predictions do not. `ours` is exported,
+--repeats times after a warm-up (prefill projected at the last position only, as `generate` runs it, then
+--new-tokens greedy steps with the KV cache). Each variant and the dense model are timed alternately
+prompt by prompt, and a speed-up is the median of the per-prompt ratios: the machine is shared (the load
+average is recorded before and after each measurement), so an unpaired dense time from minutes earlier
+would carry its load into every ratio. Speed-ups still carry noise that parameters and predictions do not. `ours` is exported,
 reloaded with transformers and its logits compared with the in-memory plan (export_max_logit_diff).
 Writes benchmarks/results/speed_quality.json (partial results after every variant).
 """
@@ -102,6 +103,27 @@ def latency(args, loaded) -> dict:
             "load_average_1min_after": load_after}
 
 
+def paired_latency(args, dense_model, pruned) -> dict:
+    """The pruned model's prefill and decode times and the dense model's, alternating prompt by prompt
+    (each a median of --repeats runs; which goes first alternates too), so both meet the same load on a
+    shared machine. Speed-ups are medians of the per-prompt ratios."""
+    pairs = []
+    for seed in range(args.prompts):
+        order = (dense_model, pruned) if seed % 2 == 0 else (pruned, dense_model)
+        timed = {id(m): measure_latency(m, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                                        repeats=args.repeats, seed=seed) for m in order}
+        pairs.append((timed[id(dense_model)], timed[id(pruned)]))
+    keys = ("prefill_ms", "decode_ms_per_token")
+    return {"prefill_ms": median_of([p["prefill_ms"] for _, p in pairs]),
+            "decode_ms_per_token": median_of([p["decode_ms_per_token"] for _, p in pairs]),
+            "dense_prefill_ms": median_of([d["prefill_ms"] for d, _ in pairs]),
+            "dense_decode_ms_per_token": median_of([d["decode_ms_per_token"] for d, _ in pairs]),
+            "prefill_speedup": median_of([d["prefill_ms"] / p["prefill_ms"] for d, p in pairs]),
+            "decode_speedup": median_of([d["decode_ms_per_token"] / p["decode_ms_per_token"] for d, p in pairs]),
+            "per_prompt": [{"dense": {k: d[k] for k in keys}, "pruned": {k: p[k] for k in keys}} for d, p in pairs],
+            "prefill_logits": pairs[0][1]["prefill_logits"], "load_average_1min_after": os.getloadavg()[0]}
+
+
 def quality(loaded, held_out, user_text, tasks) -> dict:
     metrics, _ = evaluate_model(loaded, held_out, tasks)
     if user_text is not None:
@@ -136,7 +158,7 @@ def export_check(loaded, plan, cal, probe) -> float:
     return float((logits - plain_logits(in_memory.model, probe)).abs().max())
 
 
-def measure(args, loaded, name, plan, target, cal, held_out, user_text, tasks, dense, dense_speed, table) -> dict:
+def measure(args, loaded, name, plan, target, cal, held_out, user_text, tasks, dense, table) -> dict:
     """One plan applied (fitted on `cal`, the rows it was planned with), its quality and its speed."""
     t0 = time.time()
     pruned = apply_plan(loaded, plan, calibration=cal).model if plan is not None else loaded
@@ -152,10 +174,8 @@ def measure(args, loaded, name, plan, target, cal, held_out, user_text, tasks, d
                 for l in range(n)}
         row["predicted_speedup"] = dense_ms(table) / predicted_ms(table, dropped=plan.layers, mlp_kept=kept)
     row.update(quality(pruned, held_out, user_text, tasks))
-    speed = latency(args, pruned)
-    row.update(speed, prefill_speedup=dense_speed["prefill_ms"] / speed["prefill_ms"],
-               decode_speedup=dense_speed["decode_ms_per_token"] / speed["decode_ms_per_token"],
-               ppl_ratio=row["perplexity"] / dense["perplexity"], seconds=round(time.time() - t0, 1))
+    row.update(paired_latency(args, loaded, pruned), ppl_ratio=row["perplexity"] / dense["perplexity"],
+               seconds=round(time.time() - t0, 1))
     if "user_text_perplexity" in row:
         row["user_text_ppl_ratio"] = row["user_text_perplexity"] / dense["user_text_perplexity"]
     print(f"[{target or '-'}x] {name:<28} ppl x{row['ppl_ratio']:.3f}  prefill x{row['prefill_speedup']:.2f}  decode "
@@ -222,8 +242,6 @@ def main() -> None:
         result["layer_orders"][f"sleb_for_{target}"] = {"order": orders["sleb"], "evaluations": sleb_game.n_evaluations,
                                                          "seconds": round(time.time() - start, 1)}
         print(f"[{target}x] SLEB order {orders['sleb']} ({time.time() - start:.0f} s)", flush=True)
-        dense_speed = latency(args, loaded)
-        result["variants"].append({"name": "dense", "target_speedup": None, "for_target": target, **dense_speed})
         start = time.time()
         ours = target_plan(loaded, cal, target_speedup=target, timing=table, criterion=args.criteria,
                            budget=args.budget, seed=args.seed, width_ratios=args.width_ratios, repair=True,
@@ -232,7 +250,7 @@ def main() -> None:
         plan_seconds = round(time.time() - start, 1)
         for name, plan in [("ours", ours)] + baseline_plans(args, loaded, table, target, orders, fluctuation):
             rows = fit_rows if name == "ours" else cal
-            row = measure(args, loaded, name, plan, target, rows, held_out, user_text, tasks, dense, dense_speed, table)
+            row = measure(args, loaded, name, plan, target, rows, held_out, user_text, tasks, dense, table)
             if name == "ours":
                 row.update(plan_seconds=plan_seconds, chosen=ours.provenance[0]["chosen"],
                            candidates=ours.provenance[0]["candidates"],
@@ -241,8 +259,7 @@ def main() -> None:
             result["summary"] = summarize(result)  # partial results carry their summary too
             write_results(args.out, result, args)
     wanda = sparsity_plan(loaded, 0.5, allocation="uniform", method="wanda", n_m=(2, 4))
-    dense_speed = latency(args, loaded)
-    row = measure(args, loaded, "wanda_2of4", wanda, None, cal, held_out, user_text, tasks, dense, dense_speed, table)
+    row = measure(args, loaded, "wanda_2of4", wanda, None, cal, held_out, user_text, tasks, dense, table)
     row["note"] = "2:4 zeros stored dense: same shapes and FLOPs, no speed-up expected on CPU"
     result["variants"].append(row)
     result["summary"] = summarize(result)

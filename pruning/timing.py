@@ -4,8 +4,10 @@ The target-speedup planner (pruning/target_plan.py) predicts a plan's forward ti
 so the plan is deterministic given the seed and the table: measure the table once (`timing_table`),
 save it as JSON, and pass it again (`surgery plan target --timing FILE`) to get the same plan on any
 machine, whatever its load. Timings are medians over `repeats` prefill runs (after a warm-up run) of
-random prompts; forward hooks on each block and on its MLP read the clock. `other_ms` is what is
-not inside any block (embeddings, final norm, the unembedding), the part no plan removes.
+random prompts, projected onto the vocabulary at the last position only, as `generate` and
+pruning/latency.py run a prefill; forward hooks on each block and on its MLP read the clock.
+`other_ms` is what is not inside any block (embeddings, final norm, the unembedding), the part no plan
+removes.
 
 Prediction (`predicted_ms`): the kept blocks' time, an MLP's time scaled by the share of its channels
 kept, the attention-and-rest part of a block (block - MLP) scaled by the share of its query heads kept
@@ -18,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from pruning.errors import PruningError
-from pruning.latency import clock_now, median_of
+from pruning.latency import clock_now, last_logits_only, median_of
 from surgery.loading import LoadedModel
 
 TABLE_KIND = "model_surgery_timing_table"
@@ -43,12 +45,13 @@ def timing_table(loaded: LoadedModel, *, prompt_tokens: int = 128, repeats: int 
             handles.append(module.register_forward_hook(
                 lambda m, a, o, key=key: clock.__setitem__(key, clock_now(loaded.device) - clock[key])))
     generator = torch.Generator().manual_seed(seed)
+    last_only = last_logits_only(model) if adapter.causal else {}
     runs = []
     try:
         for run in range(repeats + 1):  # run 0 warms up
             ids = torch.randint(0, int(model.config.vocab_size), (1, prompt_tokens), generator=generator)
             start = clock_now(loaded.device)
-            model(input_ids=ids.to(loaded.device))
+            model(input_ids=ids.to(loaded.device), **last_only)
             total = clock_now(loaded.device) - start
             if run:
                 runs.append((total, dict(clock)))
@@ -62,6 +65,7 @@ def timing_table(loaded: LoadedModel, *, prompt_tokens: int = 128, repeats: int 
     return {"kind": TABLE_KIND, "model": model_identity(loaded), "prompt_tokens": int(prompt_tokens),
             "repeats": int(repeats), "seed": seed, "total_ms": total_ms,
             "other_ms": max(total_ms - sum(l["block_ms"] for l in layers), 0.0), "layers": layers,
+            "prefill_logits": "last position" if last_only else "every position",
             "device": str(loaded.device), "threads": torch.get_num_threads()}
 
 

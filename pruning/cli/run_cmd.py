@@ -97,10 +97,17 @@ def check_run_arguments(args) -> None:
     """Every argument checked, before the model is loaded or a coalition evaluated."""
     if args.repair_n < 0:
         raise CLIError(f"--repair-n {args.repair_n} must be >= 0 (0: no refit of the kept heads)")
-    if args.target_speedup is not None or args.target_params is not None:
+    targeted = args.target_speedup is not None or args.target_params is not None
+    if targeted:
         from pruning.target_plan import DEFAULT_WIDTH_RATIOS, check_targets
 
         check_targets(args.target_speedup, args.target_params, DEFAULT_WIDTH_RATIOS, (0.0,), None)
+    elif args.mlp_refit or args.held_out_rows:
+        raise CLIError("--mlp-refit and --held-out-rows shape a --target-speedup / --target-params plan; give a "
+                       "target, or leave them out for a head plan")
+    if args.held_out_rows and not 0 < args.held_out_rows < args.cal_n:
+        raise CLIError(f"--held-out-rows {args.held_out_rows} must lie in 0..{args.cal_n - 1} (--cal-n {args.cal_n}: "
+                       f"at least one sequence must remain to fit the plan)")
     if not 0.0 < args.fraction < 1.0:
         raise CLIError(f"--fraction {args.fraction} must lie strictly between 0 and 1")
     if not (args.task_weight >= 0 and args.task_weight < float("inf")):
@@ -167,10 +174,11 @@ def target_plan_for_run(args, loaded, calibration):
     if args.timing:
         with open(args.timing) as fh:
             timing = json.load(fh)
-    with step(f"planning for {args.target_speedup or args.target_params} ({args.criterion} layers, repair, MLP width)"):
+    width = "MLP width, refitted" if args.mlp_refit else "MLP width"
+    with step(f"planning for {args.target_speedup or args.target_params} ({args.criterion} layers, repair, {width})"):
         plan = target_plan(loaded, calibration, target_speedup=args.target_speedup, target_params=args.target_params,
                            timing=timing, criterion=args.criterion, budget=args.budget, seed=args.seed,
-                           cornerstones=[0])
+                           cornerstones=[0], mlp_repair=args.mlp_refit, held_out_rows=args.held_out_rows)
     chosen = plan.provenance[0]["chosen"]
     print(f"  chosen: layers {chosen['layers_dropped']}, MLP width ratio {chosen['width_ratio']}, predicted "
           f"{chosen['predicted']:.3f}, calibration loss {chosen['calibration_loss']:.4f}")
@@ -244,4 +252,10 @@ def register(sub) -> None:
                    help="targets: how layers are chosen (banzhaf: --budget evaluations per valuation)")
     p.add_argument("--timing", default=None, metavar="FILE",
                    help="targets: timing table JSON (`surgery plan target --save-timing`); default: measured now")
+    p.add_argument("--mlp-refit", action="store_true",
+                   help="targets: refit the kept MLP channels to the unpruned MLP outputs (least squares) instead of "
+                        "mean compensation alone")
+    p.add_argument("--held-out-rows", type=int, default=0,
+                   help="targets: the last N of the --cal-n sequences only score the candidate plans (the rest fit "
+                        "them)")
     p.set_defaults(func=cmd_run)

@@ -3,6 +3,8 @@ tiny saved model: plans that prune, deterministic target plans given a timing ta
 
 import json
 
+import pytest
+
 from helpers import run_cli
 
 from pruning.plan import PruningPlan
@@ -121,3 +123,31 @@ def test_run_with_a_target_speedup_drops_layers_and_reports_them(tiny_dir, tmp_p
     code, out, err = run_cli(capsys, "run", "--model", tmp_path / "missing", "--target-speedup", "0.9",
                              "--out", tmp_path / "run2")
     assert code == 2 and "above 1" in err
+
+
+def test_run_with_a_target_refits_the_mlp_and_scores_on_held_out_rows(tiny_dir, tmp_path, capsys):
+    table = tmp_path / "timing.json"
+    code, out, err = run_cli(capsys, "plan", "layers", "--model", tiny_dir, "--target-speedup", "1.01", "--criterion",
+                             "block_influence", "--no-repair", *CAL, "--save-timing", table, "--out", tmp_path / "l.json")
+    assert code == 0, err
+    fixed = json.loads(table.read_text())
+    fixed.update(other_ms=2.0, layers=[{"block_ms": 10.0, "mlp_ms": 6.0}] * 3)
+    table.write_text(json.dumps(fixed))
+    code, out, err = run_cli(capsys, "run", "--model", tiny_dir, "--target-speedup", "1.1", "--timing", table,
+                             "--mlp-refit", "--held-out-rows", "1", "--cal-n", "4", "--seq-len", "32", "--eval-n", "2",
+                             "--out", tmp_path / "run")
+    assert code == 0, err
+    record = PruningPlan.load(tmp_path / "run" / "plan.json").provenance[0]
+    assert record["mlp_repair"] is True and record["held_out_rows"] == 1
+    assert record["width_only_ratio"] is not None  # 32 / (32 - 18 r) >= 1.1 first at r = 0.2
+    refitted = [c for c in record["candidates"] if c["width_ratio"] > 0]
+    assert refitted and "refitted" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--mlp-refit",), "shape a --target-speedup"),
+    (("--target-speedup", "1.2", "--cal-n", "4", "--held-out-rows", "4"), "--held-out-rows 4 must lie in 0..3"),
+])
+def test_run_target_flags_are_checked_before_the_model_loads(tmp_path, capsys, argv, message):
+    code, out, err = run_cli(capsys, "run", "--model", tmp_path / "missing", *argv, "--out", tmp_path / "run")
+    assert code == 2 and message in err, err

@@ -18,6 +18,18 @@ def test_decoders_report_prefill_and_per_token_decoding(tiny):
         assert "decode_ms_per_token" not in result
 
 
+def test_a_prefill_projects_only_the_last_position_as_generate_does(tiny_llama):
+    seen = []
+    head = tiny_llama.model.get_submodule(tiny_llama.adapter.unembed)
+    handle = head.register_forward_hook(lambda module, args, out: seen.append(out.shape[1]))
+    try:
+        result = measure_latency(tiny_llama, prompt_tokens=8, new_tokens=2, repeats=1)
+    finally:
+        handle.remove()
+    assert result["prefill_logits"] == "last position"
+    assert seen == [1] * len(seen) and len(seen) == 2 * (1 + 2)  # 2 runs x (prefill + 2 decode steps)
+
+
 def test_a_model_with_one_layer_left_decodes_faster_than_the_full_one():
     import surgery
     import torch
