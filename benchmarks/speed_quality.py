@@ -7,7 +7,8 @@ per-token generation), held-out perplexity (built-in text and a --text file) and
 Methods, each reaching the target by the timing table's prediction (pruning/timing.py):
 - ours: pruning.target_plan: layer drop orders from --criteria (default: weighted Banzhaf layer values at
   the target's operating point on the keep-the-model game, and Block Influence), ReplaceMe repair, MLP
-  width from --width-ratios plus the narrowest width-only cut, kept MLP channels refitted by least squares
+  width on the iso-cost line (for each number of dropped layers, the narrowest cut reaching the target;
+  --width-ratios R ... for a grid plus the narrowest width-only cut), kept MLP channels refitted by least squares
   (--no-mlp-refit: mean compensation only); of all these candidates the one with the least loss on the
   last --held-out-rows calibration rows, which no fit sees. Heads are not in the search here (no head values
   are computed: their predicted saving is small and valuing 576 heads costs more than this whole run).
@@ -80,7 +81,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-task", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--budget", type=int, default=48, help="evaluations of each weighted Banzhaf valuation")
-    parser.add_argument("--width-ratios", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3])
+    parser.add_argument("--width-ratios", type=float, nargs="+", default=None,
+                        help="ours: a grid of MLP width ratios (default: the iso-cost line, pruning.target_plan)")
     parser.add_argument("--ridge", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompts", type=int, default=3)
@@ -244,7 +246,7 @@ def main() -> None:
         print(f"[{target}x] SLEB order {orders['sleb']} ({time.time() - start:.0f} s)", flush=True)
         start = time.time()
         ours = target_plan(loaded, cal, target_speedup=target, timing=table, criterion=args.criteria,
-                           budget=args.budget, seed=args.seed, width_ratios=args.width_ratios, repair=True,
+                           budget=args.budget, seed=args.seed, width_ratios=args.width_ratios or "iso", repair=True,
                            ridge=args.ridge, cornerstones=protect, selection=select, mlp_repair=args.mlp_refit,
                            held_out_rows=args.held_out_rows)
         plan_seconds = round(time.time() - start, 1)

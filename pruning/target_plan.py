@@ -9,7 +9,12 @@ and a head fraction (the lowest-valued heads, when head values are given), the f
 order are dropped (repaired by ReplaceMe when `repair`) that reach the target by the timing table's
 prediction (pruning/timing.py) or by the parameter count. Besides the given width ratios, the narrowest
 cut that reaches the target with no layer dropped (steps of WIDTH_STEP) is always a candidate: at small
-targets width alone often loses least, and a coarse grid would skip it. Each candidate is applied and its
+targets width alone often loses least, and a coarse grid would skip it.
+width_ratios="iso" (the default) walks the target's iso-cost line instead: for each number k of layers
+dropped (0 up to what full-width MLPs need; at most ISO_POINTS values of k), the narrowest MLP cut, in
+steps of ISO_STEP, with which those k layers reach the target. A grid of ratios overshoots the target
+(each ratio paired with the fewest whole layers that reach it: 1.28x for a 1.25x target on SmolLM2), and
+every bit of overshoot is quality given away. Each candidate is applied and its
 next-token loss measured on the calibration text (or on held-out calibration rows); the candidate with the
 least loss is the plan, and every candidate is recorded in its provenance. Given the seed and the timing
 table the plan is deterministic (no clock is read when a table is given).
@@ -24,6 +29,7 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import torch
 
 from pruning.errors import PruningError
@@ -32,8 +38,11 @@ from pruning.timing import check_timing_table, dense_ms, predicted_ms, timing_ta
 from pruning.width import channel_scores, check_width_ratio, width_plan
 from surgery.batch import TokenBatch
 
-DEFAULT_WIDTH_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4)
-WIDTH_STEP = 0.05  # resolution of the width-only candidate's ratio
+DEFAULT_WIDTH_RATIOS = "iso"
+WIDTH_STEP = 0.05  # resolution of the width-only candidate's ratio (grid mode)
+ISO_STEP = 0.01  # resolution of the iso-cost candidates' ratios
+ISO_POINTS = 8  # most numbers of dropped layers tried per order on the iso-cost line
+ISO_MAX_WIDTH = 0.75  # the widest MLP cut the iso-cost line may ask for
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}
 
 
@@ -61,7 +70,13 @@ def check_targets(target_speedup, target_params, width_ratios, head_fractions, h
                                f"than the dense model)")
     if target_params is not None:
         target_params = parse_param_count(target_params)
-    ratios = sorted({check_width_ratio(r) for r in width_ratios})
+    if isinstance(width_ratios, str):
+        if width_ratios != "iso":
+            raise PruningError(f"width ratios {width_ratios!r}: give a list of fractions in [0, 1) or 'iso' (the "
+                               f"narrowest cut for each number of dropped layers)")
+        ratios = None
+    else:
+        ratios = sorted({check_width_ratio(r) for r in width_ratios})
     fractions = sorted({check_width_ratio(f, "head fraction") for f in head_fractions})
     if any(fractions) and head_values is None:
         raise PruningError("removing heads needs head values (from `surgery values heads`); give head_values= or "
@@ -107,6 +122,29 @@ def width_only_ratio(table, goal, speed, n_layers, step: float = WIDTH_STEP) -> 
         if _reaches(table, goal, speed, mlp_kept={l: 1.0 - ratio for l in range(n_layers)}):
             return ratio
     return None
+
+
+def narrowest_width(table, goal, speed, n_layers, dropped, heads_kept=None, step: float = ISO_STEP,
+                    most: float = ISO_MAX_WIDTH) -> float | None:
+    """The smallest MLP width ratio (a multiple of `step`, at most `most`) with which dropping `dropped`
+    reaches the goal by the table's prediction; None when even `most` does not."""
+    for k in range(int(round(most / step)) + 1):
+        ratio = round(k * step, 6)
+        if _reaches(table, goal, speed, dropped=dropped, mlp_kept={l: 1.0 - ratio for l in range(n_layers)},
+                    heads_kept=heads_kept):
+            return ratio
+    return None
+
+
+def _iso_points(order, table, goal, speed, n_layers, fraction) -> list[tuple[int, float]]:
+    """(k, width ratio) along the iso-cost line of `order`: k layers dropped with the narrowest cut that
+    then reaches the goal, for up to ISO_POINTS values of k from 0 to the fewest layers needing no cut."""
+    heads_kept = {l: 1.0 - fraction for l in range(n_layers)}
+    full = fewest_layers(order, table, goal, speed, None, heads_kept)
+    last = len(order) if full is None else full
+    ks = sorted({int(round(x)) for x in np.linspace(0, last, min(last + 1, ISO_POINTS))})
+    points = [(k, narrowest_width(table, goal, speed, n_layers, order[:k], heads_kept)) for k in ks]
+    return [(k, r) for k, r in points if r is not None]
 
 
 def _check_reachable(table, goal, speed, droppable, n, max_w, max_h) -> list[int]:
@@ -157,7 +195,8 @@ def target_plan(loaded, calibration: TokenBatch, *, target_speedup=None, target_
     goal = speed if speed is not None else float(count)
     protected = set(int(c) for c in cornerstones) | ({0} if repair else set())  # a repair map needs a block before
     droppable = [l for l in range(n) if l not in protected]
-    cheapest_first = _check_reachable(table, goal, speed is not None, droppable, n, ratios[-1], fractions[-1])[::-1]
+    widest = ISO_MAX_WIDTH if ratios is None else ratios[-1]
+    cheapest_first = _check_reachable(table, goal, speed is not None, droppable, n, widest, fractions[-1])[::-1]
     # Layers any candidate may need: those that reach the goal at full width by the cheapest-first order
     # (an upper bound for every order), or all droppable ones when only narrower MLPs reach it.
     k_max = fewest_layers(cheapest_first, table, goal, speed is not None, None, None)
@@ -176,34 +215,45 @@ def target_plan(loaded, calibration: TokenBatch, *, target_speedup=None, target_
         layer_records.append(record)
         if order not in orders.values():  # two criteria agreeing would only repeat the same candidates
             orders[name] = order
-    width_only = width_only_ratio(table, goal, speed is not None, n)
-    if width_only is not None and width_only not in ratios:
-        ratios = sorted(ratios + [width_only])
-    scores = channel_scores(loaded, calibration, width_score) if any(ratios) else None
-    candidates, tried = [], set()
+    width_only = None
+    if ratios is not None:
+        width_only = width_only_ratio(table, goal, speed is not None, n)
+        if width_only is not None and width_only not in ratios:
+            ratios = sorted(ratios + [width_only])
+    points = []  # (criterion, order, layers dropped, width ratio, head fraction)
     for name, order in orders.items():
-        for ratio in ratios:
-            for fraction in fractions:
-                # Orders agree on their first k layers where k is small (often 0 at the widest cuts):
-                # the same plan is applied and measured once.
+        for fraction in fractions:
+            if ratios is None:
+                points += [(name, order, k, r, fraction) for k, r in _iso_points(order, table, goal, speed is not None,
+                                                                                   n, fraction)]
+                continue
+            for ratio in ratios:
                 k = fewest_layers(order, table, goal, speed is not None, {l: 1.0 - ratio for l in range(n)},
                                   {l: 1.0 - fraction for l in range(n)})
-                key = (None if k is None else tuple(sorted(order[:k])), ratio, fraction)
-                if key in tried:
-                    continue
-                tried.add(key)
-                candidate = _candidate(loaded, calibration, table, goal, speed is not None, order, ratio, fraction,
-                                       scores, width_score, head_values, repair, ridge, mlp_repair, scoring)
-                if candidate is not None:
-                    candidates.append({**candidate, "criterion": name})
-                    if progress:
-                        progress({k: v for k, v in candidates[-1].items() if k != "plan"})
+                if k is not None:
+                    points.append((name, order, k, ratio, fraction))
+    scores = channel_scores(loaded, calibration, width_score) if any(p[3] for p in points) else None
+    candidates, tried = [], set()
+    for name, order, k, ratio, fraction in points:
+        # Orders agree on their first k layers where k is small (always at k = 0): the same plan is
+        # applied and measured once.
+        key = (tuple(sorted(order[:k])), ratio, fraction)
+        if key in tried:
+            continue
+        tried.add(key)
+        candidate = _candidate(loaded, calibration, table, goal, speed is not None, order, k, ratio, fraction,
+                               scores, width_score, head_values, repair, ridge, mlp_repair, scoring)
+        if candidate is not None:
+            candidates.append({**candidate, "criterion": name})
+            if progress:
+                progress({key: v for key, v in candidates[-1].items() if key != "plan"})
     if not candidates:
         raise PruningError(f"no combination reaches the target with the layers {', '.join(criteria)} order; allow "
                            f"wider MLP cuts (width ratios) or more head removal")
     best = min(candidates, key=lambda c: (c["calibration_loss"], c["layers_dropped"], c["width_ratio"]))
     record = {"policy": "target_plan", "target_speedup": speed, "target_params": count,
-              "criterion": criterion if isinstance(criterion, str) else criteria, "width_only_ratio": width_only,
+              "criterion": criterion if isinstance(criterion, str) else criteria,
+              "width_ratios": "iso" if ratios is None else ratios, "width_only_ratio": width_only,
               "repair": repair, "ridge": ridge, "width_score": width_score, "timing_table": table if speed else None,
               "mlp_repair": mlp_repair, "held_out_rows": int(held_out_rows),
               "layer_choice": layer_records[0] if isinstance(criterion, str) else layer_records,
@@ -231,19 +281,17 @@ def _split_rows(calibration: TokenBatch, held_out_rows: int) -> tuple[TokenBatch
 
 
 @torch.inference_mode()
-def _candidate(loaded, calibration, table, goal, speed, order, ratio, fraction, scores, width_score, head_values,
+def _candidate(loaded, calibration, table, goal, speed, order, k, ratio, fraction, scores, width_score, head_values,
                repair, ridge, mlp_repair=False, scoring=None) -> dict | None:
-    """The fewest layers of `order` that reach the goal at this width and head fraction, applied and
-    measured on `scoring` (default: the calibration text); None when even all of `order` do not reach it."""
+    """The first k layers of `order` dropped at this width and head fraction, applied and measured on
+    `scoring` (default: the calibration text). A size goal the applied model misses (rounded channel
+    counts) takes one more layer of the order at a time; None when all of `order` do not reach it."""
     from pruning.apply import apply_plan
     from pruning.evaluate import next_token_loss
 
     n = loaded.components.n_layers
     mlp_kept = {l: 1.0 - ratio for l in range(n)}
     heads_kept = {l: 1.0 - fraction for l in range(n)}
-    k = fewest_layers(order, table, goal, speed, mlp_kept, heads_kept)
-    if k is None:
-        return None
     channels = width_plan(loaded, ratio, scores=scores, method=width_score).mlp_channels if ratio else {}
     heads = []
     if fraction:

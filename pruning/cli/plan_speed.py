@@ -49,8 +49,9 @@ def add_speed_flags(p) -> None:
                         "MLP outputs on the calibration text (least squares; needs 1 + kept channels tokens)")
     p.add_argument("--held-out-rows", type=int, default=0,
                    help="target: the last N calibration sequences only score the candidates (the rest fit them)")
-    p.add_argument("--width-ratios", default="0,0.1,0.2,0.3,0.4",
-                   help="target: MLP width ratios to combine with layer drops, comma-separated, each in [0, 1)")
+    p.add_argument("--width-ratios", default="iso",
+                   help="target: MLP width ratios to combine with layer drops, comma-separated, each in [0, 1); "
+                        "iso (default): for each number of dropped layers the narrowest cut reaching the target")
 
 
 SPEED_KIND_FLAGS = {
@@ -81,7 +82,7 @@ def check_speed_args(args) -> tuple[float, ...]:
         check_width_ratio(args.ratio, "--ratio")
         return ()
     try:
-        ratios = tuple(float(r) for r in args.width_ratios.split(","))
+        ratios = "iso" if args.width_ratios.strip() == "iso" else tuple(float(r) for r in args.width_ratios.split(","))
     except ValueError:
         raise CLIError(f"--width-ratios {args.width_ratios!r}: give comma-separated fractions, e.g. 0,0.1,0.2") from None
     targets = (args.target_speedup, args.target_params)

@@ -139,9 +139,10 @@ def test_run_with_a_target_refits_the_mlp_and_scores_on_held_out_rows(tiny_dir, 
     assert code == 0, err
     record = PruningPlan.load(tmp_path / "run" / "plan.json").provenance[0]
     assert record["mlp_repair"] is True and record["held_out_rows"] == 1
-    assert record["width_only_ratio"] is not None  # 32 / (32 - 18 r) >= 1.1 first at r = 0.2
-    refitted = [c for c in record["candidates"] if c["width_ratio"] > 0]
-    assert refitted and "refitted" in out
+    assert record["width_ratios"] == "iso"
+    width_only = [c for c in record["candidates"] if not c["layers_dropped"]]
+    assert width_only[0]["width_ratio"] == pytest.approx(0.17)  # 32 / (32 - 18 r) >= 1.1 first at r = 0.17
+    assert "refitted" in out
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -80,6 +80,23 @@ def test_width_alone_can_reach_a_small_target(six_layers, cal):
     assert plan.layers == [] and plan.mlp_channels  # 20% of every MLP: 64 / (64 - 7.2) = 1.13x
 
 
+def test_the_iso_cost_line_pairs_each_layer_count_with_the_narrowest_cut_that_reaches_the_target(six_layers, cal):
+    table = table_for(six_layers)  # dense 64 ms; a block 10 ms, its MLP 6 ms
+    plan = target_plan(six_layers, cal, target_speedup=1.3, timing=table, criterion="block_influence")
+    record = plan.provenance[0]
+    assert record["width_ratios"] == "iso"
+    # 1.3x needs 64 / 1.3 = 49.2 ms: k layers dropped save 10 k, the cut r saves 6 r (6 - k) more.
+    by_k = {len(c["layers_dropped"]): c for c in record["candidates"]}
+    assert sorted(by_k) == [0, 1, 2]  # 2 layers reach it at full width
+    assert by_k[0]["width_ratio"] == pytest.approx(0.42) and by_k[1]["width_ratio"] == pytest.approx(0.16)
+    assert by_k[2]["width_ratio"] == 0.0
+    for c in record["candidates"]:  # on the target, not past it by a whole layer or a grid step
+        assert 1.3 <= c["predicted"] < 1.3 * 1.01 or c["width_ratio"] == 0.0
+    assert record["chosen"]["calibration_loss"] == min(c["calibration_loss"] for c in record["candidates"])
+    with pytest.raises(PruningError, match="'isometric'"):
+        target_plan(six_layers, cal, target_speedup=1.3, timing=table, width_ratios="isometric")
+
+
 def test_several_layer_criteria_compete_and_shared_plans_run_once(six_layers, cal):
     table = table_for(six_layers)
     settings = dict(target_speedup=1.3, timing=table, budget=20, seed=3, width_ratios=(0.0, 0.25))
@@ -104,7 +121,8 @@ def test_target_params_is_met(six_layers, cal):
 
 def test_bad_targets_are_refused_before_any_work(six_layers, cal):
     table = table_for(six_layers)
-    with pytest.raises(PruningError, match=r"cannot reach 8.00x without removing every layer; the most is 5.52x"):
+    # One block kept (10 ms, its MLP cut by the iso line's widest 75%: 5.5 ms) + 4 ms outside: 64 / 9.5
+    with pytest.raises(PruningError, match=r"cannot reach 8.00x without removing every layer; the most is 6.74x"):
         target_plan(six_layers, cal, target_speedup=8.0, timing=table)
     with pytest.raises(PruningError, match="above 1"):
         target_plan(six_layers, cal, target_speedup=1.0, timing=table)
