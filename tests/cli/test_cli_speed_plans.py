@@ -105,7 +105,10 @@ def test_an_unreachable_speedup_names_the_most_reachable(tiny_dir, tmp_path, cap
     assert code == 2 and "cannot reach 50.00x without removing every layer; the most is" in err
 
 
-def test_run_with_a_target_speedup_drops_layers_and_reports_them(tiny_dir, tmp_path, capsys):
+@pytest.fixture
+def fixed_table(tiny_dir, tmp_path, capsys):
+    """A timing table of the tiny model (saved by `plan layers --save-timing`) with fixed times: 3 blocks of
+    10 ms (MLP 6 ms) and 2 ms outside, so plans do not depend on this machine's clock."""
     table = tmp_path / "timing.json"
     code, out, err = run_cli(capsys, "plan", "layers", "--model", tiny_dir, "--target-speedup", "1.01", "--criterion",
                              "block_influence", "--no-repair", *CAL, "--save-timing", table, "--out", tmp_path / "l.json")
@@ -113,6 +116,11 @@ def test_run_with_a_target_speedup_drops_layers_and_reports_them(tiny_dir, tmp_p
     fixed = json.loads(table.read_text())
     fixed.update(other_ms=2.0, layers=[{"block_ms": 10.0, "mlp_ms": 6.0}] * 3)
     table.write_text(json.dumps(fixed))
+    return table
+
+
+def test_run_with_a_target_speedup_drops_layers_and_reports_them(tiny_dir, fixed_table, tmp_path, capsys):
+    table = fixed_table
     code, out, err = run_cli(capsys, "run", "--model", tiny_dir, "--target-speedup", "1.3", "--timing", table,
                              "--cal-n", "4", "--seq-len", "32", "--eval-n", "2", "--out", tmp_path / "run")
     assert code == 0, err
@@ -125,14 +133,8 @@ def test_run_with_a_target_speedup_drops_layers_and_reports_them(tiny_dir, tmp_p
     assert code == 2 and "above 1" in err
 
 
-def test_run_with_a_target_refits_the_mlp_and_scores_on_held_out_rows(tiny_dir, tmp_path, capsys):
-    table = tmp_path / "timing.json"
-    code, out, err = run_cli(capsys, "plan", "layers", "--model", tiny_dir, "--target-speedup", "1.01", "--criterion",
-                             "block_influence", "--no-repair", *CAL, "--save-timing", table, "--out", tmp_path / "l.json")
-    assert code == 0, err
-    fixed = json.loads(table.read_text())
-    fixed.update(other_ms=2.0, layers=[{"block_ms": 10.0, "mlp_ms": 6.0}] * 3)
-    table.write_text(json.dumps(fixed))
+def test_run_with_a_target_refits_the_mlp_and_scores_on_held_out_rows(tiny_dir, fixed_table, tmp_path, capsys):
+    table = fixed_table
     code, out, err = run_cli(capsys, "run", "--model", tiny_dir, "--target-speedup", "1.1", "--timing", table,
                              "--mlp-refit", "--held-out-rows", "1", "--cal-n", "4", "--seq-len", "32", "--eval-n", "2",
                              "--out", tmp_path / "run")
