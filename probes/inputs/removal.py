@@ -28,8 +28,9 @@ from surgery.input_forward import (EMBEDDING_MODES, SharedPrefix, check_causal, 
 REMOVALS = ("drop", "replace", "attention", "embedding")
 FILLERS = {"space": " ", "...": "..."}
 # Shared prefixes shorter than this are recomputed: copying and expanding the KV cache has a cost of
-# its own. Measured: 23 shared of 50 tokens (SmolLM2's chat template) gives 1.36x coalitions/s
-# (benchmarks/results/input_values.json, "prefix_reuse"); the threshold itself is a guess, not measured.
+# its own. Measured: 23 shared of 50 tokens (SmolLM2's chat template) gives 1.67x coalitions/s, against
+# a bound of 1.85x (benchmarks/results/input_values.json, "prefix_reuse"); the threshold itself is a
+# guess, not measured.
 MIN_SHARED_PREFIX = 8
 
 
