@@ -3,21 +3,23 @@
     plan = target_plan(loaded, calibration, target_speedup=1.25, timing=table)
 
 Search: the layers are put in drop order once by each layer criterion asked for (pruning/layer_selection.py:
-SLEB, weighted Banzhaf values, Block Influence; one or several); then for every order and every
-combination of an MLP width ratio (the lowest-scored channels of every MLP, mean-compensated or refitted)
-and a head fraction (the lowest-valued heads, when head values are given), the fewest layers of that
-order are dropped (repaired by ReplaceMe when `repair`) that reach the target by the timing table's
-prediction (pruning/timing.py) or by the parameter count. Besides the given width ratios, the narrowest
-cut that reaches the target with no layer dropped (steps of WIDTH_STEP) is always a candidate: at small
-targets width alone often loses least, and a coarse grid would skip it.
-width_ratios="iso" (the default) walks the target's iso-cost line instead: for each number k of layers
-dropped (0 up to what full-width MLPs need; at most ISO_POINTS values of k), the narrowest MLP cut, in
-steps of ISO_STEP, with which those k layers reach the target. A grid of ratios overshoots the target
-(each ratio paired with the fewest whole layers that reach it: 1.28x for a 1.25x target on SmolLM2), and
-every bit of overshoot is quality given away. Each candidate is applied and its
-next-token loss measured on the calibration text (or on held-out calibration rows); the candidate with the
-least loss is the plan, and every candidate is recorded in its provenance. Given the seed and the timing
-table the plan is deterministic (no clock is read when a table is given).
+SLEB, weighted Banzhaf values, Block Influence; one or several). Candidates then pair a number k of an
+order's first layers, dropped (repaired by ReplaceMe when `repair`), with an MLP width ratio (the
+lowest-scored channels of every MLP, mean-compensated or refitted) and a head fraction (the
+lowest-valued heads, when head values are given), each reaching the target by the timing table's
+prediction (pruning/timing.py) or by the parameter count:
+- width_ratios="iso" (the default) walks the target's iso-cost line: for each k from 0 to what
+  full-width MLPs need (at most ISO_POINTS values of k), the narrowest cut, in steps of ISO_STEP, with
+  which those k layers reach the target. A grid of ratios overshoots the target (each ratio paired with
+  the fewest whole layers that reach it: 1.28x for a 1.25x target on SmolLM2), and every bit of
+  overshoot is quality given away.
+- a list of ratios: each with the fewest layers that reach the target, plus the narrowest cut that
+  reaches it with no layer dropped (steps of WIDTH_STEP): at small targets width alone often loses
+  least, and a coarse grid would skip it.
+Each candidate is applied and its next-token loss measured on the calibration text (or on held-out
+calibration rows); the candidate with the least loss is the plan, and every candidate is recorded in
+its provenance. Given the seed and the timing table the plan is deterministic (no clock is read when
+a table is given).
 
 Refused before any work: both or neither target, a speed-up <= 1, a width ratio outside [0, 1), a head
 fraction without head values, and a target no combination reaches ("cannot reach 5.0x without removing

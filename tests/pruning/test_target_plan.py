@@ -111,10 +111,11 @@ def test_several_layer_criteria_compete_and_shared_plans_run_once(six_layers, ca
     assert [r["criterion"] for r in both["layer_choice"]] == ["banzhaf", "block_influence"]
 
 
-def test_target_params_is_met(six_layers, cal):
+@pytest.mark.parametrize("ratios", [(0.0, 0.3), "iso"])
+def test_target_params_is_met(six_layers, cal, ratios):
     total = component_params(six_layers)["total"]
     goal = int(total * 0.85)
-    plan = target_plan(six_layers, cal, target_params=goal, criterion="block_influence", width_ratios=(0.0, 0.3))
+    plan = target_plan(six_layers, cal, target_params=goal, criterion="block_influence", width_ratios=ratios)
     pruned = apply_plan(six_layers, plan, calibration=cal).model
     assert sum(p.numel() for p in pruned.model.parameters()) <= goal
 
