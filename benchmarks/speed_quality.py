@@ -21,8 +21,7 @@ Methods, each reaching the target by the timing table's prediction (pruning/timi
 
 Text: the built-in documentation text in disjoint chunks of --seq-len tokens: rows 0..n_cal-1 calibrate
 (repair maps, channel scores and means; ours fits on all but the last --held-out-rows of them and scores
-its candidates on those; the layer games use the first --n-select rows), the next --n-eval rows are
-held out. --text FILE gives a second held-out set (a different source,
+its candidates on those; the layer games use the first --n-select rows), the next --n-eval rows are held out. --text FILE gives a second held-out set (a different source,
 so disjoint from the calibration). Task scores: --n-task prompts of each built-in task.
 
 Latency (pruning.latency.measure_latency): --prompts prompts of --prompt-tokens random tokens, each timed
@@ -30,9 +29,8 @@ Latency (pruning.latency.measure_latency): --prompts prompts of --prompt-tokens 
 --new-tokens greedy steps with the KV cache). Each variant and the dense model are timed alternately
 prompt by prompt, and a speed-up is the median of the per-prompt ratios: the machine is shared (the load
 average is recorded before and after each measurement), so an unpaired dense time from minutes earlier
-would carry its load into every ratio. Speed-ups still carry noise that parameters and predictions do
-not. `ours` is exported, reloaded with transformers and its logits compared with the in-memory plan
-(export_max_logit_diff). The summary judges the built-in held-out text and the --text file apart.
+would carry its load into every ratio. Speed-ups still carry noise that parameters and predictions do not. `ours` is exported,
+reloaded with transformers and its logits compared with the in-memory plan (export_max_logit_diff).
 Writes benchmarks/results/speed_quality.json (partial results after every variant).
 """
 
@@ -195,10 +193,6 @@ def summarize(result: dict) -> dict:
         by_target.setdefault(str(row["target_speedup"]), {})[row["name"]] = row
     ours_best = {t: min(group, key=lambda n: group[n]["ppl_ratio"]) == "ours" for t, group in by_target.items()
                  if "ours" in group}
-    # The --text file is a second held-out source (not the calibration text's domain): judged apart.
-    ours_best_user = {t: min(group, key=lambda n: group[n]["user_text_ppl_ratio"]) == "ours"
-                      for t, group in by_target.items()
-                      if "ours" in group and all("user_text_ppl_ratio" in r for r in group.values())}
     ours_125 = by_target.get("1.25", {}).get("ours")
     diffs = [v["export_max_logit_diff"] for v in rows if v.get("export_max_logit_diff") is not None]
     return {"ppl_ratio_at_speedup_1.25": ours_125["ppl_ratio"] if ours_125 else None,
@@ -208,8 +202,6 @@ def summarize(result: dict) -> dict:
             "ours_best_at_every_speedup": bool(ours_best) and all(ours_best.values()),
             "ours_best_per_target": ours_best, "best_per_target": {t: min(g, key=lambda n: g[n]["ppl_ratio"])
                                                                    for t, g in by_target.items()},
-            "ours_best_on_user_text_at_every_speedup": bool(ours_best_user) and all(ours_best_user.values()),
-            "ours_best_per_target_user_text": ours_best_user,
             "max_export_logit_diff": max(diffs) if diffs else None,
             "ppl_ratio": {f"{t}:{n}": round(r["ppl_ratio"], 3) for t, g in by_target.items() for n, r in g.items()}}
 
