@@ -119,11 +119,7 @@ def fewest_layers(order, table, goal, speed, mlp_kept=None, heads_kept=None) -> 
 def width_only_ratio(table, goal, speed, n_layers, step: float = WIDTH_STEP) -> float | None:
     """The smallest MLP width ratio (a multiple of `step` below 1) at which narrower MLPs alone, no layer
     dropped, reach the goal by the table's prediction; None when no ratio does."""
-    for k in range(1, int(round(1 / step))):
-        ratio = round(k * step, 6)
-        if _reaches(table, goal, speed, mlp_kept={l: 1.0 - ratio for l in range(n_layers)}):
-            return ratio
-    return None
+    return narrowest_width(table, goal, speed, n_layers, [], step=step, most=1.0 - step)
 
 
 def narrowest_width(table, goal, speed, n_layers, dropped, heads_kept=None, step: float = ISO_STEP,
@@ -182,6 +178,9 @@ def target_plan(loaded, calibration: TokenBatch, *, target_speedup=None, target_
     only score the candidates and the rest fit them (scores, compensation, repairs): a fit scored on its
     own tokens favours the candidate that refits most. layer_settings: measure, budget, seed, store_dir
     (pruning.layer_selection)."""
+    criteria = [criterion] if isinstance(criterion, str) else list(criterion)
+    if not criteria:
+        raise PruningError("target_plan needs at least one layer criterion, e.g. criterion='sleb'")
     calibration, scoring = _split_rows(calibration, held_out_rows)
     speed, count, ratios, fractions = check_targets(target_speedup, target_params, width_ratios, head_fractions,
                                                     head_values)
@@ -203,9 +202,6 @@ def target_plan(loaded, calibration: TokenBatch, *, target_speedup=None, target_
     # (an upper bound for every order), or all droppable ones when only narrower MLPs reach it.
     k_max = fewest_layers(cheapest_first, table, goal, speed is not None, None, None)
     k_max = len(cheapest_first) if k_max is None else k_max
-    criteria = [criterion] if isinstance(criterion, str) else list(criterion)
-    if not criteria:
-        raise PruningError("target_plan needs at least one layer criterion, e.g. criterion='sleb'")
     orders, layer_records = {}, []
     for name in criteria:
         order, record = [], None

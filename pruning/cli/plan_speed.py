@@ -84,7 +84,8 @@ def check_speed_args(args) -> tuple[float, ...]:
     try:
         ratios = "iso" if args.width_ratios.strip() == "iso" else tuple(float(r) for r in args.width_ratios.split(","))
     except ValueError:
-        raise CLIError(f"--width-ratios {args.width_ratios!r}: give comma-separated fractions, e.g. 0,0.1,0.2") from None
+        raise CLIError(f"--width-ratios {args.width_ratios!r}: give comma-separated fractions, e.g. 0,0.1,0.2, or iso "
+                       f"(the narrowest cut for each number of dropped layers)") from None
     targets = (args.target_speedup, args.target_params)
     if args.kind == "target" or any(t is not None for t in targets):
         check_targets(*targets, ratios if args.kind == "target" else (0.0,), (0.0,), None)
