@@ -135,6 +135,21 @@ def test_expected_error_is_reported_and_tracks_the_actual_error():
     assert 0.7 < np.mean(ratios) < 4
 
 
+@pytest.mark.parametrize("make", [lambda: soum_game(12, seed=12), lambda: saturating_score_game(10, seed=10),
+                                  lambda: sparse_pairwise_game(12, seed=3)])
+def test_inside_the_chain_the_expected_error_does_not_understate_the_actual_one(make):
+    # At n + 2 evaluations (half a chain) the ridge bootstrap put the expected error 2-12x below the
+    # measured one; the spread of the reached players' values around the prior covers the rest.
+    known = make()
+    n = known.game.n_players
+    expected, actual = [], []
+    for seed in range(10):
+        values = chain_krr(known.game, n + 2, seed=seed)
+        expected.append(values.details["expected_relative_error"])
+        actual.append(error(values.means, known.shapley))
+    assert 0.9 < np.mean(expected) / np.mean(actual) < 5
+
+
 def test_a_budget_too_small_for_a_stable_ranking_warns_and_a_large_one_does_not():
     known = saturating_score_game(64, seed=64)
     with pytest.warns(UnstableRankingWarning, match="Spearman of the ranking at 0\\.\\d+.*Raise the budget"):
