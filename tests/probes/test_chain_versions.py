@@ -59,10 +59,10 @@ def test_near_every_coalition_no_worse_than_leverage_shap_krr_beyond_the_seed_sp
 
 def test_values_record_the_version_and_an_unknown_version_is_refused():
     known = soum_game(10, seed=1)
-    assert chain_krr(known.game, 60, seed=0).settings["version"] == VERSION == 3
+    assert chain_krr(known.game, 60, seed=0).settings["version"] == VERSION == 4
     assert get_estimator("chain_krr@1")(known.game, 60, seed=0).settings["version"] == 1
-    with pytest.raises(ProbeError, match="unknown version 4; 1 .*, 2 .* or 3"):
-        chain_krr(known.game, 60, seed=0, version=4)
+    with pytest.raises(ProbeError, match="unknown version 5; 1 .*, 2 .*, 3 .* or 4"):
+        chain_krr(known.game, 60, seed=0, version=5)
 
 
 def counted_game(known, store):
@@ -85,14 +85,14 @@ def test_a_store_holding_a_version_1_run_is_refused_naming_the_fix_and_replayed_
         (tmp_path / "store" / "estimators.json").unlink()
     game.store.close()
     again, calls = counted_game(known, tmp_path / "store")
-    with pytest.raises(ProbeError, match="holds a run of chain_krr version 1.*'chain_krr@1'.*'chain_krr@3'"):
+    with pytest.raises(ProbeError, match="holds a run of chain_krr version 1.*'chain_krr@1'.*'chain_krr@4'"):
         chain_krr(again, 200, seed=3)
     replay = get_estimator("chain_krr@1")(again, 200, seed=3)
     np.testing.assert_array_equal(replay.means, old.means)
     assert calls == []  # every coalition came from the store
-    fresh = get_estimator("chain_krr@3")(again, 200, seed=3)  # naming the current version values it anew
-    assert fresh.settings["version"] == 3
-    assert json.loads((tmp_path / "store" / "estimators.json").read_text()) == {"chain_krr": 3}
+    fresh = get_estimator("chain_krr@4")(again, 200, seed=3)  # naming the current version values it anew
+    assert fresh.settings["version"] == 4
+    assert json.loads((tmp_path / "store" / "estimators.json").read_text()) == {"chain_krr": 4}
 
 
 def test_a_store_of_the_current_version_replays_without_new_evaluations(tmp_path):
@@ -108,14 +108,17 @@ def test_a_store_of_the_current_version_replays_without_new_evaluations(tmp_path
 
 
 @pytest.mark.parametrize("n", [16, 64])
-def test_from_the_chainless_budget_on_version_3_is_leverage_shap_krr_and_below_it_version_2(n):
+def test_from_the_chainless_budget_on_it_is_leverage_shap_krr_and_below_it_version_2(n):
     known = soum_game(n, seed=2)
     at = chainless_budget(n)
     assert at == int(np.ceil(max(3, np.sqrt(n)) * n))
     above = chain_krr(known.game, at, seed=5)
-    krr = get_estimator("leverage_shap_krr")(known.game, at, seed=5)
+    krr = get_estimator("leverage_shap_krr")(known.game, at, seed=5, size_degree=1)  # version 4: one size covariate
     np.testing.assert_array_equal(above.means, krr.means)
     assert above.estimator == "chain_krr" and above.settings["design"] == "leverage_shap_krr"
+    assert above.settings["size_degree"] == 1
+    version_3 = get_estimator("chain_krr@3")(known.game, at, seed=5)
+    np.testing.assert_array_equal(version_3.means, get_estimator("leverage_shap_krr")(known.game, at, seed=5).means)
     below = chain_krr(known.game, at - 2, seed=5)
     np.testing.assert_array_equal(below.means, get_estimator("chain_krr@2")(known.game, at - 2, seed=5).means)
     # A prior keeps the chain (its shrinkage lives in the chain's fit) at any budget.
@@ -136,3 +139,29 @@ def test_a_version_2_store_replays_where_version_3_keeps_the_chain_and_is_refuse
         chain_krr(again, 80, seed=3)
     np.testing.assert_array_equal(get_estimator("chain_krr@2")(again, 80, seed=3).means, big.means)
     assert calls == []
+
+
+def test_a_version_3_store_replays_where_version_4_keeps_the_chain_and_is_refused_where_it_does_not(tmp_path):
+    known = soum_game(16, seed=4)
+    game, _ = counted_game(known, tmp_path / "store")
+    small = get_estimator("chain_krr@3")(game, 40, seed=3)
+    big = get_estimator("chain_krr@3")(game, 80, seed=3)  # 80 >= chainless_budget(16) = 64
+    game.store.close()
+    again, calls = counted_game(known, tmp_path / "store")
+    np.testing.assert_array_equal(chain_krr(again, 40, seed=3).means, small.means)
+    with pytest.raises(ProbeError, match="version 3.*'chain_krr@3'"):
+        chain_krr(again, 80, seed=3)
+    np.testing.assert_array_equal(get_estimator("chain_krr@3")(again, 80, seed=3).means, big.means)
+    # Version 4 evaluates the same coalitions as version 3 (only the chainless fit differs).
+    get_estimator("chain_krr@4")(again, 80, seed=3)
+    assert calls == []
+    assert json.loads((tmp_path / "store" / "estimators.json").read_text()) == {"chain_krr": 4}
+
+
+@pytest.mark.parametrize("budget", [40, 80])
+def test_a_size_degree_named_by_the_caller_is_kept_and_recorded(budget):
+    known = soum_game(16, seed=4)
+    values = chain_krr(known.game, budget, seed=1, size_degree=2)
+    assert values.settings["size_degree"] == 2
+    replay = chain_krr(known.game, budget, seed=1, **{k: values.settings[k] for k in ("size_degree", "version")})
+    np.testing.assert_array_equal(replay.means, values.means)
