@@ -111,6 +111,9 @@ def main() -> None:
         "wall_seconds": round(float(np.mean([r["compute_seconds_all_runs"] for r in runs])), 1),
         "evaluations": int(np.mean([r["evaluations"] for r in runs])),
         "top5_vs_random5_damage_ratio": round(top_damage / random_damage, 2) if random_damage > 0 else None,
+        # What each seed's run predicted from its own standard errors (probes/estimators/reliability.py).
+        "predicted_seed_spearman": [r["expected_seed_spearman"] for r in runs],
+        "predicted_seed_spearman_deconvolved": [r["expected_seed_spearman_deconvolved"] for r in runs],
     }
     result = {
         "summary": summary,
@@ -155,7 +158,9 @@ def value_one_seed(args, loaded, task, seed: int):
            "compute_runs": timing["runs"],
            "store": str(store), "top5": hv.top_k(5), "harmful_95": [h.as_dict() for h in hv.harmful(0.95)],
            "full_value": hv.full_value, "empty_value": hv.empty_value,
-           "median_stderr": float(np.nanmedian(hv.stderrs))}
+           "median_stderr": float(np.nanmedian(hv.stderrs)),
+           "expected_seed_spearman": hv.details.get("expected_seed_spearman"),
+           "expected_seed_spearman_deconvolved": hv.details.get("expected_seed_spearman_deconvolved")}
     print(f"seed {seed}: {wall:.0f} s, {hv.n_evaluations} evaluations; top 5 {hv.top_k(5)}", flush=True)
     hv.save(store.parent / f"values-{store.name}.json")
     return hv, run
