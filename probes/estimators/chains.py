@@ -33,8 +33,11 @@ At budget 2n (the chain alone, no prior) the result is the antithetic permutatio
 5. Version 4: the chainless run fits one odd size covariate instead of three (leverage_shap_krr with
    size_degree=1, CHAINLESS_SIZE_DEGREE). At 5n on tanh_pairwise_16 the two extra free columns
    cost 10% of error, beyond the seed spread (estimators.json, 10 seeds); on the other games the
-   difference is within 1% or in version 4's favour (small games at 8n-90% of 2^n). Same
-   evaluations as version 3 at every budget: only that fit differs.
+   difference is within 1% or in version 4's favour (small games at 8n-90% of 2^n). And the chain
+   ends by 8n at the latest (chainless_budget: min(max(3, sqrt n), 8) * n): at n = 256, version 3
+   kept it up to 16n, and at 10n it erred 13% more than the pairs alone on soum_256, beyond the
+   seed spread (estimators.json, 5 seeds; at 8n both 256-player games favoured the pairs alone).
+   Version 4 evaluates what version 3 did at every budget for n <= 64, and below 8n for larger n.
 
 Standard errors: a bootstrap over pairs of the linear step (the kernel step is not refitted per
 replicate, so they overstate the error, as leverage_shap_krr's do); for the chain alone, half the
@@ -109,13 +112,20 @@ class ChainSequence:
         return np.concatenate([chain_fits, np.ones(len(design.first) - len(self.chain), dtype=bool)])
 
 
-def chainless_budget(n: int) -> int:
-    """Version 3: from this budget on (and without a prior) chain_krr runs leverage_shap_krr's design."""
-    return int(np.ceil(max(3.0, np.sqrt(n)) * n))
+CHAINLESS_MAX_PER_PLAYER = 8.0  # version 4: the chain ends by 8n at the latest
+
+
+def chainless_budget(n: int, version: int = VERSION) -> int:
+    """From this budget on (and without a prior) chain_krr runs leverage_shap_krr's design (version 3
+    on: max(3, sqrt n) * n; version 4 caps it at CHAINLESS_MAX_PER_PLAYER * n)."""
+    per_player = max(3.0, np.sqrt(n))
+    if version >= 4:
+        per_player = min(per_player, CHAINLESS_MAX_PER_PLAYER)
+    return int(np.ceil(per_player * n))
 
 
 def uses_chain(n: int, budget: int, version: int, prior) -> bool:
-    return version < 3 or prior is not None or budget < chainless_budget(n)
+    return version < 3 or prior is not None or budget < chainless_budget(n, version)
 
 
 def default_size_degree(n: int, budget: int, version: int, prior) -> int:
@@ -249,7 +259,7 @@ def _without_chain(game, budget, seed, stop, version, **settings) -> Values:
         game.store.record_estimator_version("chain_krr", version)
     values.estimator = "chain_krr"
     values.settings = {**values.settings, "version": version, "design": "leverage_shap_krr",
-                       "chainless_budget": chainless_budget(game.n_players)}
+                       "chainless_budget": chainless_budget(game.n_players, version)}
     return values
 
 
@@ -379,7 +389,7 @@ def check_store_version(store, n: int, budget: int, seed, prior=None) -> int:
         # Versions 2 and 3 share the chain design (version 3 leaves it only at large budgets).
         held = {v: _design_in_store(store, n, budget, seed, v) for v in (1, 2)}
         recorded = 1 if held[1] and not held[2] else None
-    if recorded in (2, 3) and uses_chain(n, budget, VERSION, prior):
+    if recorded in (2, 3) and uses_chain(n, budget, VERSION, prior) and uses_chain(n, budget, recorded, prior):
         return recorded  # versions 2-4 run the chain alike
     if recorded is not None and recorded != VERSION:
         raise ProbeError(

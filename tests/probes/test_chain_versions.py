@@ -165,3 +165,19 @@ def test_a_size_degree_named_by_the_caller_is_kept_and_recorded(budget):
     assert values.settings["size_degree"] == 2
     replay = chain_krr(known.game, budget, seed=1, **{k: values.settings[k] for k in ("size_degree", "version")})
     np.testing.assert_array_equal(replay.means, values.means)
+
+
+def test_version_4_ends_the_chain_by_8n_and_a_version_3_chain_run_beyond_it_is_refused(tmp_path):
+    assert [chainless_budget(n) for n in (9, 16, 64, 100, 256)] == [27, 64, 512, 800, 2048]
+    assert [chainless_budget(n, version=3) for n in (64, 100, 256)] == [512, 1000, 4096]
+    known = soum_game(100, seed=1)
+    game, _ = counted_game(known, tmp_path / "store")
+    old = get_estimator("chain_krr@3")(game, 900, seed=0, n_bootstrap=0)  # 900 < 1000: version 3 keeps the chain
+    assert "design" not in old.settings
+    game.store.close()
+    again, calls = counted_game(known, tmp_path / "store")
+    with pytest.raises(ProbeError, match="version 3.*'chain_krr@3'"):
+        chain_krr(again, 900, seed=0)  # version 4 runs no chain from 800 on
+    np.testing.assert_array_equal(get_estimator("chain_krr@3")(again, 900, seed=0, n_bootstrap=0).means, old.means)
+    assert calls == []
+    assert chain_krr(known.game, 900, seed=0, n_bootstrap=0).settings["chainless_budget"] == 800
