@@ -48,8 +48,8 @@ ESTIMATORS = MappingProxyType(_REGISTRY)
 # Chosen from the benchmark table at every budget 2n-20n (see module docstring): one antithetic
 # permutation chain read as regression pairs, then Leverage SHAP pairs, ridge toward a prior and
 # the kernel-ridge step of leverage_shap_krr (chains.py). At 2n it is antithetic permutation
-# sampling; from max(3, sqrt n) * n evaluations on it is leverage_shap_krr's run (version 3), with one
-# size covariate instead of three (version 4).
+# sampling; from min(max(3, sqrt n), 8) * n evaluations on it is leverage_shap_krr's run with one
+# size covariate instead of three (version 4; version 3: from max(3, sqrt n) * n, three covariates).
 # leverage_shap_krr, the default before, keeps its name and exact behaviour, so its stores and
 # values files replay unchanged.
 DEFAULT_ESTIMATOR = "chain_krr"

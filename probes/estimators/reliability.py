@@ -5,13 +5,13 @@ Every estimator's Values carry, in details, `expected_relative_error` = sqrt(sum
 correlation two runs with different seeds would have if each erred by its standard errors:
 - `expected_seed_spearman`: Monte Carlo around the estimate. Optimistic where most players' values
   are near zero and the noise is of their size: the estimate's spread there is itself noise, and
-  the simulation counts it as signal (SmolLM2's 270 heads at 2,700 evaluations: 0.67 predicted,
-  0.43 measured between seeds).
+  the simulation counts it as signal (SmolLM2's 270 heads at 2,700 evaluations, chain_krr version
+  3: 0.67 / 0.68 predicted, 0.43 measured between seeds).
 - `expected_seed_spearman_deconvolved`: the same simulation around values drawn from their
   posterior under a prior estimated from the run itself (the nonparametric maximum-likelihood
   prior on a grid, "empirical Bayes deconvolution"), so the noise is not counted twice. Right when
-  the standard errors are right (SmolLM2's heads: 0.45-0.49 at 2,700 evaluations against 0.43
-  measured, 0.88-0.91 at 40,000 against 0.90); low when they overstate the error (the one-chain
+  the standard errors are right (SmolLM2's heads: 0.47 / 0.50 at 2,700 evaluations against 0.43
+  measured, 0.92 / 0.89 at 40,000 against 0.90); low when they overstate the error (the one-chain
   estimate at 2n, the bootstrap that does not refit the kernel step), so it is a lower end.
 Below STABLE_RANKING_SPEARMAN (by the first) the run warns: the ranking is not yet stable at this
 budget; the warning quotes both. The README's head-values table is this quantity measured between
