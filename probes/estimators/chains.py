@@ -55,7 +55,7 @@ from probes.errors import ProbeError
 from probes.estimators._design import PairedDesign, PairedSequence, total_units
 from probes.estimators.kernel_ridge import fit_odd_kernel
 from probes.estimators.priors import resolve_prior
-from probes.estimators.regression import PairedRun, size_basis, unit_weights
+from probes.estimators.regression import PairedRun, check_size_degree, size_basis, unit_weights
 from probes.estimators._common import make_values, require_budget, should_stop, start_stop
 from probes.game import Game, pack_coalitions
 from probes.stopping import StoppingCriterion
@@ -216,6 +216,7 @@ def chain_krr(game: Game, budget: int, seed: int | None = None, stop: StoppingCr
     budget = require_budget(budget, n + 2, name, "v(empty), v(full) and n/2 complementary pairs to determine n values")
     if not gamma > 0 or int(max_centers) < 1:
         raise ProbeError(f"chain_krr: gamma must be > 0 and max_centers >= 1, got {gamma}, {max_centers}")
+    check_size_degree(size_degree, name)
     if size_degree is None:
         size_degree = default_size_degree(n, budget, version, prior)
     record_as = version

@@ -22,6 +22,7 @@ import warnings
 
 import numpy as np
 
+from probes.errors import ProbeError
 from probes.estimators._common import Ledger, make_values, require_budget, should_stop, start_stop
 from probes.estimators._design import PairedDesign, PairedSequence, total_units
 from probes.game import Game
@@ -63,6 +64,14 @@ def solve_efficient_wls(x: np.ndarray, y: np.ndarray, w: np.ndarray, total: floa
         pinv = np.linalg.pinv(a)
         a_inv_b, a_inv_1 = pinv @ b, pinv @ ones
     return a_inv_b - a_inv_1 * (ones @ a_inv_b - total) / (ones @ a_inv_1)
+
+
+def check_size_degree(size_degree, estimator: str) -> None:
+    """None (no size covariates) or a whole number >= 0; anything else is refused with the fix."""
+    if size_degree is not None and (isinstance(size_degree, bool) or not isinstance(size_degree, (int, np.integer))
+                                    or size_degree < 0):
+        raise ProbeError(f"{estimator}: size_degree must be a whole number >= 0 (how many powers of the coalition "
+                         f"size the fit may bend with; 1 or 3 are usual) or None, got {size_degree!r}")
 
 
 def size_basis(coalitions: np.ndarray, degree: int) -> np.ndarray:
@@ -175,6 +184,7 @@ def regression_shapley(
     n = game.n_players
     name = name or {"leverage": "leverage_shap", "kernel": "kernel_shap"}[distribution] + ("_size" if size_degree is not None else "")
     budget = require_budget(budget, n + 2, name, "v(empty), v(full) and n/2 complementary pairs to determine n values")
+    check_size_degree(size_degree, name)
     rng = np.random.default_rng(seed)
     stop = start_stop(stop)
     run = PairedRun(game, budget, rng, distribution, stop)

@@ -181,3 +181,10 @@ def test_version_4_ends_the_chain_by_8n_and_a_version_3_chain_run_beyond_it_is_r
     np.testing.assert_array_equal(get_estimator("chain_krr@3")(again, 900, seed=0, n_bootstrap=0).means, old.means)
     assert calls == []
     assert chain_krr(known.game, 900, seed=0, n_bootstrap=0).settings["chainless_budget"] == 800
+
+
+@pytest.mark.parametrize("name", ["chain_krr", "leverage_shap_krr", "leverage_shap_size"])
+@pytest.mark.parametrize("bad", [-1, 1.5, "3", True])
+def test_a_size_degree_that_is_not_a_whole_number_is_refused_with_the_fix(name, bad):
+    with pytest.raises(ProbeError, match=f"{name}: size_degree must be a whole number >= 0.*got {bad!r}"):
+        get_estimator(name)(soum_game(8, seed=0).game, 40, seed=0, size_degree=bad)
