@@ -10,7 +10,9 @@ Methods, each reaching the target by the timing table's prediction (pruning/timi
   width on the iso-cost line (for each number of dropped layers, the narrowest cut reaching the target;
   --width-ratios R ... for a grid plus the narrowest width-only cut), kept MLP channels refitted by least squares
   (--no-mlp-refit: mean compensation only); of all these candidates the one with the least loss on the
-  last --held-out-rows calibration rows, which no fit sees. Heads are not in the search here (no head values
+  last --held-out-rows calibration rows, which no fit in the search sees. The chosen plan is then applied
+  on all the fitting text (below) with every block's down-projection refitted to the dense residual
+  stream (surgery/stream_refit.py; --no-stream-refit leaves it out). Heads are not in the search here (no head values
   are computed: their predicted saving is small and valuing 576 heads costs more than this whole run).
 - block_influence: the fewest Block Influence (ShortGPT) layers that reach the target, no repair.
 - sleb: the fewest layers of SLEB's greedy order (each step evaluated on the game's text), no repair.
@@ -20,17 +22,20 @@ Methods, each reaching the target by the timing table's prediction (pruning/timi
   this CPU (there is no sparse kernel), measured anyway; and the dense model.
 
 Text: the built-in documentation text in disjoint chunks of --seq-len tokens: rows 0..n_cal-1 calibrate
-(repair maps, channel scores and means; ours fits on all but the last --held-out-rows of them and scores
-its candidates on those; the layer games use the first --n-select rows), the next --n-eval rows are held out. --text FILE gives a second held-out set (a different source,
-so disjoint from the calibration). Task scores: --n-task prompts of each built-in task.
+the choices (ours' search fits its candidates on all but the last --held-out-rows of them and scores them
+on those; the layer games use the first --n-select rows; FLAP's channel scores), the next --n-eval rows
+are held out, and the --repair-rows after them join the n_cal rows as the fitting text every method's
+applied plan uses (ReplaceMe maps, compensation means, MLP refits, the stream refit, Wanda norms): the
+same tokens for every method. --text FILE gives a second held-out set (a different source, so disjoint
+from the calibration). Task scores: --n-task prompts of each built-in task.
 
 Latency (pruning.latency.measure_latency): --prompts prompts of --prompt-tokens random tokens, each timed
 --repeats times after a warm-up (prefill projected at the last position only, as `generate` runs it, then
 --new-tokens greedy steps with the KV cache). Each variant and the dense model are timed alternately
 prompt by prompt, and a speed-up is the median of the per-prompt ratios: the machine is shared (the load
 average is recorded before and after each measurement), so an unpaired dense time from minutes earlier
-would carry its load into every ratio. Speed-ups still carry noise that parameters and predictions do not. `ours` is exported,
-reloaded with transformers and its logits compared with the in-memory plan (export_max_logit_diff).
+would carry its load into every ratio. Speed-ups still carry noise that parameters and predictions do not. `ours` at 1.25x is
+exported, reloaded with transformers and its logits compared with the in-memory plan (export_max_logit_diff).
 Writes benchmarks/results/speed_quality.json (partial results after every variant).
 """
 
@@ -49,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import surgery  # noqa: E402
 from benchmarks.bench_common import evaluate_model, task_batches_for, token_rows, write_results  # noqa: E402
+from surgery.batch import concat_batches  # noqa: E402
 from probes.tasks import get_task  # noqa: E402
 from pruning.apply import apply_plan  # noqa: E402
 from pruning.evaluate import exported_logits, next_token_loss, plain_logits  # noqa: E402
@@ -62,6 +68,9 @@ from pruning.timing import dense_ms, predicted_ms, timing_table  # noqa: E402
 from pruning.width import channel_scores, width_plan  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "speed_quality.json"
+# The export is checked at one target: each check applies the plan once more (minutes with the stream
+# refit on the fitting text), and export == in-memory does not depend on which layers went.
+EXPORT_CHECK_TARGET = 1.25
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -70,6 +79,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--targets", type=float, nargs="+", default=[1.1, 1.25, 1.5])
     parser.add_argument("--text", default=None, help="a second held-out text file (user text)")
     parser.add_argument("--n-cal", type=int, default=24)
+    parser.add_argument("--repair-rows", type=int, default=256,
+                        help="further rows (after the held-out ones) that every method's fits use besides --n-cal; "
+                             "ours' candidate search does not see them")
+    parser.add_argument("--no-stream-refit", dest="stream_refit", action="store_false",
+                        help="ours without the final refit of every block to the dense residual stream")
     parser.add_argument("--held-out-rows", type=int, default=8,
                         help="ours: calibration rows that only score the candidates (fits use the others)")
     parser.add_argument("--criteria", nargs="+", default=["banzhaf", "block_influence"],
@@ -151,21 +165,22 @@ def baseline_plans(args, loaded, table, target, orders, fluctuation) -> list:
     return plans
 
 
-def export_check(loaded, plan, cal, probe) -> float:
-    """Largest logit difference of the exported, reloaded plan against the plan applied in memory."""
+def export_check(loaded, plan, cal, probe, in_memory) -> float:
+    """Largest logit difference of the exported, reloaded plan against the plan applied in memory (by
+    measure, on the same calibration)."""
     with tempfile.TemporaryDirectory() as tmp:
         manifest = export_pruned(loaded, plan, Path(tmp) / "export", calibration=cal, force=True)
         logits, _ = exported_logits(Path(tmp) / "export", probe, bool(manifest.get("remote_code")))
-    in_memory = apply_plan(loaded, plan, calibration=cal).model
     return float((logits - plain_logits(in_memory.model, probe)).abs().max())
 
 
-def measure(args, loaded, name, plan, target, cal, held_out, user_text, tasks, dense, table) -> dict:
-    """One plan applied (fitted on `cal`, the rows it was planned with), its quality and its speed."""
+def measure(args, loaded, name, plan, target, cal, held_out, user_text, tasks, dense, table) -> tuple[dict, object]:
+    """One plan applied (fitted on `cal`), its quality and its speed: (row, the pruned model)."""
     t0 = time.time()
     pruned = apply_plan(loaded, plan, calibration=cal).model if plan is not None else loaded
     row = {"name": name, "target_speedup": target, "layers_removed": plan.layers if plan else [],
-           "repair": bool(plan and plan.layer_repair),
+           "repair": bool(plan and plan.layer_repair), "stream_refit": bool(plan and plan.stream_repair),
+           "fit_tokens": int(cal.attention_mask.sum()),
            "mlp_channels_removed": sum(map(len, plan.mlp_channels.values())) if plan else 0,
            "heads_removed": len(plan.heads) if plan else 0,
            "parameters": sum(p.numel() for p in pruned.model.parameters()),
@@ -183,7 +198,7 @@ def measure(args, loaded, name, plan, target, cal, held_out, user_text, tasks, d
     print(f"[{target or '-'}x] {name:<28} ppl x{row['ppl_ratio']:.3f}  prefill x{row['prefill_speedup']:.2f}  decode "
           f"x{row['decode_speedup']:.2f}  tasks {row['task_mean']:.3f}  params {row['parameters'] / 1e6:.1f}M  "
           f"load {row['load_average_1min_before']:.1f}", flush=True)
-    return row
+    return row, pruned
 
 
 def summarize(result: dict) -> dict:
@@ -212,8 +227,12 @@ def main() -> None:
     torch.manual_seed(args.seed)
     t0 = time.time()
     loaded = surgery.load(args.model)
-    text = get_task("text", n=args.n_cal + args.n_eval, seq_len=args.seq_len).batch(loaded, seed=0)
+    # One seeded draw of disjoint chunks: a longer draw keeps the first rows, so the held-out rows stay
+    # the same whatever --repair-rows is.
+    text = get_task("text", n=args.n_cal + args.n_eval + args.repair_rows, seq_len=args.seq_len).batch(loaded, seed=0)
     cal = token_rows(text.tokens, 0, args.n_cal)
+    first_after = args.n_cal + args.n_eval
+    fit_all = concat_batches([cal, token_rows(text.tokens, first_after, first_after + args.repair_rows)])
     select = token_rows(text.tokens, 0, args.n_select)
     held_out = text.rows(args.n_cal, args.n_cal + args.n_eval)
     user_text = None if args.text is None else get_task("text", path=args.text, n=args.n_eval,
@@ -222,6 +241,7 @@ def main() -> None:
     dense = quality(loaded, held_out, user_text, tasks)
     table = timing_table(loaded, prompt_tokens=args.prompt_tokens, repeats=args.repeats, seed=args.seed)
     result = {"model": args.model, "calibration_tokens": int(cal.attention_mask.sum()),
+              "fit_tokens": int(fit_all.attention_mask.sum()),
               "layer_game_tokens": int(select.attention_mask.sum()), "held_out_tokens": int(held_out.tokens.attention_mask.sum()),
               "user_text": args.text, "dense": {**dense, **latency(args, loaded)}, "timing_table": table,
               "load_average_at_start": os.getloadavg(), "variants": [],
@@ -235,7 +255,6 @@ def main() -> None:
     sleb_game = layer_objective_game(loaded, select)
     result["layer_orders"] = {"block_influence": orders["block_influence"]}
     fluctuation = channel_scores(loaded, cal, "fluctuation")
-    fit_rows = token_rows(cal, 0, args.n_cal - args.held_out_rows)  # what ours fits its repairs on
     probe = token_rows(held_out.tokens, 0, 2)
     for target in args.targets:
         start = time.time()
@@ -248,20 +267,21 @@ def main() -> None:
         ours = target_plan(loaded, cal, target_speedup=target, timing=table, criterion=args.criteria,
                            budget=args.budget, seed=args.seed, width_ratios=args.width_ratios or "iso", repair=True,
                            ridge=args.ridge, cornerstones=protect, selection=select, mlp_repair=args.mlp_refit,
-                           held_out_rows=args.held_out_rows)
+                           held_out_rows=args.held_out_rows, stream_repair=args.stream_refit)
         plan_seconds = round(time.time() - start, 1)
         for name, plan in [("ours", ours)] + baseline_plans(args, loaded, table, target, orders, fluctuation):
-            rows = fit_rows if name == "ours" else cal
-            row = measure(args, loaded, name, plan, target, rows, held_out, user_text, tasks, dense, table)
+            row, pruned = measure(args, loaded, name, plan, target, fit_all, held_out, user_text, tasks, dense, table)
             if name == "ours":
                 row.update(plan_seconds=plan_seconds, chosen=ours.provenance[0]["chosen"],
                            candidates=ours.provenance[0]["candidates"],
-                           export_max_logit_diff=export_check(loaded, plan, rows, probe))
+                           export_max_logit_diff=export_check(loaded, plan, fit_all, probe, pruned)
+                           if target == EXPORT_CHECK_TARGET else None)
+            del pruned
             result["variants"].append(row)
             result["summary"] = summarize(result)  # partial results carry their summary too
             write_results(args.out, result, args)
     wanda = sparsity_plan(loaded, 0.5, allocation="uniform", method="wanda", n_m=(2, 4))
-    row = measure(args, loaded, "wanda_2of4", wanda, None, cal, held_out, user_text, tasks, dense, table)
+    row, _ = measure(args, loaded, "wanda_2of4", wanda, None, fit_all, held_out, user_text, tasks, dense, table)
     row["note"] = "2:4 zeros stored dense: same shapes and FLOPs, no speed-up expected on CPU"
     result["variants"].append(row)
     result["summary"] = summarize(result)

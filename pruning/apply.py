@@ -1,8 +1,10 @@
 """Carry out a PruningPlan with surgery's cut functions: sparsify, remove heads, remove MLP channels,
-drop layers (repaired when the plan says so).
+drop layers (repaired when the plan says so), then, when the plan asks, refit every block to the dense
+residual stream.
 
 Order matters: sparsity ratios and head names refer to the original layer numbering, so layers are
-dropped last. Heads inside dropped layers are left to the layer removal.
+dropped last (before the stream refit, which fits the final shapes). Heads inside dropped layers are
+left to the layer removal.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from surgery.head_repair import repair_heads
 from surgery.layer_repair import repair_layers
 from surgery.mlp_repair import repair_mlp_channels
 from surgery.mlp_width import remove_mlp_channels
+from surgery.stream_refit import refit_to_dense_stream
 from surgery.loading import LoadedModel
 
 
@@ -94,6 +97,11 @@ def apply_plan(loaded: LoadedModel, plan: PruningPlan, *, calibration: Iterable[
     elif plan.layers:
         work = remove_layers(work, plan.layers, copy=False)
         report["layers"] = {"removed": list(plan.layers)}
+    if plan.stream_repair:
+        reference = _calibration_for(calibration, "refits every block to the dense residual stream")
+        kept = [l for l in range(loaded.components.n_layers) if l not in dropped]
+        work = refit_to_dense_stream(loaded, work, kept, reference, ridge=float(plan.stream_repair.get("ridge", 0.1)))
+        report["stream_repair"] = work.model.config.surgery_stream_refit[-1]
     return AppliedPlan(work, report)
 
 
@@ -120,6 +128,16 @@ def with_mlp_repair(plan: PruningPlan, ridge: float = 0.1) -> PruningPlan:
     if ridge < 0:
         raise PruningError(f"ridge={ridge} must be >= 0")
     return dataclasses.replace(plan, mlp_repair={"method": "least_squares_refit", "ridge": float(ridge)})
+
+
+def with_stream_repair(plan: PruningPlan, ridge: float = 0.1) -> PruningPlan:
+    """The same plan with every kept block's down-projection refitted to the dense residual stream after
+    the rest of the plan (surgery/stream_refit.py); needs calibration tokens at export, at least
+    MIN_TOKENS_PER_COEFFICIENT x (widest kept MLP + 1)."""
+    import dataclasses
+    if ridge < 0:
+        raise PruningError(f"ridge={ridge} must be >= 0")
+    return dataclasses.replace(plan, stream_repair={"method": "dense_stream_refit", "ridge": float(ridge)})
 
 
 def with_layer_repair(plan: PruningPlan, ridge: float = 0.1) -> PruningPlan:

@@ -47,7 +47,7 @@ def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: boo
     compensated = plan.removal_mode == "mean_compensated" and bool(plan.heads)
     width_compensated = plan.mlp_removal == "mean_compensated" and bool(plan.mlp_channels)
     repaired = bool(plan.layers and plan.layer_repair)
-    needs_tokens = compensated or width_compensated or repaired
+    needs_tokens = compensated or width_compensated or repaired or bool(plan.stream_repair)
     if calibration is not None and (needs_tokens or isinstance(calibration, (str, os.PathLike))):
         batch, calibration_record = calibration_batch(loaded, calibration)
         batches = batch
@@ -77,6 +77,8 @@ def export_pruned(loaded: LoadedModel, plan: PruningPlan, out_dir, *, force: boo
                           else {})}
                       if plan.mlp_channels else None),
         "layer_repair": ({**report["layers"]["repair"], "calibration": calibration_record} if repaired else None),
+        "stream_repair": ({**report["stream_repair"], "calibration": calibration_record} if plan.stream_repair
+                          else None),
         "before": before, "after": after, "file_shrinks": shrinks, "notes": notes,
         "components_after": pruned.components.describe(),
         "dtype": dtype_name(next(pruned.model.parameters()).dtype),
@@ -114,6 +116,9 @@ def _export_notes(plan: PruningPlan, compensated: bool, width_compensated: bool,
     if repaired:
         notes.append("dropped layers are REPAIRED: a least-squares map per dropped span, fitted on the calibration "
                      "tokens, is folded into the down-projection of the block before it (plain checkpoint)")
+    if plan.stream_repair:
+        notes.append("every kept block's MLP down-projection is REFITTED to the dense model's residual stream "
+                     "(least squares on the calibration tokens, after the other repairs; plain weights)")
     if plan.sparsity:
         notes.append("unstructured sparsity zeroes weights inside dense tensors: the file does not shrink; "
                      "nonzero_parameters counts what is left")

@@ -63,6 +63,10 @@ class PruningPlan:
     # {"method": "least_squares_refit", "ridge": ...}: their down-projection columns and the bias
     # refitted on calibration tokens to the unpruned layer's MLP outputs (surgery/mlp_repair.py).
     mlp_repair: dict | None = None
+    # After everything else: None, or {"method": "dense_stream_refit", "ridge": ...}: every kept block's
+    # down-projection refitted so the pruned model's residual stream follows the dense model's on the
+    # calibration tokens (surgery/stream_refit.py; needs several tokens per MLP channel).
+    stream_repair: dict | None = None
 
     def __post_init__(self):
         self.layers = sorted(int(l) for l in self.layers)
@@ -115,7 +119,7 @@ class PruningPlan:
                            {**self.mlp_channels, **other.mlp_channels},
                            other.mlp_removal if other.mlp_channels else self.mlp_removal,
                            other.layer_repair or self.layer_repair, other.head_repair or self.head_repair,
-                           other.mlp_repair or self.mlp_repair)
+                           other.mlp_repair or self.mlp_repair, other.stream_repair or self.stream_repair)
 
     def check_model(self, loaded: LoadedModel) -> None:
         from probes.model_game import is_legacy_digest
@@ -144,6 +148,8 @@ class PruningPlan:
             parts.append(f"refit kept heads ({self.head_repair.get('method')})")
         if self.mlp_repair and self.mlp_channels:
             parts.append(f"refit kept MLP channels ({self.mlp_repair.get('method')})")
+        if self.stream_repair:
+            parts.append(f"refit every block to the dense residual stream ({self.stream_repair.get('method')})")
         if self.sparsity:
             mean = sum(self.sparsity.values()) / len(self.sparsity)
             parts.append(f"{self.sparsity_method} sparsity, mean {mean:.2f} over {len(self.sparsity)} layers")
@@ -203,6 +209,10 @@ def _check_width_and_repair(plan: "PruningPlan") -> None:
                                f"{plan.layer_repair!r}")
         if not plan.layers:
             raise PruningError("the plan asks for layer repair but drops no layers")
+    if plan.stream_repair is not None and (not isinstance(plan.stream_repair, dict)
+                                           or plan.stream_repair.get("method") != "dense_stream_refit"):
+        raise PruningError(f"stream_repair must be None or {{'method': 'dense_stream_refit', 'ridge': ..}}, got "
+                           f"{plan.stream_repair!r}")
     _check_refit_setting(plan.head_repair, "head_repair", "head repair", "removal_mode",
                          not plan.heads or plan.removal_mode == "mean_compensated")
     _check_refit_setting(plan.mlp_repair, "mlp_repair", "MLP repair", "mlp_removal",

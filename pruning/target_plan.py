@@ -166,7 +166,8 @@ def target_plan(loaded, calibration: TokenBatch, *, target_speedup=None, target_
                 timing: dict | None = None, criterion="sleb", width_ratios=DEFAULT_WIDTH_RATIOS,
                 width_score: str = "fluctuation", head_values=None, head_fractions=(0.0,), repair: bool = True,
                 ridge: float = 0.1, cornerstones=(), selection: TokenBatch | None = None, progress=None,
-                mlp_repair: bool = False, held_out_rows: int = 0, **layer_settings) -> PruningPlan:
+                mlp_repair: bool = False, held_out_rows: int = 0, stream_repair: bool = False,
+                **layer_settings) -> PruningPlan:
     """The least-loss combination of dropped layers (+ repair), MLP width and heads reaching the target.
 
     criterion: a layer criterion or a list of them (each gives a drop order; candidates from every order
@@ -176,7 +177,10 @@ def target_plan(loaded, calibration: TokenBatch, *, target_speedup=None, target_
     calibration text; a shorter batch makes SLEB / Banzhaf cheaper). mlp_repair: refit the kept MLP
     channels of every candidate (surgery/mlp_repair.py). held_out_rows: the last rows of `calibration`
     only score the candidates and the rest fit them (scores, compensation, repairs): a fit scored on its
-    own tokens favours the candidate that refits most. layer_settings: measure, budget, seed, store_dir
+    own tokens favours the candidate that refits most. stream_repair: the chosen plan also refits every
+    block to the dense residual stream when it is applied (surgery/stream_refit.py); the candidates are
+    scored without it (it needs far more tokens than a search affords: apply the plan with more calibration
+    text than the search had). layer_settings: measure, budget, seed, store_dir
     (pruning.layer_selection)."""
     criteria = [criterion] if isinstance(criterion, str) else list(criterion)
     if not criteria:
@@ -258,6 +262,11 @@ def target_plan(loaded, calibration: TokenBatch, *, target_speedup=None, target_
               "candidates": [{k: v for k, v in c.items() if k != "plan"} for c in candidates],
               "chosen": {k: v for k, v in best.items() if k != "plan"}}
     plan = best["plan"]
+    if stream_repair:
+        from pruning.apply import with_stream_repair
+
+        plan = with_stream_repair(plan, ridge)
+    record["stream_repair"] = bool(stream_repair)
     plan.provenance = [record]
     return plan
 

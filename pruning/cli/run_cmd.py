@@ -44,9 +44,13 @@ def cmd_run(args) -> int:
     # One seeded draw of the built-in text: the first eval_n sequences are what `evaluate` scores
     # (same seed, same prefix), the next cal_n calibrate the game and the compensation: disjoint.
     # The next repair_n (keep-model) give the compensation means and the refit of the kept heads more tokens.
-    repair_n = args.repair_n if args.method == "keep-model" and args.target_speedup is None \
-        and args.target_params is None else 0
+    # Targets: the repair rows feed the stream refit of the chosen plan (the search fits on --cal-n only).
+    targeted = args.target_speedup is not None or args.target_params is not None
+    repair_n = (args.repair_n if args.stream_refit else 0) if targeted else \
+        (args.repair_n if args.method == "keep-model" else 0)
     wanted = args.eval_n + args.cal_n + repair_n
+    if args.stream_refit:
+        check_stream_tokens(loaded, args)
     text = get_task("text", n=wanted, seq_len=args.seq_len).batch(loaded, seed=args.eval_seed)
     if text.size < wanted:
         raise CLIError(f"the built-in text gives only {text.size} sequences of {args.seq_len} tokens, the run asks for "
@@ -56,9 +60,11 @@ def cmd_run(args) -> int:
     if repair_n and plan.heads:
         from pruning.apply import with_head_repair
         plan = with_head_repair(plan)
+    if repair_n:
         calibration = text.rows(args.eval_n, wanted).tokens  # the game's rows and the repair rows
     plan.save(out / "plan.json")
-    needs_calibration = plan.removal_mode == "mean_compensated" or bool(plan.mlp_channels or plan.layer_repair)
+    needs_calibration = plan.removal_mode == "mean_compensated" or bool(plan.mlp_channels or plan.layer_repair
+                                                                         or plan.stream_repair)
     with stages(f"exporting ({plan.summary()}, {plan.removal_mode} removal, {args.dtype})") as stage:
         manifest = export_pruned(loaded, plan, export_dir, force=args.force, progress=stage,
                                  calibration=calibration if needs_calibration else None,
@@ -102,9 +108,9 @@ def check_run_arguments(args) -> None:
         from pruning.target_plan import DEFAULT_WIDTH_RATIOS, check_targets
 
         check_targets(args.target_speedup, args.target_params, DEFAULT_WIDTH_RATIOS, (0.0,), None)
-    elif args.mlp_refit or args.held_out_rows:
-        raise CLIError("--mlp-refit and --held-out-rows shape a --target-speedup / --target-params plan; give a "
-                       "target, or leave them out for a head plan")
+    elif args.mlp_refit or args.held_out_rows or args.stream_refit:
+        raise CLIError("--mlp-refit, --held-out-rows and --stream-refit shape a --target-speedup / --target-params "
+                       "plan; give a target, or leave them out for a head plan")
     if args.held_out_rows and not 0 < args.held_out_rows < args.cal_n:
         raise CLIError(f"--held-out-rows {args.held_out_rows} must lie in 0..{args.cal_n - 1} (--cal-n {args.cal_n}: "
                        f"at least one sequence must remain to fit the plan)")
@@ -119,6 +125,21 @@ def check_run_arguments(args) -> None:
         if value < least:
             raise CLIError(f"{flag} {value} must be a positive whole number" if least == 1 else
                            f"{flag} {value} must be at least {least}")
+
+
+def check_stream_tokens(loaded, args) -> None:
+    """Refuse, before any work, a stream refit the calibration text is too short for (counted at full MLP
+    width, about one token per sequence too many: a narrowed MLP and the BOS token make it a bound)."""
+    from surgery.mlp_width import mlp_widths
+    from surgery.stream_refit import MIN_TOKENS_PER_COEFFICIENT
+
+    need = MIN_TOKENS_PER_COEFFICIENT * (max(mlp_widths(loaded)) + 1)
+    tokens = (args.cal_n + args.repair_n) * args.seq_len
+    if tokens < need:
+        raise CLIError(f"--stream-refit fits every MLP down-projection and needs about {need} calibration tokens "
+                       f"({MIN_TOKENS_PER_COEFFICIENT} per MLP channel); (--cal-n {args.cal_n} + --repair-n "
+                       f"{args.repair_n}) x --seq-len {args.seq_len} gives {tokens}: raise --repair-n to at least "
+                       f"{-(-need // args.seq_len) - args.cal_n}")
 
 
 def plan_heads_for_run(args, loaded, calibration, out: Path):
@@ -178,7 +199,8 @@ def target_plan_for_run(args, loaded, calibration):
     with step(f"planning for {args.target_speedup or args.target_params} ({args.criterion} layers, repair, {width})"):
         plan = target_plan(loaded, calibration, target_speedup=args.target_speedup, target_params=args.target_params,
                            timing=timing, criterion=args.criterion, budget=args.budget, seed=args.seed,
-                           cornerstones=[0], mlp_repair=args.mlp_refit, held_out_rows=args.held_out_rows)
+                           cornerstones=[0], mlp_repair=args.mlp_refit, held_out_rows=args.held_out_rows,
+                           stream_repair=args.stream_refit)
     chosen = plan.provenance[0]["chosen"]
     print(f"  chosen: layers {chosen['layers_dropped']}, MLP width ratio {chosen['width_ratio']}, predicted "
           f"{chosen['predicted']:.3f}, calibration loss {chosen['calibration_loss']:.4f}")
@@ -223,7 +245,8 @@ def register(sub) -> None:
     p.add_argument("--cal-n", type=int, default=4, help="keep-model: calibration sequences (game and compensation)")
     p.add_argument("--repair-n", type=int, default=KEEP_MODEL["repair_n"],
                    help="keep-model: further calibration sequences for the compensation means and the least-squares "
-                        "refit of the kept heads (0: no refit, means from --cal-n)")
+                        "refit of the kept heads (0: no refit, means from --cal-n); targets with --stream-refit: the "
+                        "sequences it fits on besides --cal-n")
     p.add_argument("--task-weight", type=float, default=KEEP_MODEL["task_weight"],
                    help="keep-model: weight of each built-in task's term in the game, on prompts the table never "
                         "scores (0: calibration text only)")
@@ -258,4 +281,8 @@ def register(sub) -> None:
     p.add_argument("--held-out-rows", type=int, default=0,
                    help="targets: the last N of the --cal-n sequences only score the candidate plans (the rest fit "
                         "them)")
+    p.add_argument("--stream-refit", action="store_true",
+                   help="targets: after the chosen plan's repairs, refit every block's MLP down-projection to the dense "
+                        "model's residual stream on the --cal-n + --repair-n sequences (8 tokens per MLP channel: "
+                        "SmolLM2 needs about 12k, e.g. --repair-n 200)")
     p.set_defaults(func=cmd_run)

@@ -149,8 +149,25 @@ def test_run_with_a_target_refits_the_mlp_and_scores_on_held_out_rows(tiny_dir, 
 
 @pytest.mark.parametrize("argv, message", [
     (("--mlp-refit",), "shape a --target-speedup"),
+    (("--stream-refit",), "shape a --target-speedup"),
     (("--target-speedup", "1.2", "--cal-n", "4", "--held-out-rows", "4"), "--held-out-rows 4 must lie in 0..3"),
 ])
 def test_run_target_flags_are_checked_before_the_model_loads(tmp_path, capsys, argv, message):
     code, out, err = run_cli(capsys, "run", "--model", tmp_path / "missing", *argv, "--out", tmp_path / "run")
     assert code == 2 and message in err, err
+
+
+def test_run_with_a_target_and_stream_refit_fits_the_export_on_the_repair_rows(tiny_dir, fixed_table, tmp_path,
+                                                                             capsys):
+    code, out, err = run_cli(capsys, "run", "--model", tiny_dir, "--target-speedup", "1.3", "--timing", fixed_table,
+                             "--stream-refit", "--repair-n", "20", "--cal-n", "4", "--seq-len", "32", "--eval-n", "2",
+                             "--out", tmp_path / "run")
+    assert code == 0, err
+    assert PruningPlan.load(tmp_path / "run" / "plan.json").stream_repair["method"] == "dense_stream_refit"
+    manifest = json.loads((tmp_path / "run" / "model" / "manifest.json").read_text())
+    assert manifest["stream_repair"]["calibration_tokens"] == 24 * 32  # --cal-n + --repair-n rows
+    code, out, err = run_cli(capsys, "run", "--model", tiny_dir, "--target-speedup", "1.3", "--timing", fixed_table,
+                             "--stream-refit", "--repair-n", "2", "--cal-n", "4", "--seq-len", "32",
+                             "--out", tmp_path / "run2")
+    assert code == 2 and "raise --repair-n to at least" in err, err
+    assert not (tmp_path / "run2" / "plan.json").exists()  # refused before the search
