@@ -70,7 +70,7 @@ def check_stream_refit(dense: LoadedModel, work: LoadedModel, kept_layers: list[
         raise SurgeryError(f"the stream refit solves for {widest} coefficients per output and needs at least "
                            f"{MIN_TOKENS_PER_COEFFICIENT * widest} calibration tokens ({MIN_TOKENS_PER_COEFFICIENT} "
                            f"per coefficient; with fewer it overfits), got {tokens}; give more calibration text "
-                           f"(e.g. `--repair-n`) or leave the stream refit out")
+                           f"(`surgery run --repair-n`, `surgery prune --calibration-n`) or leave the stream refit out")
     return targets
 
 

@@ -23,7 +23,8 @@ def cmd_prune(args) -> int:
     calibration = None
     # Calibration text for every part of a plan that is fitted on it (width means and repair maps too).
     if (plan.sparsity and plan.sparsity_method == "wanda" or plan.heads and plan.removal_mode == "mean_compensated"
-            or plan.mlp_channels and plan.mlp_removal == "mean_compensated" or plan.layer_repair):
+            or plan.mlp_channels and plan.mlp_removal == "mean_compensated" or plan.layer_repair
+            or plan.stream_repair):
         check_seq_len(loaded, args.seq_len)
         calibration = calibration_batches(loaded, args.text, args.calibration_n, args.seq_len)
     dtype = None if args.dtype == "model" else args.dtype

@@ -128,8 +128,8 @@ def check_run_arguments(args) -> None:
 
 
 def check_stream_tokens(loaded, args) -> None:
-    """Refuse, before any work, a stream refit the calibration text is too short for (counted at full MLP
-    width, about one token per sequence too many: a narrowed MLP and the BOS token make it a bound)."""
+    """Refuse, before any work, a stream refit the calibration text is too short for (at full MLP width:
+    a narrowed MLP needs a little less, so this is a bound)."""
     from surgery.mlp_width import mlp_widths
     from surgery.stream_refit import MIN_TOKENS_PER_COEFFICIENT
 
