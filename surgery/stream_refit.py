@@ -93,7 +93,7 @@ def refit_to_dense_stream(dense, work: LoadedModel, kept_layers: list[int], cali
         h = block_output[0] if isinstance(block_output, tuple) else block_output
         x_full = inputs.pop(j)
         down = _down(work, j)
-        y = wanted[targets[j]].to(h.device).double()
+        y = wanted.pop(targets[j]).to(h.device).double()  # each dense layer is one block's target: free it
         current = h[mask].double()
         weight = 1.0 / y.pow(2).mean(-1).clamp_min(1e-12)
         delta = _weighted_solve(x_full[mask].double(), y - current, weight, ridge, with_bias=down.bias is not None)
