@@ -34,7 +34,7 @@ from transformers.pytorch_utils import Conv1D
 
 from surgery.batch import TokenBatch, concat_batches
 from surgery.errors import SurgeryError
-from surgery.linear_refit import _add_to_columns, append_config_record
+from surgery.linear_refit import append_config_record
 from surgery.loading import LoadedModel, load
 from surgery.reference import run_body
 
@@ -97,7 +97,7 @@ def refit_to_dense_stream(dense, work: LoadedModel, kept_layers: list[int], cali
         current = h[mask].double()
         weight = 1.0 / y.pow(2).mean(-1).clamp_min(1e-12)
         delta = _weighted_solve(x_full[mask].double(), y - current, weight, ridge, with_bias=down.bias is not None)
-        _add_to_columns(down, torch.arange(_inputs(down)), delta)  # every column is a kept one here
+        _add(down, delta)
         change = x_full.double() @ delta[:x_full.shape[-1]]
         if down.bias is not None:
             change = change + delta[-1]
@@ -160,6 +160,17 @@ def _weighted_solve(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tenso
 
 def _inputs(down: nn.Module) -> int:
     return down.weight.shape[0] if isinstance(down, Conv1D) else down.weight.shape[1]  # Conv1D: [in, out]
+
+
+def _add(down: nn.Module, delta: torch.Tensor) -> None:
+    k = _inputs(down)
+    change = delta[:k]
+    if isinstance(down, Conv1D):  # GPT-2 stores [in, out]
+        down.weight += change.to(down.weight.dtype)
+    else:
+        down.weight += change.T.to(down.weight.dtype)
+    if down.bias is not None:
+        down.bias += delta[k].to(down.bias.dtype)
 
 
 __all__ = ["refit_to_dense_stream", "stream_targets", "check_stream_refit", "METHOD", "MIN_TOKENS_PER_COEFFICIENT"]
