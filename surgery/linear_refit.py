@@ -64,8 +64,8 @@ def refit_kept_inputs(dense: LoadedModel, work: LoadedModel, sites: Sites, batch
         kept = sites[site].to(x.device)
         y = targets[site].to(x.device)
         current = output[mask].double()
-        delta = _solve(x[mask].double()[:, kept], y - current, ridge, with_bias=module.bias is not None)
-        _add_to_columns(module, kept, delta)
+        delta = ridge_solve(x[mask].double()[:, kept], y - current, ridge, with_bias=module.bias is not None)
+        add_to_columns(module, kept, delta)
         refitted = _linear(module, x)  # not module(x): that would run this hook again
         after = refitted[mask].double()
         scale = float(y.norm()) or 1.0
@@ -105,20 +105,26 @@ def _dense_outputs(dense: LoadedModel, sites: Sites, batch: TokenBatch, mask: to
     return seen
 
 
-def _solve(x: torch.Tensor, residual: torch.Tensor, ridge: float, *, with_bias: bool) -> torch.Tensor:
-    """[k (+1), out]: the ridge least-squares map from the kept inputs (and a constant) to the residual."""
+def ridge_solve(x: torch.Tensor, residual: torch.Tensor, ridge: float, *, with_bias: bool,
+                weight: torch.Tensor | None = None, gram_dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """[k (+1), out]: the (token-weighted, when `weight` is given) ridge least-squares map from the
+    inputs x [tokens, k] (and a constant) to the residual; lam = ridge * mean diagonal of the Gram
+    matrix, the constant's coefficient not shrunk. gram_dtype=float32 makes the big product cheap where
+    the ridge keeps the solve far from float32's precision limit (the stream refit)."""
     if with_bias:
         x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
-    gram = x.T @ x
+    weighted = x if weight is None else x * weight[:, None]
+    gram = (x.to(gram_dtype).T @ weighted.to(gram_dtype)).to(x.dtype)
     k = gram.shape[0] - int(with_bias)
     lam = ridge * float(torch.diagonal(gram)[:k].mean()) if k else 0.0
     penalty = torch.zeros(gram.shape[0], dtype=gram.dtype, device=gram.device)
     penalty[:k] = lam
     # lstsq tolerates the rank deficiency ridge=0 meets when kept inputs are constant or duplicated.
-    return torch.linalg.lstsq(gram + torch.diag(penalty), x.T @ residual).solution
+    return torch.linalg.lstsq(gram + torch.diag(penalty), weighted.T @ residual).solution
 
 
-def _add_to_columns(module: nn.Module, kept: torch.Tensor, delta: torch.Tensor) -> None:
+def add_to_columns(module: nn.Module, kept: torch.Tensor, delta: torch.Tensor) -> None:
+    """Add delta [len(kept) (+1), out] to the `kept` input columns of a Linear or Conv1D (and its bias)."""
     weight = module.weight
     change = delta[:len(kept)]  # [k, out]
     if isinstance(module, Conv1D):  # GPT-2 stores [in, out]
@@ -184,4 +190,4 @@ def append_config_record(config, name: str, record: dict) -> None:
     setattr(config, name, list(getattr(config, name, None) or []) + [record])
 
 
-__all__ = ["refit_kept_inputs", "check_refit", "head_sites", "Sites", "restore_config_entry", "append_config_record"]
+__all__ = ["refit_kept_inputs", "check_refit", "ridge_solve", "add_to_columns", "head_sites", "Sites", "restore_config_entry", "append_config_record"]

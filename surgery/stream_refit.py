@@ -34,7 +34,7 @@ from transformers.pytorch_utils import Conv1D
 
 from surgery.batch import TokenBatch, concat_batches
 from surgery.errors import SurgeryError
-from surgery.linear_refit import append_config_record
+from surgery.linear_refit import add_to_columns, append_config_record, ridge_solve
 from surgery.loading import LoadedModel, load
 from surgery.reference import run_body
 
@@ -96,8 +96,11 @@ def refit_to_dense_stream(dense, work: LoadedModel, kept_layers: list[int], cali
         y = wanted.pop(targets[j]).to(h.device).double()  # each dense layer is one block's target: free it
         current = h[mask].double()
         weight = 1.0 / y.pow(2).mean(-1).clamp_min(1e-12)
-        delta = _weighted_solve(x_full[mask].double(), y - current, weight, ridge, with_bias=down.bias is not None)
-        _add(down, delta)
+        # The Gram matrix in float32: on SmolLM2 (32k tokens x 1,261 columns, 30 blocks) float64 products
+        # cost minutes, and the ridge term keeps the solve far from float32's precision limit.
+        delta = ridge_solve(x_full[mask].double(), y - current, ridge, with_bias=down.bias is not None,
+                            weight=weight, gram_dtype=torch.float32)
+        add_to_columns(down, torch.arange(_inputs(down)), delta)  # every column is a kept one here
         change = x_full.double() @ delta[:x_full.shape[-1]]
         if down.bias is not None:
             change = change + delta[-1]
@@ -142,35 +145,8 @@ def _dense_block_outputs(dense: LoadedModel, layers: list[int], batch: TokenBatc
     return seen
 
 
-def _weighted_solve(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, ridge: float, *,
-                    with_bias: bool) -> torch.Tensor:
-    """[k (+1), out]: the weighted ridge least-squares map from x (and a constant) to the residual; the
-    constant's coefficient is not shrunk."""
-    if with_bias:
-        x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1)
-    weighted = x * weight[:, None]
-    # The Gram matrix in float32: on SmolLM2 (32k tokens x 1,261 columns, 30 blocks) float64 products
-    # cost minutes, and the ridge term keeps the solve far from float32's precision limit.
-    gram = (x.float().T @ weighted.float()).double()
-    k = gram.shape[0] - int(with_bias)
-    penalty = torch.zeros(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    penalty[:k] = ridge * float(torch.diagonal(gram)[:k].mean()) if k else 0.0
-    return torch.linalg.lstsq(gram + torch.diag(penalty), weighted.T @ residual).solution
-
-
 def _inputs(down: nn.Module) -> int:
     return down.weight.shape[0] if isinstance(down, Conv1D) else down.weight.shape[1]  # Conv1D: [in, out]
-
-
-def _add(down: nn.Module, delta: torch.Tensor) -> None:
-    k = _inputs(down)
-    change = delta[:k]
-    if isinstance(down, Conv1D):  # GPT-2 stores [in, out]
-        down.weight += change.to(down.weight.dtype)
-    else:
-        down.weight += change.T.to(down.weight.dtype)
-    if down.bias is not None:
-        down.bias += delta[k].to(down.bias.dtype)
 
 
 __all__ = ["refit_to_dense_stream", "stream_targets", "check_stream_refit", "METHOD", "MIN_TOKENS_PER_COEFFICIENT"]
