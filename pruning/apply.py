@@ -100,7 +100,8 @@ def apply_plan(loaded: LoadedModel, plan: PruningPlan, *, calibration: Iterable[
     if plan.stream_repair:
         reference = _calibration_for(calibration, "refits every block to the dense residual stream")
         kept = [l for l in range(loaded.components.n_layers) if l not in dropped]
-        work = refit_to_dense_stream(loaded, work, kept, reference, ridge=float(plan.stream_repair.get("ridge", 0.1)))
+        work = refit_to_dense_stream(loaded, work, kept, reference, ridge=float(plan.stream_repair.get("ridge", 0.1)),
+                                     attention=bool(plan.stream_repair.get("attention", False)))
         report["stream_repair"] = work.model.config.surgery_stream_refit[-1]
     return AppliedPlan(work, report)
 
@@ -130,14 +131,16 @@ def with_mlp_repair(plan: PruningPlan, ridge: float = 0.1) -> PruningPlan:
     return dataclasses.replace(plan, mlp_repair={"method": "least_squares_refit", "ridge": float(ridge)})
 
 
-def with_stream_repair(plan: PruningPlan, ridge: float = 0.1) -> PruningPlan:
-    """The same plan with every kept block's down-projection refitted to the dense residual stream after
-    the rest of the plan (surgery/stream_refit.py); needs calibration tokens at export, at least
-    MIN_TOKENS_PER_COEFFICIENT x (widest kept MLP + 1)."""
+def with_stream_repair(plan: PruningPlan, ridge: float = 0.1, attention: bool = True) -> PruningPlan:
+    """The same plan with every kept block's down-projection (and, with attention=True, its attention
+    output projection) refitted to the dense residual stream after the rest of the plan
+    (surgery/stream_refit.py); needs calibration tokens at export, at least MIN_TOKENS_PER_COEFFICIENT x
+    (widest kept MLP + 1). A stored plan without "attention" replays without it, as it was made."""
     import dataclasses
     if ridge < 0:
         raise PruningError(f"ridge={ridge} must be >= 0")
-    return dataclasses.replace(plan, stream_repair={"method": "dense_stream_refit", "ridge": float(ridge)})
+    return dataclasses.replace(plan, stream_repair={"method": "dense_stream_refit", "ridge": float(ridge),
+                                                    "attention": bool(attention)})
 
 
 def with_layer_repair(plan: PruningPlan, ridge: float = 0.1) -> PruningPlan:

@@ -117,8 +117,9 @@ def _export_notes(plan: PruningPlan, compensated: bool, width_compensated: bool,
         notes.append("dropped layers are REPAIRED: a least-squares map per dropped span, fitted on the calibration "
                      "tokens, is folded into the down-projection of the block before it (plain checkpoint)")
     if plan.stream_repair:
-        notes.append("every kept block's MLP down-projection is REFITTED to the dense model's residual stream "
-                     "(least squares on the calibration tokens, after the other repairs; plain weights)")
+        notes.append("every kept block's MLP down-projection" + (" and attention output projection" if
+                     plan.stream_repair.get("attention") else "") + " is REFITTED to the dense model's residual "
+                     "stream (least squares on the calibration tokens, after the other repairs; plain weights)")
     if plan.sparsity:
         notes.append("unstructured sparsity zeroes weights inside dense tensors: the file does not shrink; "
                      "nonzero_parameters counts what is left")

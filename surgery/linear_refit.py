@@ -64,7 +64,7 @@ def refit_kept_inputs(dense: LoadedModel, work: LoadedModel, sites: Sites, batch
         kept = sites[site].to(x.device)
         y = targets[site].to(x.device)
         current = output[mask].double()
-        delta = ridge_solve(x[mask].double()[:, kept], y - current, ridge, with_bias=module.bias is not None)
+        delta = ridge_solve(x[mask][:, kept].double(), y - current, ridge, with_bias=module.bias is not None)
         add_to_columns(module, kept, delta)
         refitted = _linear(module, x)  # not module(x): that would run this hook again
         after = refitted[mask].double()

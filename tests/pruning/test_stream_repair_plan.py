@@ -39,7 +39,8 @@ def logits(model, batch):
 def test_plan_round_trips_and_a_bad_setting_is_refused(tiny_llama, tmp_path):
     plan = plan_for(tiny_llama)
     plan.save(tmp_path / "plan.json")
-    assert PruningPlan.load(tmp_path / "plan.json").stream_repair == {"method": "dense_stream_refit", "ridge": 0.2}
+    assert PruningPlan.load(tmp_path / "plan.json").stream_repair == {"method": "dense_stream_refit", "ridge": 0.2,
+                                                                       "attention": True}
     assert "dense residual stream" in plan.summary()
     with pytest.raises(PruningError, match="stream_repair must be"):
         PruningPlan(model_identity(tiny_llama), stream_repair={"method": "fine_tune"})
@@ -51,7 +52,7 @@ def test_applied_plan_is_the_stream_refit_of_the_repaired_model(tiny_llama):
     plan, calibration = plan_for(tiny_llama), cal(tiny_llama)
     applied = apply_plan(tiny_llama, plan, calibration=calibration)
     without = apply_plan(tiny_llama, PruningPlan(**{**plan.__dict__, "stream_repair": None}), calibration=calibration)
-    direct = refit_to_dense_stream(tiny_llama, without.model, [0, 2], calibration, ridge=0.2)
+    direct = refit_to_dense_stream(tiny_llama, without.model, [0, 2], calibration, ridge=0.2, attention=True)
     batch = token_batch(tiny_llama, batch=3, seq=10, seed=4)
     torch.testing.assert_close(logits(applied.model.model, batch), logits(direct.model, batch), rtol=0, atol=1e-6)
     assert applied.report["stream_repair"]["kept_layers"] == [0, 2]
@@ -78,6 +79,7 @@ def test_target_plan_marks_the_chosen_plan_only(tiny_llama):
     plain = target_plan(tiny_llama, calibration, target_speedup=1.2, timing=table, criterion="block_influence")
     marked = target_plan(tiny_llama, calibration, target_speedup=1.2, timing=table, criterion="block_influence",
                          stream_repair=True)
-    assert plain.stream_repair is None and marked.stream_repair == {"method": "dense_stream_refit", "ridge": 0.1}
+    assert plain.stream_repair is None and marked.stream_repair == {"method": "dense_stream_refit", "ridge": 0.1,
+                                                                          "attention": True}
     assert (marked.layers, marked.mlp_channels) == (plain.layers, plain.mlp_channels)  # the search is the same
     assert marked.provenance[0]["stream_repair"] is True

@@ -42,21 +42,23 @@ def test_targets_name_the_dense_block_each_kept_block_must_end_as():
         stream_targets(3, [2, 0])
 
 
-def test_refit_brings_held_out_hidden_states_closer_and_each_block_fits_better(tiny):
+@pytest.mark.parametrize("attention", [False, True])
+def test_refit_brings_held_out_hidden_states_closer_and_each_block_fits_better(tiny, attention):
     if tiny.adapter.mlp_post_norm:
         pytest.skip("post-LN: refused, see test_post_ln_and_bad_input_are_refused")
     cal, held_out = big_cal(tiny), token_batch(tiny, batch=8, seq=24, seed=99, positions=1)
     base = pruned(tiny, cal)
     before = float((final_hidden(base, held_out) - final_hidden(tiny, held_out)).norm())
-    refitted = refit_to_dense_stream(tiny, pruned(tiny, cal), [0, 2], cal)
+    refitted = refit_to_dense_stream(tiny, pruned(tiny, cal), [0, 2], cal, attention=attention)
     after = float((final_hidden(refitted, held_out) - final_hidden(tiny, held_out)).norm())
     # Random tiny models (4x the minimum tokens): the error falls 31% (GPT-2), 19% (GPT-NeoX) and only 2%
     # for Llama, whose random MLP activations predict little (its layer repair gains 4-9% for the same reason).
     assert after < (0.985 if tiny.adapter.family == "llama" else 0.9) * before
     record = refitted.model.config.surgery_stream_refit[-1]
     assert record["kept_layers"] == [0, 2] and [b["matches_dense_layer"] for b in record["blocks"]] == [1, 2]
-    for block in record["blocks"]:
+    for block in record["blocks"] + record.get("attention_outputs", []):
         assert block["relative_error_after"] <= block["relative_error_before"] + 1e-9
+    assert record["attention"] is attention and len(record.get("attention_outputs", [])) == (2 if attention else 0)
 
 
 def test_export_reloads_with_the_in_memory_logits(tiny_llama, tmp_path):
