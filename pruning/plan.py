@@ -64,8 +64,9 @@ class PruningPlan:
     # refitted on calibration tokens to the unpruned layer's MLP outputs (surgery/mlp_repair.py).
     mlp_repair: dict | None = None
     # After everything else: None, or {"method": "dense_stream_refit", "ridge": ..., "attention": bool}:
-    # every kept block's down-projection (and attention output projection, when "attention") refitted so the pruned model's residual stream follows the dense model's on the
-    # calibration tokens (surgery/stream_refit.py; needs several tokens per MLP channel).
+    # every kept block's down-projection (and attention output projection, when "attention") refitted
+    # so the pruned model's residual stream follows the dense model's on the calibration tokens
+    # (surgery/stream_refit.py; needs several tokens per MLP channel).
     stream_repair: dict | None = None
 
     def __post_init__(self):

@@ -190,4 +190,5 @@ def append_config_record(config, name: str, record: dict) -> None:
     setattr(config, name, list(getattr(config, name, None) or []) + [record])
 
 
-__all__ = ["refit_kept_inputs", "check_refit", "ridge_solve", "add_to_columns", "head_sites", "Sites", "restore_config_entry", "append_config_record"]
+__all__ = ["refit_kept_inputs", "check_refit", "ridge_solve", "add_to_columns", "head_sites", "Sites",
+           "restore_config_entry", "append_config_record"]

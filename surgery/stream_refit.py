@@ -87,8 +87,10 @@ def refit_to_dense_stream(dense, work: LoadedModel, kept_layers: list[int], cali
     """Refit, in place in `work`, every block's down-projection so its output follows the dense model's
     residual stream on `calibration` (a TokenBatch or several, joined). kept_layers[j]: the original
     index of work's block j. attention=True also refits each block's attention output projection to the
-    dense residual stream after attention at that layer (see the module docstring). The fit record (tokens, ridge, per block the relative error of its output
-    before and after) is appended to `config.surgery_stream_refit`. Returns `work`."""
+    dense residual stream after attention at that layer (see the module docstring). The fit record
+    (tokens, ridge, per block the relative error of its output before and after; with attention, per
+    block that of its post-attention stream under "attention_outputs") is appended to
+    `config.surgery_stream_refit`. Returns `work`."""
     dense = load(dense)
     batch = concat_batches(calibration)
     targets = check_stream_refit(dense, work, kept_layers, batch, ridge)
@@ -122,7 +124,7 @@ def refit_to_dense_stream(dense, work: LoadedModel, kept_layers: list[int], cali
         change, before, after = fit(_attn_out(work, j), args[0], x_in + output,
                                     wanted_mid.pop(int(kept_layers[j])))
         attention_report.append({"block": j, "original_layer": int(kept_layers[j]),
-                       "relative_error_before": before, "relative_error_after": after})
+                                 "relative_error_before": before, "relative_error_after": after})
         return output + change.to(output.dtype)
 
     def refit(block_output, j):
@@ -147,7 +149,8 @@ def refit_to_dense_stream(dense, work: LoadedModel, kept_layers: list[int], cali
             stack.enter_context(block.register_forward_hook(lambda m, a, o, j=j: refit(o, j)))
         run_body(work, batch)
     append_config_record(work.model.config, "surgery_stream_refit", {
-        "method": METHOD, "ridge": float(ridge), "attention": bool(attention), "calibration_tokens": int(batch.attention_mask.sum()),
+        "method": METHOD, "ridge": float(ridge), "attention": bool(attention),
+        "calibration_tokens": int(batch.attention_mask.sum()),
         "kept_layers": [int(l) for l in kept_layers], "blocks": report,
         **({"attention_outputs": attention_report} if attention else {})})
     return work
